@@ -1,0 +1,382 @@
+"""Typed configuration: dataclasses filled from YAML with ``base:`` inheritance and dotted overrides.
+
+A config file is a YAML mapping whose top level is :class:`Config`. The ``model`` section is typed by the
+method named in ``method`` (each method registers its own dataclass), so every key a user writes is
+checked against a field that exists. Errors are one line, name the dotted key and suggest the nearest
+valid key, and are raised as :class:`ConfigError` (the CLI prints them without a traceback).
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from .errors import RegposeError
+
+__all__ = [
+    "ConfigError", "Config", "TrainConfig", "TestConfig", "LrRule", "EmaConfig",
+    "load_config", "from_dict", "to_dict", "save_config", "apply_overrides", "parse_overrides",
+]
+
+
+class ConfigError(RegposeError, ValueError):
+    """A config problem the user can fix; the message is a single line naming the key."""
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Generic dataclass <-> dict machinery
+# ----------------------------------------------------------------------------------------------------------
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is not None:
+        args = ", ".join(_type_name(a) for a in typing.get_args(tp) if a is not Ellipsis)
+        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    """Every dotted key a dataclass accepts (used for 'did you mean' suggestions)."""
+    out = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        out.append(key)
+        tp = typing.get_type_hints(cls).get(f.name)
+        if dataclasses.is_dataclass(tp):
+            out.extend(_all_keys(tp, key + "."))
+    return out
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _convert(value, a, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if origin is Literal:
+        if value in args:
+            return value
+        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}{hint}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {type(value).__name__} {value!r}")
+        return from_dict(tp, value, key)
+    if origin in (list, tuple) or tp in (list, tuple):
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values ({_type_name(tp)}), got {len(value)}")
+            return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        item_tp = args[0] if args else Any
+        items = [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if (origin is tuple or tp is tuple) else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        vt = args[1] if len(args) == 2 else Any
+        return {str(k): _convert(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected bool (true/false), got {type(value).__name__} {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected int, got {type(value).__name__} {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected float, got {type(value).__name__} {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{key}: expected str, got {type(value).__name__} {value!r}")
+    if isinstance(tp, type) and isinstance(value, tp):
+        return value
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a plain mapping, checking keys and types recursively."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    pre = f"{prefix}." if prefix else ""
+    for k in data:
+        if k not in names:
+            valid = _all_keys(cls)
+            close = difflib.get_close_matches(str(k), valid, n=1, cutoff=0.5)
+            hint = f" (did you mean '{pre}{close[0]}'?)" if close else f" (valid keys: {', '.join(sorted(names))})"
+            raise ConfigError(f"unknown config key '{pre}{k}'{hint}")
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name in data:
+            kwargs[f.name] = _convert(data[f.name], hints[f.name], f"{pre}{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
+            raise ConfigError(f"missing required config key '{pre}{f.name}'")
+    try:
+        obj = cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
+    return obj
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass -> plain YAML-safe structures (tuples become lists)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The top-level config
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class LrRule:
+    """Parameters whose name matches ``pattern`` (a regular expression, ``re.search``) get lr x ``lr_mult``
+    and weight decay x ``decay_mult``. The first matching rule wins. Papers need these: QueryPose trains its
+    flow at x10, Poseur / Deformable DETR sampling offsets at x0.1, detectors often scale the backbone."""
+    pattern: str
+    lr_mult: float = 1.0
+    decay_mult: float = 1.0
+
+
+@dataclass
+class EmaConfig:
+    enabled: bool = False
+    decay: float = 0.9998
+    warmup: int = 2000        # effective decay ramps as decay * (1 - exp(-iter / warmup)), YOLOX style
+    eval_with_ema: bool = True
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping. Lengths are in iterations; ``epochs`` (if > 0) overrides ``iters`` and
+    ``step_epochs`` overrides ``steps`` once the training set size is known."""
+    batch_size: int = 2               # images (or crops) per process
+    iters: int = 1000
+    epochs: int = 0
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_rules: list[LrRule] = field(default_factory=list)
+    schedule: Literal["step", "cosine", "constant"] = "step"
+    steps: list[int] = field(default_factory=list)
+    step_epochs: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    min_lr_factor: float = 0.0         # cosine floor as a fraction of the base lr
+    warmup_iters: int = 0
+    warmup_factor: float = 0.001      # lr factor at iteration 0 of the linear warm-up
+    clip_grad_norm: float = 0.0       # 0 disables clipping
+    accum_steps: int = 1              # gradient accumulation: optimizer step every N iterations' batches
+    amp: Literal["none", "fp16", "bf16"] = "none"   # autocast on CUDA only; CPU runs fp32
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    sync_bn: bool = False
+    seed: int = 0
+    deterministic: bool = False
+    num_workers: int = 2
+    log_period: int = 20
+    eval_period: int = 0              # iterations between evaluations; 0 evaluates only at the end
+    checkpoint_period: int = 0        # iterations between periodic checkpoints; 0 keeps only last/best
+    best_metric: str = "AP"
+    tensorboard: bool = False
+    skip_corrupt_images: bool = False  # skip unreadable training images with a counted warning
+    init_weights: str = ""            # optional checkpoint to initialise from (ours or converted)
+    freeze: list[str] = field(default_factory=list)  # regex patterns of parameters kept frozen
+
+
+@dataclass
+class TestConfig:
+    """Evaluation and inference options shared by all methods (method specific ones live in ``model``)."""
+    batch_size: int = 1
+    flip: bool = False
+    scales: list[float] = field(default_factory=lambda: [1.0])
+    score_threshold: float = 0.0      # people below this instance score are dropped from results
+    max_people: int = 100
+    boxes: Literal["gt", "detections", "model"] = "gt"   # top-down methods: where person boxes come from
+    detections: str = ""              # COCO results json of person boxes (boxes: detections)
+    det_score_threshold: float = 0.0
+    detector_config: str = ""         # a one-stage regpose config giving boxes (boxes: model)
+    detector_weights: str = ""
+
+
+# Filled by regpose.data.config at import time (kept there so the data layer owns its own fields).
+def _data_config_cls():
+    from .data.config import DataConfig
+    return DataConfig
+
+
+@dataclass
+class Config:
+    method: str
+    model: Any
+    data: Any
+    train: TrainConfig = field(default_factory=TrainConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+    output_dir: str = ""              # default: runs/<config file stem>
+    name: str = ""                    # default: config file stem
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Loading: base inheritance, overrides, typing
+# ----------------------------------------------------------------------------------------------------------
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and not v.get("_replace_", False):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            if isinstance(v, dict):
+                v = {kk: vv for kk, vv in v.items() if kk != "_replace_"}
+            out[k] = v
+    return out
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: circular 'base:' inheritance")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        first = str(e).splitlines()[0] if str(e) else "invalid YAML"
+        raise ConfigError(f"{path}: invalid YAML ({first})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
+    bases = raw.pop("base", None)
+    if bases is None:
+        return raw
+    merged: dict = {}
+    for b in [bases] if isinstance(bases, str) else list(bases):
+        merged = _deep_merge(merged, _read_yaml((path.parent / b), seen + (path,)))
+    return _deep_merge(merged, raw)
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """``["train.lr=1e-4", "model.num_queries=50"]`` -> nested dict; values are parsed as YAML scalars."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value (e.g. train.lr=1e-4)")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if not key or any(not p for p in key.split(".")):
+            raise ConfigError(f"override {item!r}: empty key")
+        try:
+            parsed = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError:
+            parsed = value
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: '{p}' is both a value and a section")
+        node[parts[-1]] = parsed
+    return out
+
+
+def apply_overrides(raw: dict, overrides: list[str] | dict) -> dict:
+    over = parse_overrides(overrides) if isinstance(overrides, list) else overrides
+    return _deep_merge(raw, over)
+
+
+def build_config(raw: dict, name: str = "") -> Config:
+    """Type a merged raw mapping: ``method`` chooses the dataclass of the ``model`` section."""
+    from .models.registry import get_method, method_names
+
+    raw = dict(raw)
+    method = raw.get("method")
+    if not isinstance(method, str):
+        raise ConfigError(f"missing required config key 'method' (one of: {', '.join(method_names())})")
+    try:
+        spec = get_method(method)
+    except KeyError:
+        close = difflib.get_close_matches(method, method_names(), n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(method_names())})"
+        raise ConfigError(f"method: unknown method '{method}'{hint}") from None
+    data_cls = _data_config_cls()
+    unknown = set(raw) - {f.name for f in dataclasses.fields(Config)}
+    if unknown:
+        k = sorted(unknown)[0]
+        close = difflib.get_close_matches(k, _all_keys(Config) + ["base"], n=1, cutoff=0.5)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise ConfigError(f"unknown config key '{k}'{hint}")
+    cfg = Config(
+        method=method,
+        model=from_dict(spec.config_cls, raw.get("model") or {}, "model"),
+        data=from_dict(data_cls, raw.get("data") or {}, "data"),
+        train=from_dict(TrainConfig, raw.get("train") or {}, "train"),
+        test=from_dict(TestConfig, raw.get("test") or {}, "test"),
+        output_dir=_convert(raw.get("output_dir", ""), str, "output_dir"),
+        name=_convert(raw.get("name", "") or name, str, "name"),
+    )
+    if not cfg.output_dir:
+        cfg.output_dir = os.path.join("runs", cfg.name or method)
+    return cfg
+
+
+def load_config(path: str | os.PathLike | dict, overrides: list[str] | dict | None = None) -> Config:
+    """Read a YAML config (following ``base:``), apply dotted overrides, and type it."""
+    if isinstance(path, dict):
+        raw, name = dict(path), str(path.get("name", ""))
+    else:
+        p = Path(path)
+        raw, name = _read_yaml(p), p.stem
+    if overrides:
+        raw = apply_overrides(raw, overrides)
+    return build_config(raw, name)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    """Write the resolved config (every field, defaults included) so a run can be reproduced."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    text = yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=None)
+    tmp = Path(str(path) + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

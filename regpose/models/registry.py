@@ -1,0 +1,76 @@
+"""Method name -> builder table. Each method module registers one :class:`MethodSpec` at import time.
+
+A small explicit table (not a run-time dict registry of every component): a config's ``method`` key picks the
+dataclass that types its ``model`` section and the function that builds the network from the full config.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+__all__ = ["MethodSpec", "register_method", "get_method", "method_names"]
+
+# Modules that define methods; imported lazily so `import regpose` stays cheap.
+_METHOD_MODULES = {
+    "dekr": "regpose.models.dekr",
+    "poseur": "regpose.models.poseur",
+    "rle": "regpose.models.rle_regression",
+    "querypose": "regpose.models.querypose",
+    "tfpose": "regpose.models.tfpose",
+    "directpose": "regpose.models.directpose",
+}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """What the engine needs to know about a method.
+
+    name:          the config's ``method`` value
+    config_cls:    dataclass typing the config's ``model`` section
+    build:         ``build(cfg: Config) -> PoseModel`` (see :mod:`regpose.models.base`)
+    family:        ``bottomup`` / ``onestage`` (whole images) or ``topdown`` (one person crop per sample)
+    transform:     ``transform(cfg: Config, train: bool) -> Callable[[raw_sample], sample]``: augmentation and
+                   target encoding, run in data-loader workers (see :mod:`regpose.data.datasets` for the raw
+                   sample and :mod:`regpose.models.base` for the sample it must return)
+    """
+    name: str
+    config_cls: type
+    build: Callable
+    family: Literal["bottomup", "onestage", "topdown"]
+    transform: Callable
+
+
+_REGISTRY: dict[str, MethodSpec] = {}
+
+
+def register_method(spec: MethodSpec) -> MethodSpec:
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _load(name: str) -> None:
+    if name not in _REGISTRY and name in _METHOD_MODULES:
+        importlib.import_module(_METHOD_MODULES[name])
+
+
+def get_method(name: str) -> MethodSpec:
+    _load(name)
+    if name not in _REGISTRY:
+        raise KeyError(name)
+    return _REGISTRY[name]
+
+
+def available_methods() -> list[str]:
+    """Methods whose module exists and imports (registered ones, incl. test-only methods)."""
+    for n in _METHOD_MODULES:
+        try:
+            _load(n)
+        except ModuleNotFoundError as e:  # a method not implemented yet
+            if not (e.name or "").startswith("regpose.models"):
+                raise
+    return sorted(_REGISTRY)
+
+
+def method_names() -> list[str]:
+    return available_methods()
