@@ -1,0 +1,281 @@
+"""The ``regpose`` command. Each sub-command is a thin layer over a library function; user errors are printed as
+one line (``error: ...``) with a non-zero exit status and no traceback."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from .errors import RegposeError
+
+EXAMPLES = """examples:
+  regpose synth data/synth/train --num-images 2000 --seed 0
+  regpose train configs/querypose/querypose_r18_synthetic.yaml train.iters=2000
+  torchrun --nproc_per_node=8 -m regpose train configs/querypose/querypose_r50_coco.yaml
+  regpose test configs/dekr/dekr_hrnet_w32_coco_512.yaml --weights runs/dekr/model_final.pth --flip
+  regpose infer CONFIG --weights W.pth photos/ video.mp4 --out out/
+  regpose evaluate --gt person_keypoints_val2017.json --results results.json --dataset coco
+  regpose bench configs/dekr/dekr_hrnet_w32_coco_512.yaml --threads 2
+"""
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        a, b = text.lower().split("x")
+        return int(a), int(b)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected AxB (e.g. 256x256), got {text!r}") from None
+
+
+def _load_cfg(args, overrides: list[str] | None = None):
+    from .config import load_config
+
+    cfg = load_config(args.config, overrides or getattr(args, "overrides", None) or [])
+    if getattr(args, "output_dir", None):
+        cfg.output_dir = args.output_dir
+    return cfg
+
+
+# --------------------------------------------------------------------------------------------------------------
+def cmd_synth(args) -> int:
+    from .data.synthetic import generate
+
+    w, h = args.size
+    path = generate(args.out, args.num_images, seed=args.seed, fmt=args.format, size=(w, h),
+                    max_people=args.max_people, progress=True)
+    print(f"wrote {path}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .evaluation import evaluate, format_metrics
+
+    metrics = evaluate(args.gt, args.results, dataset=args.dataset)
+    print(format_metrics(metrics, args.dataset))
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(metrics, indent=1))
+    return 0
+
+
+def cmd_show_data(args) -> int:
+    from .data.show import show_data
+
+    cfg = _load_cfg(args)
+    paths = show_data(cfg, args.out, num_samples=args.num, split=args.split, seed=args.seed)
+    print(f"wrote {len(paths)} images to {args.out}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .engine.trainer import train
+    from .evaluation import format_metrics
+
+    cfg = _load_cfg(args)
+    metrics = train(cfg, resume=args.resume, device=args.device)
+    if metrics:
+        print(format_metrics(metrics, cfg.data.format))
+    return 0
+
+
+def cmd_test(args) -> int:
+    from .engine import dist
+    from .engine.checkpoint import load_model_weights
+    from .engine.evaluator import evaluate_model
+    from .evaluation import format_metrics
+    from .models import build_model
+
+    cfg = _load_cfg(args)
+    if args.flip:
+        cfg.test.flip = True
+    if args.scales:
+        cfg.test.scales = list(args.scales)
+    device = dist.init_distributed(args.device)
+    model = build_model(cfg)
+    load_model_weights(model, args.weights)
+    model.to(device)
+    out = args.output_dir or str(Path(cfg.output_dir) / "test")
+    metrics, res = evaluate_model(cfg, model, device, split=args.split, out_dir=out)
+    if dist.is_main_process():
+        if metrics:
+            print(format_metrics(metrics, cfg.data.format))
+            (Path(out) / f"metrics_{args.split}.json").write_text(json.dumps(metrics, indent=1))
+        print(f"results: {res}")
+    dist.cleanup()
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from .engine.bench import format_bench, run_bench, save_bench
+
+    cfg = _load_cfg(args)
+    r = run_bench(cfg, input_hw=args.input_size, batch_sizes=args.batch_sizes, warmup=args.warmup, runs=args.runs,
+                  threads=args.threads, device=args.device, weights=args.weights or "", mode=args.mode,
+                  flops=not args.no_flops)
+    print(format_bench(r))
+    out = args.json_out or str(Path(cfg.output_dir) / "bench.json")
+    save_bench(r, out)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_convert(args) -> int:
+    from .compat.official import convert
+
+    out = convert(args.from_official, args.checkpoint, args.out, config=args.config, kind=args.kind)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_reference_check(args) -> int:
+    from .compat.official import format_report, reference_check
+
+    report = reference_check(args.dir)
+    print(format_report(report))
+    return 0 if all(err <= tol for _, err, tol in report) else 1
+
+
+def cmd_train_rescore(args) -> int:
+    from .models.dekr import train_rescore
+
+    cfg = _load_cfg(args)
+    out = train_rescore(cfg, args.weights, args.out, max_images=args.max_images)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(method=args.method, minutes=args.minutes, out=args.out)
+
+
+# --------------------------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="regpose", description="Direct-regression multi-person pose estimation.",
+                                epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from . import __version__
+    p.add_argument("--version", action="version", version=f"regpose {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    s = sub.add_parser("synth", help="generate the built-in synthetic crowd dataset")
+    s.add_argument("out", help="output folder (images/ and annotations.json)")
+    s.add_argument("--num-images", type=int, default=1000)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--format", choices=["coco", "crowdpose"], default="coco")
+    s.add_argument("--size", type=_size, default=(256, 256), help="image size WxH (default 256x256)")
+    s.add_argument("--max-people", type=int, default=6)
+    s.set_defaults(fn=cmd_synth)
+
+    s = sub.add_parser("evaluate", help="COCO / CrowdPose OKS AP, MPII PCKh of a results json")
+    s.add_argument("--gt", required=True, help="ground-truth annotation json")
+    s.add_argument("--results", required=True, help="COCO keypoint results json")
+    s.add_argument("--dataset", choices=["coco", "crowdpose", "ochuman", "mpii"], default="coco")
+    s.add_argument("--json-out", help="also write the metrics as JSON")
+    s.set_defaults(fn=cmd_evaluate)
+
+    s = sub.add_parser("show-data", help="render augmented training samples with their targets")
+    s.add_argument("config")
+    s.add_argument("--out", required=True)
+    s.add_argument("--num", type=int, default=8)
+    s.add_argument("--split", choices=["train", "val"], default="train")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("overrides", nargs="*", help="dotted config overrides key=value")
+    s.set_defaults(fn=cmd_show_data)
+
+    s = sub.add_parser("train", help="train a model (torchrun for several processes / nodes)")
+    s.add_argument("config")
+    s.add_argument("--output-dir", help="run folder (default: runs/<config name>)")
+    s.add_argument("--resume", action="store_true", help="continue from <output-dir>/last.pth")
+    s.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    s.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.lr=1e-4 model.num_queries=50")
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("test", help="evaluate trained weights on the config's validation split")
+    s.add_argument("config")
+    s.add_argument("--weights", required=True)
+    s.add_argument("--split", default="val", choices=["val", "train"])
+    s.add_argument("--flip", action="store_true", help="flip test")
+    s.add_argument("--scales", type=float, nargs="+", help="multi-scale test factors, e.g. 0.5 1 2")
+    s.add_argument("--output-dir")
+    s.add_argument("--device", default="auto")
+    s.add_argument("overrides", nargs="*")
+    s.set_defaults(fn=cmd_test)
+
+    s = sub.add_parser("bench", help="params, GFLOPs, latency, throughput, peak memory")
+    s.add_argument("config")
+    s.add_argument("--input-size", type=_size, help="network input HxW (default: the config's)")
+    s.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
+    s.add_argument("--runs", type=int, default=10)
+    s.add_argument("--warmup", type=int, default=2)
+    s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--weights")
+    s.add_argument("--mode", choices=["forward", "predict"], default="forward",
+                   help="forward: network only; predict: network + decoding")
+    s.add_argument("--no-flops", action="store_true")
+    s.add_argument("--json-out")
+    s.add_argument("overrides", nargs="*")
+    s.set_defaults(fn=cmd_bench)
+
+    s = sub.add_parser("convert", help="convert an official checkpoint to regpose weights")
+    s.add_argument("--from-official", required=True, choices=["dekr", "poseur", "querypose"])
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--config", help="check the converted weights load into this config's model")
+    s.add_argument("--kind", default="model", choices=["model", "rescore"],
+                   help="DEKR only: 'rescore' converts the rescoring net")
+    s.set_defaults(fn=cmd_convert)
+
+    s = sub.add_parser("reference-check", help="compare our converted model with official reference outputs")
+    s.add_argument("dir")
+    s.set_defaults(fn=cmd_reference_check)
+
+    s = sub.add_parser("train-rescore", help="DEKR: train the rescoring net from a model's predictions")
+    s.add_argument("config")
+    s.add_argument("--weights", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--max-images", type=int)
+    s.add_argument("overrides", nargs="*")
+    s.set_defaults(fn=cmd_train_rescore)
+
+    s = sub.add_parser("demo", help="synthetic data -> train a few CPU minutes -> evaluate -> rendered predictions")
+    s.add_argument("--method", default="querypose")
+    s.add_argument("--minutes", type=float, default=4.0)
+    s.add_argument("--out", default="runs/demo")
+    s.set_defaults(fn=cmd_demo)
+
+    # Commands whose arguments live with their implementation (inference surface).
+    for name, module in (("infer", "regpose.inference.commands"), ("export", "regpose.inference.commands")):
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue
+        s = sub.add_parser(name, help=getattr(mod, f"{name.upper()}_HELP", name))
+        getattr(mod, f"add_{name}_arguments")(s)
+        s.set_defaults(fn=getattr(mod, f"run_{name}"))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "fn", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.fn(args) or 0)
+    except RegposeError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

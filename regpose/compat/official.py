@@ -1,0 +1,111 @@
+"""Entry points for official checkpoints: ``regpose convert`` and ``regpose reference-check``.
+
+Each released codebase has its converter module here (``dekr``, ``poseur``, ``querypose``) exposing
+``convert_state_dict(official) -> ours`` (every official key consumed or explicitly listed as unused),
+``config_from_official(config_json) -> model overrides`` and ``reference_check(folder)``.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import CheckpointError, RegposeError
+
+__all__ = ["CONVERTERS", "load_official_checkpoint", "convert", "reference_check", "format_report",
+           "load_npz_state_dict"]
+
+CONVERTERS = {"dekr": "regpose.compat.dekr", "poseur": "regpose.compat.poseur", "querypose": "regpose.compat.querypose"}
+
+
+def _converter(method: str):
+    if method not in CONVERTERS:
+        raise RegposeError(f"no official converter for method '{method}' (known: {', '.join(CONVERTERS)})")
+    return importlib.import_module(CONVERTERS[method])
+
+
+def load_npz_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """An official state dict stored as ``.npz`` (the reference folders' ``weights.npz``)."""
+    with np.load(path) as z:
+        return {k: torch.from_numpy(np.array(z[k])) for k in z.files}
+
+
+def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """Official ``.pth`` files: plain state dicts (DEKR), ``{"model": ...}`` (detectron2 / QueryPose) or
+    ``{"state_dict": ...}`` (mmpose / Poseur); ``.npz`` state dicts too. Always ``weights_only=True``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.suffix == ".npz":
+        return load_npz_state_dict(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{path}: cannot read as a weights-only checkpoint ({first[:160]})") from None
+    for key in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a state dict, got {type(obj).__name__}")
+    state = {}
+    for k, v in obj.items():
+        if isinstance(v, np.ndarray):
+            v = torch.from_numpy(v)
+        if isinstance(v, torch.Tensor):
+            state[k[len("module."):] if k.startswith("module.") else k] = v
+    if not state:
+        raise CheckpointError(f"{path}: no tensors found")
+    return state
+
+
+def convert(method: str, checkpoint: str | Path, out: str | Path, config: str | None = None,
+            kind: str = "model") -> Path:
+    """Convert an official checkpoint to our key names, optionally check it loads into ``config``'s model."""
+    from ..engine.checkpoint import atomic_save
+
+    conv = _converter(method)
+    official = load_official_checkpoint(checkpoint)
+    if kind == "rescore":
+        if not hasattr(conv, "convert_rescore_state_dict"):
+            raise RegposeError(f"--kind rescore applies to dekr only, not {method}")
+        ours = conv.convert_rescore_state_dict(official)
+    else:
+        ours = conv.convert_state_dict(official)
+    if config and kind == "model":
+        from ..config import load_config
+        from ..engine.checkpoint import check_fit
+        from ..models import build_model
+
+        cfg = load_config(config)
+        if cfg.method != method:
+            raise RegposeError(f"--config {config} is a '{cfg.method}' config, not '{method}'")
+        check_fit(build_model(cfg), ours, f"converted {checkpoint}")
+    atomic_save({"model": ours, "source": str(checkpoint), "converted_from": method, "kind": kind}, out)
+    return Path(out)
+
+
+def reference_check(folder: str | Path) -> list[tuple[str, float, float]]:
+    """Run our converted model on an official reference folder: (array, max abs error, tolerance) rows."""
+    folder = Path(folder)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise RegposeError(f"{folder}: not a reference folder (config.json missing)")
+    method = json.loads(cfg_path.read_text()).get("_method")
+    if not method:
+        raise RegposeError(f"{cfg_path}: no '_method' entry")
+    return list(_converter(method).reference_check(folder))
+
+
+def format_report(report: list[tuple[str, float, float]]) -> str:
+    width = max([len(n) for n, _, _ in report] + [5])
+    lines = [f"{'array':<{width}}  {'max abs err':>12}  {'tolerance':>10}  ok"]
+    for name, err, tol in report:
+        lines.append(f"{name:<{width}}  {err:>12.3e}  {tol:>10.1e}  {'yes' if err <= tol else 'NO'}")
+    bad = sum(err > tol for _, err, tol in report)
+    lines.append(f"{len(report) - bad}/{len(report)} arrays within tolerance")
+    return "\n".join(lines)

@@ -1,0 +1,313 @@
+"""The training loop: one process or many through torchrun (DDP), resumable exactly from any checkpoint.
+
+One *iteration* is one optimizer step; with ``train.accum_steps = A`` it consumes A micro-batches of
+``train.batch_size`` samples per process. Schedules, logging, evaluation and checkpoints count iterations.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import re
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from ..config import Config, save_config, to_dict
+from ..errors import RegposeError
+from . import dist
+from .checkpoint import atomic_save, load_checkpoint, load_model_weights
+from .ema import ModelEMA
+from .logging import MetricWriter, format_seconds, get_logger
+from .samplers import SeededDataset, TrainBatchSampler
+from .schedule import build_optimizer, lr_factor, set_lr
+
+__all__ = ["Trainer", "train", "TrainingError", "seed_everything"]
+
+
+class TrainingError(RegposeError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
+             "numpy_pos": int(np_state[2]), "numpy_gauss": [int(np_state[3]), float(np_state[4])],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(tuple(v if not isinstance(v, list) else tuple(v) for v in state["python"]))
+    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), state["numpy_pos"],
+                         state["numpy_gauss"][0], state["numpy_gauss"][1]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+
+
+def _worker_init(_):
+    # Each loader worker computes on one thread: the main process owns the cores.
+    torch.set_num_threads(1)
+    try:
+        import cv2
+        cv2.setNumThreads(0)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+class Trainer:
+    """Builds model, data, optimizer from a :class:`Config` and runs the loop; see :func:`train`."""
+
+    def __init__(self, cfg: Config, resume: bool = False, device: str = "auto", train_dataset=None,
+                 val_dataset=None):
+        from ..models import build_model
+        from ..models.registry import get_method
+
+        self.cfg, self.tc = cfg, cfg.train
+        self.device = dist.init_distributed(device)
+        self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.main = self.rank == 0
+        self.out = Path(cfg.output_dir)
+        self.log = get_logger()
+        if self.tc.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        self.spec = get_method(cfg.method)
+
+        # Data first (rank 0 generates synthetic splits while the others wait).
+        if train_dataset is None:
+            from ..data.datasets import build_dataset, ensure_synthetic
+
+            if self.main:
+                for split in (cfg.data.train, cfg.data.val):
+                    if split.synthetic.num_images > 0:
+                        ensure_synthetic(split, cfg.data.format)
+            dist.barrier()
+            train_dataset = build_dataset(cfg, "train", self.spec.transform(cfg, True), self.spec.family)
+            if self.tc.skip_corrupt_images and hasattr(train_dataset, "skip_corrupt"):
+                train_dataset.skip_corrupt = True
+        self.train_dataset, self.val_dataset = train_dataset, val_dataset
+        steps_per_epoch = len(train_dataset) / (self.tc.batch_size * self.world * self.tc.accum_steps)
+        self.total_iters = int(math.ceil(self.tc.epochs * steps_per_epoch)) if self.tc.epochs > 0 else self.tc.iters
+        self.steps = ([int(round(e * steps_per_epoch)) for e in self.tc.step_epochs] if self.tc.step_epochs
+                      else list(self.tc.steps))
+
+        # Model: identical initialisation on every rank.
+        seed_everything(self.tc.seed)
+        model = build_model(cfg)
+        if self.tc.init_weights:
+            load_model_weights(model, self.tc.init_weights, strict=False)
+        for pattern in self.tc.freeze:
+            rx = re.compile(pattern)
+            for name, p in model.named_parameters():
+                if rx.search(name):
+                    p.requires_grad_(False)
+        if self.world > 1 and self.tc.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model.to(self.device)
+        self.optimizer = build_optimizer(self.model, self.tc)
+        self.ddp = (DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                        find_unused_parameters=True) if self.world > 1 else self.model)
+        cuda = self.device.type == "cuda"
+        self.amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.tc.amp) if cuda else None
+        if self.tc.amp != "none" and not cuda:
+            self.log.info("train.amp=%s applies on CUDA only; training in fp32 on CPU", self.tc.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cuda and self.tc.amp == "fp16")
+        self.ema = ModelEMA(self.model, self.tc.ema.decay, self.tc.ema.warmup) if self.tc.ema.enabled else None
+        self.start_iter, self.best = 0, -math.inf
+        self.writer = MetricWriter(self.out, self.tc.tensorboard, enabled=self.main)
+        if resume:
+            self._resume()
+        elif self.main:
+            save_config(cfg, self.out / "config.yaml")
+
+    # ------------------------------------------------------------------------------------------------------
+    def _state(self, iteration: int) -> dict:
+        rng = dist.all_gather_object(_rng_state())
+        return {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "ema": self.ema.state_dict() if self.ema else {},
+            "iteration": iteration, "best": self.best, "rng": rng, "world_size": self.world,
+            "config": to_dict(self.cfg),
+        }
+
+    def save(self, name: str, iteration: int) -> Path | None:
+        state = self._state(iteration)  # collective: every rank takes part
+        if not self.main:
+            return None
+        path = self.out / name
+        atomic_save(state, path)
+        return path
+
+    def _resume(self) -> None:
+        path = self.out / "last.pth"
+        if not path.is_file():
+            raise TrainingError(f"--resume: no checkpoint at {path} (train without --resume to start)")
+        state = load_checkpoint(path)
+        load_model_weights(self.model, state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        self.start_iter, self.best = int(state["iteration"]), float(state["best"])
+        if int(state.get("world_size", 1)) == self.world:
+            _set_rng_state(state["rng"][self.rank])
+        else:
+            self.log.warning("resuming with %d processes (checkpoint had %d): data order is kept, random "
+                             "streams of the model are re-seeded", self.world, state.get("world_size"))
+        self.log.info("resumed from %s at iteration %d", path, self.start_iter)
+
+    def _loader(self) -> DataLoader:
+        from ..data.collate import Collate
+
+        sampler = TrainBatchSampler(len(self.train_dataset), self.tc.batch_size, self.rank, self.world,
+                                    self.tc.seed, start=self.start_iter * self.tc.accum_steps,
+                                    total=self.total_iters * self.tc.accum_steps)
+        workers = self.tc.num_workers
+        return DataLoader(SeededDataset(self.train_dataset), batch_sampler=sampler, num_workers=workers,
+                          collate_fn=Collate(getattr(self.model, "size_divisibility", 1)),
+                          worker_init_fn=_worker_init if workers else None,
+                          persistent_workers=workers > 0, pin_memory=self.device.type == "cuda",
+                          prefetch_factor=4 if workers else None,
+                          # own generator: creating the iterator must not consume the global torch RNG
+                          generator=torch.Generator().manual_seed(self.tc.seed))
+
+    def _to_device(self, batch: dict) -> tuple[torch.Tensor, list[dict]]:
+        images = batch["images"].to(self.device, non_blocking=True)
+        targets = [{k: (v.to(self.device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in t.items()}
+                   for t in batch["targets"]]
+        return images, targets
+
+    def evaluate(self, iteration: int) -> dict | None:
+        from .evaluator import evaluate_model
+
+        model = self.ema.module if (self.ema and self.tc.ema.eval_with_ema) else self.model
+        metrics, _ = evaluate_model(self.cfg, model, self.device, "val", self.out, self.val_dataset)
+        if metrics is not None:
+            self.writer.write(metrics, iteration, prefix="val")
+            self.log.info("iter %d: %s", iteration, "  ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        self.model.train()
+        return metrics
+
+    def _has_val(self) -> bool:
+        v = self.cfg.data.val
+        return self.val_dataset is not None or bool(v.ann_files) or v.synthetic.num_images > 0
+
+    # ------------------------------------------------------------------------------------------------------
+    def train(self) -> dict | None:
+        tc, main = self.tc, self.main
+        self.model.train()
+        loader_iter = iter(self._loader())
+        bar = tqdm(total=self.total_iters, initial=self.start_iter, desc="train", unit="it", disable=not main,
+                   dynamic_ncols=True)
+        sums: dict[str, float] = {}
+        count, t_last, data_time = 0, time.time(), 0.0
+        metrics = None
+        last_good = self.out / "last.pth"
+        for it in range(self.start_iter, self.total_iters):
+            set_lr(self.optimizer, lr_factor(it, tc, self.total_iters, self.steps))
+            terms: dict[str, float] = {}
+            for micro in range(tc.accum_steps):
+                t0 = time.time()
+                batch = next(loader_iter)
+                images, targets = self._to_device(batch)
+                data_time += time.time() - t0
+                sync = micro == tc.accum_steps - 1 or self.world == 1
+                ctx = nullcontext() if sync else self.ddp.no_sync()
+                with ctx:
+                    with torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                        losses = self.ddp(images, targets)
+                    loss = sum(v for k, v in losses.items() if k.startswith("loss"))
+                    finite = torch.isfinite(loss.detach()).float()
+                    if self.world > 1:
+                        torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+                    if finite.item() < 1:
+                        bad = {k: float(v) for k, v in losses.items() if torch.is_tensor(v) and v.numel() == 1}
+                        shown = ", ".join(f"{k}={v:.4g}" for k, v in bad.items())
+                        keep = f"last good checkpoint: {last_good}" if last_good.is_file() else "no checkpoint yet"
+                        raise TrainingError(f"non-finite loss at iteration {it} ({shown}); stopped, {keep}")
+                    self.scaler.scale(loss / tc.accum_steps).backward()
+                for k, v in losses.items():
+                    if torch.is_tensor(v) and v.numel() == 1:
+                        terms[k] = terms.get(k, 0.0) + float(v.detach()) / tc.accum_steps
+            if tc.clip_grad_norm > 0:
+                self.scaler.unscale_(self.optimizer)
+                gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.clip_grad_norm)
+                terms["grad_norm"] = float(gnorm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update(self.model)
+
+            terms["loss"] = sum(v for k, v in terms.items() if k.startswith("loss"))
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+            count += 1
+            done = it + 1
+            bar.update(1)
+            if main:
+                bar.set_postfix(loss=f"{terms['loss']:.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+            if done % tc.log_period == 0 or done == self.total_iters:
+                avg = dist.reduce_mean({k: v / count for k, v in sums.items()})
+                elapsed = time.time() - t_last
+                rec = {**avg, "lr": self.optimizer.param_groups[0]["lr"], "iter_time": elapsed / count,
+                       "data_time": data_time / count}
+                eta = (self.total_iters - done) * elapsed / count
+                self.writer.write(rec, done)
+                if main and (done % (tc.log_period * 10) == 0 or done == self.total_iters):
+                    self.log.info("iter %d/%d loss %.4f lr %.2e (%.3fs/it, eta %s)", done, self.total_iters,
+                                  avg["loss"], rec["lr"], rec["iter_time"], format_seconds(eta))
+                sums, count, t_last, data_time = {}, 0, time.time(), 0.0
+            periodic = tc.checkpoint_period > 0 and done % tc.checkpoint_period == 0
+            evaluate = tc.eval_period > 0 and done % tc.eval_period == 0 and done != self.total_iters
+            if evaluate and self._has_val():
+                metrics = self.evaluate(done)
+                score = (metrics or {}).get(tc.best_metric)
+                improved = dist.all_gather_object(score)[0]
+                if improved is not None and improved > self.best:
+                    self.best = float(improved)
+                    self.save("best.pth", done)
+            if periodic or evaluate:
+                self.save("last.pth", done)
+                if periodic:
+                    self.save(f"model_{done:07d}.pth", done)
+        bar.close()
+        final = self.save("last.pth", self.total_iters)
+        if self._has_val():
+            metrics = self.evaluate(self.total_iters)
+            score = dist.all_gather_object((metrics or {}).get(tc.best_metric))[0]
+            if score is not None and score > self.best:
+                self.best = float(score)
+                self.save("best.pth", self.total_iters)
+        if main:
+            weights = self.ema.module.state_dict() if (self.ema and tc.ema.eval_with_ema) else self.model.state_dict()
+            atomic_save({"model": weights, "config": to_dict(self.cfg), "iteration": self.total_iters},
+                        self.out / "model_final.pth")
+            self.log.info("done: %s (final weights %s)", final, self.out / "model_final.pth")
+        self.writer.close()
+        return metrics
+
+
+def train(cfg: Config, resume: bool = False, device: str = "auto", **kw) -> dict | None:
+    """Train (or resume) the run a config describes; returns the final validation metrics on rank 0."""
+    trainer = Trainer(cfg, resume=resume, device=device, **kw)
+    try:
+        return trainer.train()
+    finally:
+        dist.cleanup()
