@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -e ".[dev]"
 	touch $(STAMP)
 
+# pytest exits 5 when it collects no tests: that must fail too, never pass silently.
 test: setup
-	$(VENV)/bin/python -m pytest -q
+	@$(VENV)/bin/python -m pytest -q; s=$$?; \
+	if [ $$s -eq 5 ]; then echo "pytest collected no tests" >&2; exit 1; fi; exit $$s
 
 demo: setup
 	$(VENV)/bin/regpose demo
