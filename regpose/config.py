@@ -212,6 +212,7 @@ class TrainConfig:
     warmup_factor: float = 0.001      # lr factor at iteration 0 of the linear warm-up
     clip_grad_norm: float = 0.0       # 0 disables clipping
     accum_steps: int = 1              # gradient accumulation: optimizer step every N iterations' batches
+    max_minutes: float = 0.0          # wall-clock budget: stop early (then save and evaluate); 0 = no limit
     amp: Literal["none", "fp16", "bf16"] = "none"   # autocast on CUDA only; CPU runs fp32
     ema: EmaConfig = field(default_factory=EmaConfig)
     sync_bn: bool = False

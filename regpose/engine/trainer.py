@@ -219,6 +219,8 @@ class Trainer:
         count, t_last, data_time = 0, time.time(), 0.0
         metrics = None
         last_good = self.out / "last.pth"
+        t_start = time.time()
+        end_iter = self.total_iters
         for it in range(self.start_iter, self.total_iters):
             set_lr(self.optimizer, lr_factor(it, tc, self.total_iters, self.steps))
             terms: dict[str, float] = {}
@@ -287,17 +289,26 @@ class Trainer:
                 self.save("last.pth", done)
                 if periodic:
                     self.save(f"model_{done:07d}.pth", done)
+            if tc.max_minutes > 0 and done < self.total_iters:
+                over = torch.tensor(float(time.time() - t_start > tc.max_minutes * 60))
+                if self.world > 1:
+                    torch.distributed.all_reduce(over, op=torch.distributed.ReduceOp.MAX)
+                if over.item():
+                    self.log.info("time budget of %.1f min reached at iteration %d/%d", tc.max_minutes, done,
+                                  self.total_iters)
+                    end_iter = done
+                    break
         bar.close()
-        final = self.save("last.pth", self.total_iters)
+        final = self.save("last.pth", end_iter)
         if self._has_val():
-            metrics = self.evaluate(self.total_iters)
+            metrics = self.evaluate(end_iter)
             score = dist.all_gather_object((metrics or {}).get(tc.best_metric))[0]
             if score is not None and score > self.best:
                 self.best = float(score)
-                self.save("best.pth", self.total_iters)
+                self.save("best.pth", end_iter)
         if main:
             weights = self.ema.module.state_dict() if (self.ema and tc.ema.eval_with_ema) else self.model.state_dict()
-            atomic_save({"model": weights, "config": to_dict(self.cfg), "iteration": self.total_iters},
+            atomic_save({"model": weights, "config": to_dict(self.cfg), "iteration": end_iter},
                         self.out / "model_final.pth")
             self.log.info("done: %s (final weights %s)", final, self.out / "model_final.pth")
         self.writer.close()
