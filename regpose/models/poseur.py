@@ -1,0 +1,371 @@
+"""Poseur: direct human pose regression with transformers (Mao et al., ECCV 2022).
+
+Top-down, one person crop per sample:
+
+  backbone levels (strides 4..32) -> ChannelMapper (1x1 conv + GN to C)
+    -> memory = features + 2-D sine PE + level embedding          (no transformer encoder in the official code)
+    -> coarse RLE head (GAP + FC on the stride-32 level)           mu_f, sigma_f          (paper Sec. 3.1)
+    -> keypoint encoder: query = LN(Linear(PE(mu_f), PE(clip(mu_f)))), class embedding = query position
+    -> N query-decoder layers: self-attention, EMSDA cross-attention (paper Eq. 1), FFN
+       each layer: reference refinement in logit space + an extra additive delta, sigma branch
+  Training: RLE loss (paper Eq. 2-4) on the coarse head and every decoder layer, with 3 noisy query groups.
+  Inference: last layer's coordinates; keypoint score from sigma; optional flip test with the official fusions.
+
+Where the official code (aim-uofa/Poseur) differs from the paper text we follow the code (its checkpoints depend
+on it); each place is marked ``# Official code:``. The spec with every detail is ../shared/reference/poseur/spec.md.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..structures import PoseResult
+from .base import PoseModel
+from .layers.deform_attn import MultiScaleDeformableAttention
+from .layers.position import sine_grid_encoding, sine_point_encoding
+from .layers.rle import RealNVP, rle_loss
+from .registry import MethodSpec, register_method
+from .rle_regression import (CoarseRLEHead, FlipFusion, KeypointScore, PlainLinear, build_backbone, flip_back,
+                             fuse_flip, keypoint_scores, topdown_results)
+
+__all__ = ["PoseurConfig", "Poseur", "ChannelMapper", "PoseurDecoderLayer", "build_poseur", "poseur_transform",
+           "topdown_regression_transform", "inverse_sigmoid"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class PoseurConfig:
+    """Poseur's knobs. Defaults = the released R50 / HRNet-W32 256x192 checkpoints (6 decoder layers, EMSDA,
+    3 noisy query groups, type2 flip fusion as in the README's evaluation command)."""
+    # backbone and neck
+    backbone: str = "resnet50"                 # timm name: resnet50/152, hrnet_w32/w48, mobilenetv2_100, ...
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: str = ""                       # optional local ImageNet weights (never downloaded)
+    feature_levels: list[int] = field(default_factory=lambda: [1, 2, 3, 4])   # timm indices (strides 4..32), Table 1d
+    embed_dim: int = 256
+    num_keypoints: int = 17
+    # decoder
+    num_decoder_layers: int = 6                # Table 1e
+    share_decoder_weights: bool = False        # supplementary Table 3
+    self_attention: bool = True                # supplementary Table 2
+    self_attn_heads: int = 8
+    cross_attention: Literal["emsda", "msda"] = "emsda"   # supplementary Table 4
+    num_heads: int = 8                         # deformable attention heads (official EMSDA hard-codes 8)
+    num_points: int = 4
+    ffn_dim: int = 1024
+    dropout: float = 0.1
+    sampler: Literal["auto", "gather", "grid_sample"] = "auto"
+    # keypoint encoder / query initialisation
+    query_init: Literal["coarse", "learned"] = "coarse"   # Table 1a: coarse proposal vs Deformable-DETR learned
+    num_noise_groups: int = 3                  # noisy reference point groups in training (Table 1b; 0 = off)
+    noise_points_per_group: int = 4
+    noise_variance: float = 0.2                # N(0, 0.2 I): variance 0.2 (official ``noise_sigma``)
+    # RLE
+    flow_hidden: int = 64
+    flow_layers: int = 6
+    prior_mean: tuple[float, float] = (0.5, 0.5)    # Official code: flow prior mean 0.5 (RLE uses 0)
+    # inference
+    keypoint_score: KeypointScore = "rle"      # without flip (and for default/type1 fusion): official mean(1 - sigma)
+    flip_fusion: FlipFusion = "type2"          # default / type1 / type2 (published AP: type2)
+    uncertainty_a: float = 0.2                 # paper Eq. 8
+    uncertainty_scale: float = 0.7             # Official code: the uncertainty score is scaled by 0.7
+    oks_nms_threshold: float = 0.9
+    rescore: bool = True                       # instance score = box score + mean + max keypoint score
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Building blocks
+# ----------------------------------------------------------------------------------------------------------
+def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """log(x / (1 - x)) with x clipped to [0, 1] and both terms floored at eps (Deformable DETR)."""
+    x = x.clamp(0, 1)
+    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+class ConvGN(nn.Module):
+    """1x1 conv (no bias) + GroupNorm(32), no activation (mmdet ChannelMapper's ConvModule)."""
+
+    def __init__(self, in_channels: int, out_channels: int, groups: int = 32):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.gn = nn.GroupNorm(groups, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.gn(self.conv(x))
+
+
+class ChannelMapper(nn.Module):
+    """Per-level projection of the backbone maps to a common width (spec 2.1)."""
+
+    def __init__(self, in_channels: list[int], out_channels: int):
+        super().__init__()
+        self.convs = nn.ModuleList(ConvGN(c, out_channels) for c in in_channels)
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [conv(f) for conv, f in zip(self.convs, feats)]
+
+
+def _mlp3(dim: int, out: int) -> nn.Sequential:
+    """Linear-ReLU-Linear-ReLU-Linear (official ``fc_coord_branches`` layout: indices 0, 2, 4)."""
+    return nn.Sequential(nn.Linear(dim, dim), nn.ReLU(inplace=True), nn.Linear(dim, dim), nn.ReLU(inplace=True),
+                         nn.Linear(dim, out))
+
+
+def _sigma_branch(dim: int) -> nn.Sequential:
+    """Official code: three stacked linears with no activation in between (spec 2.6)."""
+    return nn.Sequential(nn.Linear(dim, dim), nn.Linear(dim, dim), PlainLinear(dim, 2))
+
+
+class PoseurDecoderLayer(nn.Module):
+    """Post-norm decoder layer: self-attention -> LN -> EMSDA/MSDA cross-attention -> LN -> FFN -> LN (spec 2.5)."""
+
+    def __init__(self, cfg: PoseurConfig, num_levels: int):
+        super().__init__()
+        C = cfg.embed_dim
+        self.self_attn = (nn.MultiheadAttention(C, cfg.self_attn_heads, dropout=cfg.dropout, batch_first=True)
+                          if cfg.self_attention else None)
+        self.norm1 = nn.LayerNorm(C)
+        self.cross_attn = MultiScaleDeformableAttention(C, cfg.num_heads, num_levels, cfg.num_points,
+                                                        mode=cfg.cross_attention, sampler=cfg.sampler)
+        self.norm2 = nn.LayerNorm(C)
+        self.linear1 = nn.Linear(C, cfg.ffn_dim)
+        self.linear2 = nn.Linear(cfg.ffn_dim, C)
+        self.norm3 = nn.LayerNorm(C)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, reference: torch.Tensor, memory: torch.Tensor,
+                spatial_shapes: list[tuple[int, int]], groups: int = 1) -> torch.Tensor:
+        """x, pos (B, G*K, C); reference (B, G*K, 2); memory (B, N, C). Query groups do not attend to each other."""
+        B, Q, C = x.shape
+        if self.self_attn is not None:
+            xg, pg = x.reshape(B * groups, Q // groups, C), pos.reshape(B * groups, Q // groups, C)
+            q = xg + pg
+            attn = self.self_attn(q, q, xg, need_weights=False)[0].reshape(B, Q, C)
+            x = self.norm1(x + self.dropout(attn))
+        x = self.norm2(x + self.dropout(self.cross_attn(x, reference, memory, spatial_shapes, query_pos=pos)))
+        ffn = self.linear2(self.dropout(F.relu(self.linear1(x))))
+        return self.norm3(x + self.dropout(ffn))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------------------
+class Poseur(PoseModel):
+    """Backbone + neck + coarse RLE head + keypoint encoder + query decoder (see the module docstring)."""
+
+    def __init__(self, cfg: PoseurConfig, flip_pairs=(), sigmas=None):
+        super().__init__()
+        if cfg.embed_dim % 2 or cfg.embed_dim % cfg.num_heads:
+            raise ValueError(f"embed_dim {cfg.embed_dim} must be even and divisible by num_heads {cfg.num_heads}")
+        self.cfg = cfg
+        K, C = cfg.num_keypoints, cfg.embed_dim
+        self.num_keypoints = K
+        levels = sorted(set(cfg.feature_levels))
+        self.backbone = build_backbone(cfg.backbone, levels, cfg.pretrained, cfg.backbone_kwargs)
+        self.neck = ChannelMapper(self.backbone.channels, C)
+        L = len(levels)
+        self.level_embed = nn.Parameter(torch.empty(L, C))
+        # Official code: the coarse head reads only the last (stride-32) neck level, before PE ("backbone_s").
+        self.coarse_head = CoarseRLEHead(C, K)
+        # keypoint encoder (spec 2.4)
+        self.query_proj = nn.Linear(2 * C, C)                  # PE(r) ++ PE(clip(r)) -> content query
+        self.query_norm = nn.LayerNorm(C)
+        self.class_embed = nn.Embedding(K, C)                  # used as the query positional embedding
+        if cfg.query_init == "learned":                        # Deformable DETR baseline (Table 1a)
+            self.query_content = nn.Embedding(K, C)
+            self.reference_proj = nn.Linear(C, 2)
+        # decoder and per-layer heads
+        n = 1 if cfg.share_decoder_weights else cfg.num_decoder_layers
+        self.layers = nn.ModuleList(PoseurDecoderLayer(cfg, L) for _ in range(n))
+        self.coord_branches = nn.ModuleList(_mlp3(C, 2) for _ in range(n))          # reference refinement
+        self.coord_output_branches = nn.ModuleList(_mlp3(C, 2) for _ in range(n))   # extra output delta
+        self.sigma_branches = nn.ModuleList(_sigma_branch(C) for _ in range(n))
+        # flows (training only)
+        self.coarse_flow = RealNVP(cfg.flow_hidden, cfg.flow_layers, tuple(cfg.prior_mean))
+        self.decoder_flow = RealNVP(cfg.flow_hidden, cfg.flow_layers, tuple(cfg.prior_mean))
+        self.register_buffer("flip_pairs", torch.as_tensor(np.asarray(flip_pairs, dtype=np.int64).reshape(-1, 2)),
+                             persistent=False)
+        self.sigmas = None if sigmas is None else np.asarray(sigmas, dtype=np.float64)
+        self._pe_cache: dict = {}
+        self.reset_parameters()
+
+    # ---------------------------------------------------------------- init
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Official initialisation for training from scratch (spec 3.5): Xavier-uniform on every >= 2-D transformer
+        parameter (which also overrides Deformable DETR's zero init of sampling offsets / attention weights), the
+        directional sampling-offset bias kept, level embeddings ~ N(0, 1), neck convs Xavier; per-layer head MLPs
+        and flows keep PyTorch's default init."""
+        transformer = [self.coarse_head, self.query_proj, self.class_embed, *self.layers]
+        if self.cfg.query_init == "learned":
+            transformer += [self.query_content, self.reference_proj]
+        for module in transformer:
+            for p in module.parameters():
+                if p.dim() > 1:
+                    nn.init.xavier_uniform_(p)
+        for layer in self.layers:
+            attn = layer.cross_attn      # 1-D biases (incl. the directional sampling-offset grid) are untouched
+            if attn.mode == "emsda":
+                # official shapes: value_proj_weight (M*C, C/M), value_proj_bias (M, C/M), both 2-D Embeddings
+                nn.init.xavier_uniform_(attn.value_proj_weight.view(-1, attn.head_dim))
+        nn.init.normal_(self.level_embed)
+        for conv in self.neck.convs:
+            nn.init.xavier_uniform_(conv.conv.weight)
+
+    # ---------------------------------------------------------------- pieces
+    def _grid_pe(self, h: int, w: int, ref: torch.Tensor) -> torch.Tensor:
+        key = (h, w, ref.device, ref.dtype)
+        pe = self._pe_cache.get(key)
+        if pe is None or torch.jit.is_tracing():
+            # Official code: mmcv SinePositionalEncoding(normalize=True, offset=-0.5), y half first (spec 2.2)
+            pe = sine_grid_encoding(h, w, self.cfg.embed_dim // 2, offset=-0.5, device=ref.device, dtype=ref.dtype)
+            if not torch.jit.is_tracing():
+                self._pe_cache[key] = pe
+        return pe
+
+    def encode(self, images: torch.Tensor):
+        """Backbone + neck -> memory tokens (B, N, C), spatial shapes, and the stride-32 neck map (B, C, h, w)."""
+        feats = self.neck(self.backbone(images))
+        tokens, shapes = [], []
+        for lvl, f in enumerate(feats):
+            h, w = f.shape[-2:]
+            shapes.append((int(h), int(w)))
+            m = f + self._grid_pe(int(h), int(w), f) + self.level_embed[lvl].view(1, -1, 1, 1)
+            tokens.append(m.flatten(2).transpose(1, 2))                                  # (B, h*w, C)
+        return torch.cat(tokens, dim=1), shapes, feats[-1]
+
+    def init_queries(self, coarse_mu: torch.Tensor, groups: int):
+        """Keypoint encoder (spec 2.4 / 3.3): content (B, G*K, C), position (B, G*K, C), reference (B, G*K, 2)."""
+        B, K, _ = coarse_mu.shape
+        C = self.cfg.embed_dim
+        pos = self.class_embed.weight.unsqueeze(0).expand(B, -1, -1).repeat(1, groups, 1)
+        if self.cfg.query_init == "learned":
+            ref = self.reference_proj(self.class_embed.weight).sigmoid().unsqueeze(0).expand(B, -1, -1)
+            content = self.query_content.weight.unsqueeze(0).expand(B, -1, -1)
+            return content.repeat(1, groups, 1), pos, ref.repeat(1, groups, 1)
+        ref = coarse_mu.detach()                                   # Official code: proposals are detached
+        if groups > 1:
+            ref = torch.cat([ref, self._noisy_copies(ref, groups - 1)], dim=1)
+        pe = torch.cat([sine_point_encoding(ref, C // 2), sine_point_encoding(ref.clamp(0, 1), C // 2)], dim=-1)
+        content = self.query_norm(self.query_proj(pe))
+        return content, pos, ref
+
+    def _noisy_copies(self, ref: torch.Tensor, copies: int) -> torch.Tensor:
+        """Noisy reference points (spec 3.3): ``copies`` duplicates of the proposal; copies*points_per_group of
+        the copies*K points (same indices for the whole batch) get N(0, variance I) noise clipped to [-1, 1], the
+        perturbed points are clipped to [-0.7, 1.7]."""
+        B, K, _ = ref.shape
+        noisy = ref.repeat(1, copies, 1)                                                 # (B, copies*K, 2)
+        n = min(copies * self.cfg.noise_points_per_group, copies * K)
+        idx = torch.randperm(copies * K, device=ref.device)[:n]
+        noise = (torch.randn(B, n, 2, device=ref.device, dtype=ref.dtype) * math.sqrt(self.cfg.noise_variance))
+        noisy[:, idx] = (noisy[:, idx] + noise.clamp(-1, 1)).clamp(-0.7, 1.7)
+        return noisy
+
+    def _layer(self, i: int) -> int:
+        return 0 if self.cfg.share_decoder_weights else i
+
+    def decode(self, content, pos, ref, memory, shapes, groups: int = 1, all_layers: bool = True) -> dict:
+        """Run the query decoder. Returns per-layer lists (all layers, or only the last when ``all_layers`` is
+        False): ``mu``, ``sigma``, ``hidden``, ``references`` (reference after each layer)."""
+        x = content
+        out = {"mu": [], "sigma": [], "hidden": [], "references": []}
+        n = self.cfg.num_decoder_layers
+        for i in range(n):
+            j = self._layer(i)
+            x = self.layers[j](x, pos, ref, memory, shapes, groups)
+            # Official code: reference refined in logit space and NOT detached between layers (spec 2.6)
+            new_ref = (self.coord_branches[j](x) + inverse_sigmoid(ref)).sigmoid()
+            if all_layers or i == n - 1:
+                # Official code: a second, un-squashed delta gives the layer's output (not fed to the next layer)
+                out["mu"].append(new_ref + self.coord_output_branches[j](x))
+                out["sigma"].append(self.sigma_branches[j](x).sigmoid())
+                out["hidden"].append(x)
+                out["references"].append(new_ref)
+            ref = new_ref
+        return out
+
+    def forward_all(self, images: torch.Tensor, groups: int = 1, all_layers: bool = True) -> dict:
+        """Every intermediate output: ``coarse_mu``/``coarse_sigma`` (B, K, 2), ``init_reference`` (B, G*K, 2) and
+        the decoder lists of :meth:`decode`."""
+        memory, shapes, last = self.encode(images)
+        coarse_mu, coarse_sigma = self.coarse_head(last)
+        content, pos, ref = self.init_queries(coarse_mu, groups)
+        out = self.decode(content, pos, ref, memory, shapes, groups, all_layers)
+        out.update(coarse_mu=coarse_mu, coarse_sigma=coarse_sigma, init_reference=ref.clamp(0, 1),
+                   spatial_shapes=shapes)
+        return out
+
+    # ---------------------------------------------------------------- contract
+    def forward(self, images: torch.Tensor, targets: list[dict] | None = None):
+        """Training: RLE losses; eval: last layer's (mu (B, K, 2), sigma (B, K, 2)) in normalised crop coords."""
+        if targets is None:
+            out = self.forward_all(images, 1, all_layers=False)
+            return out["mu"][-1], out["sigma"][-1]
+        groups = 1 + (self.cfg.num_noise_groups if (self.training and self.cfg.query_init == "coarse") else 0)
+        out = self.forward_all(images, groups, all_layers=True)
+        target = torch.stack([t["coords"] for t in targets]).to(images)             # (B, K, 2)
+        weight = torch.stack([t["coord_weights"] for t in targets]).to(images)      # (B, K, 2)
+        return self.losses(out, target, weight, groups)
+
+    def losses(self, out: dict, target: torch.Tensor, weight: torch.Tensor, groups: int) -> dict:
+        """Coarse RLE loss + one RLE loss per decoder layer, every weight 1 (spec 3.1). The decoder divisor counts
+        every query group (B * K * G)."""
+        B, K, _ = target.shape
+        any_visible = bool(weight.sum() > 0)
+        losses = {"loss_coarse": rle_loss(out["coarse_mu"], out["coarse_sigma"], target, weight, self.coarse_flow,
+                                          B * K if any_visible else None)}
+        tg, wg = target.repeat(1, groups, 1), weight.repeat(1, groups, 1)
+        for i, (mu, sigma) in enumerate(zip(out["mu"], out["sigma"])):
+            losses[f"loss_dec{i}"] = rle_loss(mu, sigma, tg, wg, self.decoder_flow,
+                                              B * K * groups if any_visible else None)
+        return losses
+
+    @torch.no_grad()
+    def predict(self, batch: dict, test_cfg) -> list[PoseResult]:
+        images = batch["images"]
+        c = self.cfg
+        mu, sigma = self(images)
+        if getattr(test_cfg, "flip", False):
+            mu_f, sigma_f = flip_back(*self(images.flip(3)), self.flip_pairs)
+            mu, score = fuse_flip(mu, sigma, mu_f, sigma_f, c.flip_fusion, c.keypoint_score, c.uncertainty_a,
+                                  c.uncertainty_scale)
+        else:
+            score = keypoint_scores(sigma, c.keypoint_score, c.uncertainty_a, c.uncertainty_scale)
+        return topdown_results(mu, score, batch["metas"], tuple(images.shape[-2:]), {"sigma": sigma})
+
+    def finalize(self, result: PoseResult, meta: dict) -> PoseResult:
+        from ..inference.topdown import topdown_finalize
+        return topdown_finalize(result, self.sigmas, self.cfg.oks_nms_threshold, self.cfg.rescore)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Builder, data transform, registration
+# ----------------------------------------------------------------------------------------------------------
+def build_poseur(cfg) -> Poseur:
+    from ..data.keypoints import get_meta
+    info = get_meta(cfg.data.format)
+    return Poseur(cfg.model, info.flip_pairs, info.sigmas)
+
+
+def topdown_regression_transform(cfg, train: bool):
+    """Raw top-down sample -> {"image", "target": {"coords", "coord_weights"}, "meta"} with Poseur's official
+    augmentation (spec 1.7) and normalised coordinate targets. Shared by Poseur, RLE and TFPose."""
+    from ..data.transforms import build_topdown_transform
+    return build_topdown_transform(cfg, train)
+
+
+def poseur_transform(cfg, train: bool):
+    return topdown_regression_transform(cfg, train)
+
+
+register_method(MethodSpec(name="poseur", config_cls=PoseurConfig, build=build_poseur, family="topdown",
+                           transform=poseur_transform))

@@ -1,0 +1,292 @@
+"""RLE regression baseline (Li et al., "Human Pose Regression with Residual Log-likelihood Estimation", ICCV 2021).
+
+Top-down: backbone -> global average pooling -> FC (coordinates, "linear with norm") and FC (sigma) -> RLE loss
+with a RealNVP flow. This is also Poseur's coarse proposal head (Poseur spec 2.3), so its pieces live here and
+Poseur imports them: :class:`NormLinear`, :class:`CoarseRLEHead`, the flip fusion of regression outputs, the
+keypoint scores and the mapping of normalised crop coordinates back to the image.
+
+Coordinates inside the network are normalised crop coordinates u = (x_crop / W_in, y_crop / H_in).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..structures import PoseResult
+from .backbones import build_timm_backbone
+from .base import PoseModel
+from .layers.rle import RealNVP, rle_loss
+from .registry import MethodSpec, register_method
+
+__all__ = ["NormLinear", "PlainLinear", "CoarseRLEHead", "RLEConfig", "RLERegression", "build_rle", "rle_transform",
+           "flip_back", "fuse_flip", "keypoint_scores", "crop_to_image", "topdown_results", "build_backbone",
+           "FlipFusion", "KeypointScore"]
+
+FlipFusion = Literal["default", "type1", "type2"]
+KeypointScore = Literal["rle", "uncertainty", "none"]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Layers
+# ----------------------------------------------------------------------------------------------------------
+class NormLinear(nn.Module):
+    """RLE's ``Linear(norm=True)``: y = (x W^T) / ||x||_2 + b. The bias is added after the normalisation
+    (official RLE / Poseur code), so the pooled feature's scale does not change the coordinates."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.matmul(self.linear.weight.t()) / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        return y + self.linear.bias if self.linear.bias is not None else y
+
+
+class PlainLinear(nn.Module):
+    """RLE's ``Linear(norm=False)``: a plain linear layer kept inside ``.linear`` (official parameter names)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+class CoarseRLEHead(nn.Module):
+    """GAP + FC regression of K keypoints with a per-coordinate sigma (RLE's ``RegressFlow`` head; Poseur's
+    coarse proposal, spec 2.3). Input (B, C, H, W); output mu (B, K, 2) raw normalised coordinates (no
+    activation, may leave [0, 1]) and sigma (B, K, 2) = sigmoid(.)."""
+
+    def __init__(self, in_channels: int, num_keypoints: int = 17):
+        super().__init__()
+        self.num_keypoints = num_keypoints
+        self.fc_coord = NormLinear(in_channels, num_keypoints * 2)
+        self.fc_sigma = PlainLinear(in_channels, num_keypoints * 2)
+
+    def forward(self, feature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        g = feature.mean(dim=(2, 3))                                             # (B, C) global average pool
+        mu = self.fc_coord(g).view(-1, self.num_keypoints, 2)
+        sigma = self.fc_sigma(g).view(-1, self.num_keypoints, 2).sigmoid()
+        return mu, sigma
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Scores, flip test and decoding (shared with Poseur)
+# ----------------------------------------------------------------------------------------------------------
+def uncertainty_score(sigma: torch.Tensor, a: float = 0.2, scale: float = 0.7) -> torch.Tensor:
+    """Poseur's uncertainty score (paper Eq. 8): the Laplace mass within +-a of the prediction per axis,
+    multiplied over x and y; the official code scales it by 0.7. sigma (..., 2) -> (...)."""
+    p = 1 - torch.exp(-a / sigma)
+    return scale * p[..., 0] * p[..., 1]
+
+
+def keypoint_scores(sigma: torch.Tensor, kind: KeypointScore = "rle", a: float = 0.2, scale: float = 0.7) -> torch.Tensor:
+    """Per-keypoint confidence (..., 2) -> (...): ``rle`` mean(1 - sigma) (RLE, the official no-flip score),
+    ``uncertainty`` Eq. 8, ``none`` constant 1 (no rescoring; Poseur Table 1c)."""
+    if kind == "rle":
+        return (1 - sigma).mean(-1)
+    if kind == "uncertainty":
+        return uncertainty_score(sigma, a, scale)
+    if kind == "none":
+        return torch.ones_like(sigma[..., 0])
+    raise ValueError(f"keypoint score: expected 'rle', 'uncertainty' or 'none', got {kind!r}")
+
+
+def flip_back(mu: torch.Tensor, sigma: torch.Tensor, flip_pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Outputs of the mirrored crop -> original frame (``fliplr_rle_regression``): swap left/right joints for
+    coordinates and sigmas, then u_x := 1 - u_x (the flip centre is 0.5 in normalised coordinates)."""
+    perm = torch.arange(mu.shape[-2], device=mu.device)
+    if len(flip_pairs):
+        perm[flip_pairs[:, 0]] = flip_pairs[:, 1]
+        perm[flip_pairs[:, 1]] = flip_pairs[:, 0]
+    mu, sigma = mu[..., perm, :], sigma[..., perm, :]
+    mu = torch.stack((1 - mu[..., 0], mu[..., 1]), dim=-1)
+    return mu, sigma
+
+
+def fuse_flip(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor,
+              mode: FlipFusion = "default", kind: KeypointScore = "rle", a: float = 0.2,
+              scale: float = 0.7) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fuse the normal pass (1) and the flipped-back pass (2): coordinates (B, K, 2) and scores (B, K).
+
+    Official modes (``filp_fuse_type``, Poseur spec 1.5):
+      default: mean of coordinates and of scores;
+      type1:   score-weighted coordinates, score (s1 s2 (1 - |s1 - s2|))^2;
+      type2:   weights p^5 with p the uncertainty score (a = 0.2, x 0.7), score (p1 + p2) / 2 (published AP).
+    ``kind`` picks the score that default / type1 use (official: ``rle``); ``none`` gives constant scores.
+    """
+    if mode == "type2":
+        p1, p2 = uncertainty_score(sigma1, a, scale), uncertainty_score(sigma2, a, scale)
+        w1, w2 = (p1 ** 5)[..., None], (p2 ** 5)[..., None]
+        mu = (mu1 * w1 + mu2 * w2) / (w1 + w2 + 1e-10)
+        score = (p1 + p2) / 2
+    else:
+        s1, s2 = keypoint_scores(sigma1, kind, a, scale), keypoint_scores(sigma2, kind, a, scale)
+        if mode == "default":
+            mu, score = (mu1 + mu2) / 2, (s1 + s2) / 2
+        elif mode == "type1":
+            mu = (mu1 * s1[..., None] + mu2 * s2[..., None]) / (s1 + s2 + 1e-9)[..., None]
+            score = (s1 * s2 * (1 - (s1 - s2).abs())) ** 2
+        else:
+            raise ValueError(f"flip fusion: expected 'default', 'type1' or 'type2', got {mode!r}")
+    if kind == "none":
+        score = torch.ones_like(score)
+    return mu, score
+
+
+def crop_to_image(points: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+    """Crop pixels (B, K, 2) -> image pixels through per-sample (B, 2, 3) affines."""
+    return torch.einsum("bij,bkj->bki", inverse[..., :2], points) + inverse[:, None, :, 2]
+
+
+def _meta_array(metas: list[dict], key: str, default, dtype=np.float64) -> np.ndarray:
+    return np.asarray([np.asarray(m.get(key, default), dtype=dtype) for m in metas], dtype=dtype)
+
+
+def topdown_results(mu: torch.Tensor, score: torch.Tensor, metas: list[dict], input_hw: tuple[int, int],
+                    extras: dict[str, torch.Tensor] | None = None) -> list[PoseResult]:
+    """One single-person :class:`PoseResult` per crop: normalised coordinates -> crop pixels (x W_in, y H_in;
+    Poseur spec 1.4, no half-pixel shift) -> image pixels via ``meta["inverse"]``. The instance score is the mean
+    keypoint score here; ``finalize`` rescores with the box score and runs OKS-NMS per image."""
+    h_in, w_in = input_hw
+    inverse = torch.as_tensor(_meta_array(metas, "inverse", [[1, 0, 0], [0, 1, 0]]), dtype=torch.float64)
+    pts = mu.detach().double().cpu() * torch.tensor([w_in, h_in], dtype=torch.float64)
+    img = crop_to_image(pts, inverse).float().numpy()                                  # (B, K, 2)
+    scores = score.detach().float().cpu().numpy()                                      # (B, K)
+    keypoints = np.concatenate([img, scores[..., None]], axis=-1)
+    box_score = _meta_array(metas, "box_score", 1.0, np.float32)
+    scale = _meta_array(metas, "scale", [w_in / 200.0, h_in / 200.0])
+    area = (scale[:, 0] * 200.0) * (scale[:, 1] * 200.0)                                 # mmpose boxes[:, 4]
+    corners = crop_to_image(torch.tensor([[[0.0, 0.0], [w_in, h_in]]], dtype=torch.float64).expand(len(metas), -1, -1),
+                            inverse).numpy()
+    boxes = np.stack([np.asarray(m["box"], dtype=np.float64) if "box" in m else corners[i].reshape(4)
+                      for i, m in enumerate(metas)]) if len(metas) else np.zeros((0, 4))
+    extra_np = {k: v.detach().float().cpu().numpy() for k, v in (extras or {}).items()}
+    out = []
+    for i in range(len(metas)):
+        ex = {"box_score": box_score[i:i + 1], "area": area[i:i + 1].astype(np.float32)}
+        ex.update({k: v[i:i + 1] for k, v in extra_np.items()})
+        out.append(PoseResult(boxes[i:i + 1], keypoints[i:i + 1], scores[i:i + 1].mean(-1), ex))
+    return out
+
+
+def build_backbone(name: str, out_indices, pretrained: str = "", kwargs: dict | None = None) -> nn.Module:
+    """A timm ``features_only`` backbone; ``stem_width`` is also honoured for plain 7x7 ResNet stems (timm fixes
+    those at 64 channels; mmpose's ``stem_channels`` can differ, e.g. the reduced reference models)."""
+    kwargs = dict(kwargs or {})
+    stem_width = kwargs.pop("stem_width", None)
+    if "channels" in kwargs:
+        kwargs["channels"] = tuple(kwargs["channels"])
+    plain_resnet = name.startswith(("resnet", "resnext")) and not kwargs.get("stem_type")
+    if stem_width is not None and not plain_resnet:
+        kwargs["stem_width"] = stem_width
+    backbone = build_timm_backbone(name, tuple(out_indices), pretrained if stem_width is None else "", **kwargs)
+    if stem_width is not None and plain_resnet and stem_width != 64:
+        _rebuild_plain_stem(backbone.body, int(stem_width), name, kwargs)
+        if pretrained:
+            from .backbones import load_backbone_weights
+            load_backbone_weights(backbone.body, pretrained)
+    return backbone
+
+
+def _rebuild_plain_stem(body: nn.Module, stem_width: int, name: str, kwargs: dict) -> None:
+    """Replace a timm ResNet's 64-channel 7x7 stem (and the first stage that reads it) by ``stem_width``."""
+    import timm
+    from timm.models.resnet import make_blocks
+
+    with torch.device("meta"):
+        ref = timm.create_model(name, pretrained=False, **kwargs)
+    first = ref.layer1[0]
+    block = type(first)
+    channels = kwargs.get("channels", (64, 128, 256, 512))
+    body.conv1 = nn.Conv2d(3, stem_width, kernel_size=7, stride=2, padding=3, bias=False)
+    body.bn1 = nn.BatchNorm2d(stem_width)
+    stages, _ = make_blocks((block,), (channels[0],), (len(ref.layer1),), stem_width)
+    body.layer1 = stages[0][1]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The RLE method
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class RLEConfig:
+    """RLE baseline (GAP + FC + RLE). Defaults follow the original RLE code: flow prior mean 0, loss summed over
+    keypoints and divided by the batch size, 'linear with norm' coordinates."""
+    backbone: str = "resnet50"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    pretrained: str = ""                    # optional local ImageNet weights for the backbone
+    feature_index: int = 4                  # timm feature index pooled by the head (4: stride 32)
+    num_keypoints: int = 17
+    flow_hidden: int = 64
+    flow_layers: int = 6
+    prior_mean: tuple[float, float] = (0.0, 0.0)
+    loss_normalizer: Literal["batch", "batch_keypoints"] = "batch"
+    keypoint_score: KeypointScore = "rle"
+    uncertainty_a: float = 0.2
+    uncertainty_scale: float = 0.7
+    flip_fusion: FlipFusion = "default"
+    oks_nms_threshold: float = 0.9
+    rescore: bool = True                     # instance score = box score + mean + max of keypoint scores
+
+
+class RLERegression(PoseModel):
+    """Backbone -> last level -> :class:`CoarseRLEHead`; RLE loss with a RealNVP flow in training."""
+
+    def __init__(self, cfg: RLEConfig, flip_pairs: torch.Tensor, sigmas: np.ndarray):
+        super().__init__()
+        self.cfg = cfg
+        self.num_keypoints = cfg.num_keypoints
+        self.backbone = build_backbone(cfg.backbone, (cfg.feature_index,), cfg.pretrained, cfg.backbone_kwargs)
+        self.head = CoarseRLEHead(self.backbone.channels[-1], cfg.num_keypoints)
+        self.flow = RealNVP(cfg.flow_hidden, cfg.flow_layers, tuple(cfg.prior_mean))
+        self.register_buffer("flip_pairs", torch.as_tensor(flip_pairs, dtype=torch.long).reshape(-1, 2), persistent=False)
+        self.sigmas = np.asarray(sigmas, dtype=np.float64)
+
+    def forward(self, images: torch.Tensor, targets: list[dict] | None = None):
+        mu, sigma = self.head(self.backbone(images)[-1])
+        if targets is None:
+            return mu, sigma
+        target = torch.stack([t["coords"] for t in targets]).to(mu)                    # (B, K, 2)
+        weight = torch.stack([t["coord_weights"] for t in targets]).to(mu)             # (B, K, 2)
+        B, K = target.shape[:2]
+        divisor = B if self.cfg.loss_normalizer == "batch" else B * K
+        loss = rle_loss(mu, sigma, target, weight, self.flow, divisor if weight.sum() > 0 else None)
+        return {"loss_rle": loss}
+
+    @torch.no_grad()
+    def predict(self, batch: dict, test_cfg) -> list[PoseResult]:
+        images = batch["images"]
+        mu, sigma = self(images)
+        c = self.cfg
+        if getattr(test_cfg, "flip", False):
+            mu_f, sigma_f = flip_back(*self(images.flip(3)), self.flip_pairs)
+            mu, score = fuse_flip(mu, sigma, mu_f, sigma_f, c.flip_fusion, c.keypoint_score, c.uncertainty_a,
+                                  c.uncertainty_scale)
+        else:
+            score = keypoint_scores(sigma, c.keypoint_score, c.uncertainty_a, c.uncertainty_scale)
+        return topdown_results(mu, score, batch["metas"], tuple(images.shape[-2:]))
+
+    def finalize(self, result: PoseResult, meta: dict) -> PoseResult:
+        from ..inference.topdown import topdown_finalize
+        return topdown_finalize(result, self.sigmas, self.cfg.oks_nms_threshold, self.cfg.rescore)
+
+
+def build_rle(cfg) -> RLERegression:
+    from ..data.keypoints import get_meta
+    info = get_meta(cfg.data.format)
+    return RLERegression(cfg.model, info.flip_pairs, info.sigmas)
+
+
+def rle_transform(cfg, train: bool):
+    from .poseur import topdown_regression_transform
+    return topdown_regression_transform(cfg, train)
+
+
+register_method(MethodSpec(name="rle", config_cls=RLEConfig, build=build_rle, family="topdown",
+                           transform=rle_transform))
