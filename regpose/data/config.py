@@ -1,10 +1,18 @@
-"""The ``data`` section of a config: which annotation files, which keypoint layout, how to augment."""
+"""The ``data`` section of a config: which annotation files, which keypoint layout, how to augment.
+
+Augmentation defaults are each family's official settings: bottom-up = DEKR (reference/dekr/spec.md §2.2),
+one-stage = QueryPose's Sparse R-CNN mapper (reference/querypose/spec.md §8, detectron2 semantics),
+top-down = Poseur / mmpose (reference/poseur/spec.md §1.7). A method's ``transform(cfg, train)`` reads the
+section of its family (``cfg.data.augment.<family>``) through the ``from_config`` builders in
+:mod:`regpose.data.transforms`.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["DataConfig", "SplitConfig", "SynthSpec"]
+__all__ = ["DataConfig", "SplitConfig", "SynthSpec", "AugmentConfig", "BottomUpAugment", "OneStageAugment",
+           "TopDownAugment", "ColorAugment"]
 
 
 @dataclass
@@ -25,8 +33,77 @@ class SplitConfig:
 
 
 @dataclass
+class BottomUpAugment:
+    """DEKR random affine to a fixed square input (spec §2.2) + horizontal flip."""
+    scale_type: Literal["short", "long"] = "short"   # base scale = min(h, w) / 200 ('short') or max ('long')
+    min_scale: float = 0.75
+    max_scale: float = 1.5
+    max_rotation: float = 30.0        # degrees, uniform in [-max, max)
+    max_translate: float = 40.0       # integer shift in [-40 s, 40 s) original pixels
+    flip_prob: float = 0.5
+
+
+@dataclass
+class OneStageAugment:
+    """Sparse R-CNN / QueryPose mapper (detectron2 semantics): flip, multi-scale short side, optional crop."""
+    min_sizes: list[int] = field(default_factory=lambda: list(range(480, 801, 32)))
+    max_size: int = 1333
+    sample_style: Literal["choice", "range"] = "choice"
+    flip_prob: float = 0.5
+    crop: bool = True                 # with probability crop_prob take the resize -> crop -> resize branch
+    crop_prob: float = 0.5
+    crop_pre_sizes: list[int] = field(default_factory=lambda: [400, 500, 600])
+    crop_type: Literal["absolute_range", "absolute", "relative_range", "relative"] = "absolute_range"
+    crop_size: tuple[float, float] = (384.0, 600.0)
+    test_size: int = 800              # test: ResizeShortestEdge(test_size, test_max_size)
+    test_max_size: int = 1333
+
+
+@dataclass
+class TopDownAugment:
+    """mmpose / Poseur top-down pipeline: box -> centre/scale, flip, half body, scale/rotation, affine crop."""
+    padding: float = 1.25
+    flip_prob: float = 0.5
+    half_body_prob: float = 0.3
+    half_body_min_joints: int = 8     # applied when more than this many joints are labelled
+    half_body_padding: float = 1.5
+    scale_factor: float = 0.5         # scale *= clip(N(0,1) * f + 1, 1 - f, 1 + f)
+    rot_factor: float = 40.0          # rotation = clip(N(0,1) * f, -2f, 2f) with probability rot_prob
+    rot_prob: float = 0.6
+    udp: bool = False                 # unbiased data processing (Huang et al. 2020) instead of mmpose's default
+
+
+@dataclass
+class ColorAugment:
+    """Photometric augmentation applied to the network input (after the geometric transforms)."""
+    kind: Literal["none", "jitter", "photometric"] = "none"
+    # jitter: torchvision-like factors drawn uniformly in [1 - x, 1 + x] (hue: shift in [-x, x] of a turn)
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    # photometric: mmcv PhotometricDistortion (Poseur HRNet-W48 configs), incl. the official quirks
+    brightness_delta: int = 32
+    contrast_range: tuple[float, float] = (0.5, 1.5)
+    saturation_range: tuple[float, float] = (0.5, 1.5)
+    hue_delta: int = 18
+    official_quirks: bool = True      # HSV conversion treats RGB as BGR; the random channel swap is discarded
+    cutout: bool = False              # one elliptical black patch (Poseur W48 configs)
+    cutout_prob: float = 1.0
+
+
+@dataclass
+class AugmentConfig:
+    bottomup: BottomUpAugment = field(default_factory=BottomUpAugment)
+    onestage: OneStageAugment = field(default_factory=OneStageAugment)
+    topdown: TopDownAugment = field(default_factory=TopDownAugment)
+    color: ColorAugment = field(default_factory=ColorAugment)
+
+
+@dataclass
 class DataConfig:
     format: Literal["coco", "crowdpose", "mpii", "ochuman"] = "coco"   # keypoint layout and evaluator
     train: SplitConfig = field(default_factory=SplitConfig)
     val: SplitConfig = field(default_factory=SplitConfig)
     input_size: tuple[int, int] = (512, 512)   # (width, height) of the network input
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
