@@ -22,7 +22,7 @@ import torch
 from ..config import ConfigError
 from ..errors import CheckpointError
 
-__all__ = ["convert_state_dict", "convert_rescore_state_dict", "config_from_official", "test_from_official",
+__all__ = ["convert_state_dict", "convert_rescore_state_dict", "config_from_official", "official_test_options",
            "reference_check", "build_from_official"]
 
 _HEADS = ("transition_heatmap.", "head_heatmap.", "transition_offset.", "offset_feature_layers.",
@@ -175,7 +175,7 @@ def config_from_official(cfg_json: dict) -> dict:
     return out
 
 
-def test_from_official(cfg_json: dict) -> dict:
+def official_test_options(cfg_json: dict) -> dict:
     """Official TEST.FLIP_TEST / SCALE_FACTOR -> our generic ``test`` section."""
     t = cfg_json.get("TEST", {})
     out = {}
@@ -202,7 +202,7 @@ def build_from_official(cfg_json: dict, weights: dict[str, torch.Tensor] | None 
     if fmt is None:
         raise ConfigError(f"official config DATASET.DATASET: unknown {cfg_json['DATASET']['DATASET']!r}")
     raw = {"method": "dekr", "model": config_from_official(cfg_json), "data": {"format": fmt},
-           "test": test_from_official(cfg_json), "name": "dekr_official"}
+           "test": official_test_options(cfg_json), "name": "dekr_official"}
     cfg = load_config(raw)
     model = build_model(cfg)
     if weights is not None:
@@ -306,7 +306,7 @@ def reference_check(folder: str | Path) -> list[tuple[str, float, float]]:
     h, w = image.shape[:2]
     for variant, over in cfg_json.get("_variants", {}).items():
         vcfg = dataclasses.replace(model.cfg, **config_from_official(over))
-        vtest = {"flip": cfg.test.flip, "scales": cfg.test.scales, **test_from_official(over)}
+        vtest = {"flip": cfg.test.flip, "scales": cfg.test.scales, **official_test_options(over)}
         trace: dict = {}
         with torch.no_grad():
             poses, scores = run_pipeline(model, image, vcfg, model.flip_index, model.input_size, vtest["flip"],

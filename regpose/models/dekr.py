@@ -34,7 +34,7 @@ __all__ = [
     "HeatmapHead", "OffsetHead", "AdaptBlock", "HRNetConcat", "PredictOKSNet", "PoseRescorer",
     "heatmap_loss", "offset_loss", "official_test_resize", "resize_for_test", "normalize_image", "flip_input",
     "offset_to_pose", "up_interpolate", "center_proposals", "pose_nms", "match_pose_to_heatmap", "run_pipeline",
-    "rescore_features", "RESCORE_LINKS",
+    "rescore_features", "RESCORE_LINKS", "eval_sample", "map_poses", "keypoint_layout",
 ]
 
 
@@ -92,17 +92,12 @@ class DEKRConfig:
 # ----------------------------------------------------------------------------------------------------------
 # Keypoint layouts DEKR needs: flip permutation and the rescoring net's limb links
 # ----------------------------------------------------------------------------------------------------------
-_FLIP_INDEX = {  # TEMPORARY until regpose.data.keypoints lands
-    "coco": [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15],
-    "ochuman": [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15],
-    "crowdpose": [1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 12, 13],
-}
-
-
 def keypoint_layout(fmt: str) -> tuple[int, list[int]]:
-    """(number of keypoints, left/right flip permutation) of a dataset format."""
-    fi = _FLIP_INDEX[fmt]
-    return len(fi), fi
+    """(number of keypoints, left/right flip permutation) of a dataset format (from :mod:`regpose.data.keypoints`)."""
+    from ..data.keypoints import get_meta
+
+    meta = get_meta(fmt)
+    return meta.num_keypoints, [int(i) for i in meta.flip_index]
 
 
 #: Limb links of the rescoring features (official ``get_feature``). Official code: CrowdPose's "torso" normaliser
@@ -713,6 +708,17 @@ def build_dekr(cfg) -> DEKR:
     num_keypoints, flip_index = keypoint_layout(fmt)
     input_size = cfg.model.test_input_size or int(min(cfg.data.input_size))
     return DEKR(cfg.model, num_keypoints, flip_index, fmt, input_size)
+
+
+def eval_sample(image_rgb: np.ndarray, input_size: int, keep_raw: bool = False) -> dict:
+    """Scale-1 test input of one image with the official resize: {"image": (3, H_r, W_r), "meta": sizes, inverse}.
+    ``keep_raw`` adds the original image (``image_raw``) for multi-scale testing."""
+    h, w = image_rgb.shape[:2]
+    resized, inverse = resize_for_test(image_rgb, input_size, 1.0)
+    meta = {"orig_size": (h, w), "input_size": tuple(resized.shape[:2]), "inverse": inverse}
+    if keep_raw:
+        meta["image_raw"] = image_rgb
+    return {"image": normalize_image(resized), "meta": meta}
 
 
 def dekr_transform(cfg, train: bool):

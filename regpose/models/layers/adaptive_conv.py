@@ -73,7 +73,7 @@ def _grid_sample_impl(x, affine, translation, weight, groups):
     sampled = F.grid_sample(x.reshape(n * groups, c, h, w), grid, mode="bilinear", padding_mode="zeros",
                             align_corners=True)                          # (N*G, C, 9H, W)
     sampled = sampled.view(n, groups, c * 9, h * w)                      # rows: c-major, tap-minor
-    kernel = weight.view(groups, out_c, c * 9)                           # (G, O, C*9), same order
+    kernel = weight.reshape(groups, out_c, c * 9)                        # (G, O, C*9), same order
     out = torch.matmul(kernel, sampled)                                  # (N, G, O, H*W)
     return out.view(n, groups * out_c, h, w)
 
