@@ -1,0 +1,161 @@
+"""Poseur: sizes equal the official models, training wiring (noise groups, losses, gradients), switches."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from regpose.models.poseur import Poseur, PoseurConfig, inverse_sigmoid
+from conftest import REFERENCE
+
+SIZES = json.loads((REFERENCE / "poseur" / "sizes_flops.json").read_text())
+COCO_PAIRS = [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12], [13, 14], [15, 16]]
+
+
+def _tiny(**kw) -> PoseurConfig:
+    base = dict(backbone="resnet18", backbone_kwargs={"stem_width": 16, "channels": [16, 32, 64, 128]},
+                embed_dim=64, num_decoder_layers=2, self_attn_heads=4, num_points=2, ffn_dim=128)
+    base.update(kw)
+    return PoseurConfig(**base)
+
+
+@pytest.mark.parametrize("key,cfg", [
+    ("r50_6dec_256x192", PoseurConfig()),
+    ("r50_3dec_256x192", PoseurConfig(num_decoder_layers=3)),
+    ("hrnet_w32_6dec_256x192", PoseurConfig(backbone="hrnet_w32")),
+])
+def test_parameter_counts_equal_official(key, cfg):
+    with torch.device("meta"):
+        model = Poseur(cfg, COCO_PAIRS)
+    ref = SIZES[key]
+    assert sum(p.numel() for p in model.parameters()) == ref["params_total"]
+    assert sum(p.numel() for p in model.backbone.parameters()) == ref["params_backbone"]
+    flows = sum(p.numel() for m in (model.coarse_flow, model.decoder_flow) for p in m.parameters())
+    assert flows == ref["params_flows"]
+    assert len(model.state_dict()) == ref["state_dict_entries"]
+
+
+def test_tiny_matches_official_tiny_size():
+    model = Poseur(_tiny(), COCO_PAIRS)
+    assert sum(p.numel() for p in model.parameters()) == 999_184      # reference/poseur/tiny/README.md
+
+
+def test_inverse_sigmoid_clips_like_deformable_detr():
+    x = torch.tensor([-0.5, 0.0, 0.25, 1.0, 1.5])
+    expected = torch.tensor([np.log(1e-5), np.log(1e-5), np.log(1 / 3), -np.log(1e-5), -np.log(1e-5)], dtype=torch.float32)
+    torch.testing.assert_close(inverse_sigmoid(x), expected)
+
+
+def _targets(B, K=17):
+    g = torch.Generator().manual_seed(3)
+    w = (torch.rand(B, K, 1, generator=g) > 0.2).float().expand(B, K, 2).contiguous()
+    return [{"coords": torch.rand(K, 2, generator=g) * 0.8 + 0.1, "coord_weights": w[i]} for i in range(B)]
+
+
+def test_training_forward_has_noise_groups_and_every_parameter_gets_gradients():
+    torch.manual_seed(0)
+    model = Poseur(_tiny(), COCO_PAIRS).train()
+    images = torch.randn(2, 3, 64, 48)
+    out = model.forward_all(images, groups=4)
+    assert out["mu"][0].shape == (2, 68, 2) and len(out["mu"]) == 2
+    # group 0 is the clean proposal; noisy copies differ from it in exactly 3 x 4 points (same for the batch)
+    clean = torch.rand(2, 17, 2) * 0.8 + 0.1
+    content, pos, ref = model.init_queries(clean, groups=4)
+    assert content.shape == pos.shape == (2, 68, 64)
+    torch.testing.assert_close(ref[:, :17], clean)
+    changed = (ref[:, 17:] != clean.repeat(1, 3, 1)).any(-1)
+    assert changed.sum(1).tolist() == [12, 12] and torch.equal(changed[0], changed[1])
+    assert ref.min() >= -0.7 and ref.max() <= 1.7
+    losses = model(images, _targets(2))
+    assert set(losses) == {"loss_coarse", "loss_dec0", "loss_dec1"}
+    sum(losses.values()).backward()
+    # timm zero-inits the last BN gamma of each residual block, so those blocks' inner convs get no gradient at
+    # step 0; everything else (neck, transformer, heads, both flows) must.
+    missing = [n for n, p in model.named_parameters()
+               if (p.grad is None or not p.grad.abs().sum() > 0) and not n.startswith("backbone.body.layer")]
+    assert not missing, missing
+
+
+def test_query_groups_do_not_see_each_other():
+    """With dropout off, the clean group of a 4-group forward equals the 1-group forward (grouped self-attention)."""
+    model = Poseur(_tiny(dropout=0.0), COCO_PAIRS).train()
+    images = torch.randn(2, 3, 64, 48)
+    torch.manual_seed(1)
+    four = model.forward_all(images, groups=4)
+    one = model.forward_all(images, groups=1)
+    torch.testing.assert_close(four["mu"][-1][:, :17], one["mu"][-1], rtol=1e-5, atol=1e-6)
+
+
+def test_decoder_loss_divisor_counts_groups():
+    model = Poseur(_tiny(), COCO_PAIRS).eval()
+    images = torch.randn(2, 3, 64, 48)
+    t = _targets(2)
+    target, weight = torch.stack([x["coords"] for x in t]), torch.stack([x["coord_weights"] for x in t])
+    out = model.forward_all(images, groups=1)
+    l1 = model.losses(out, target, weight, 1)
+    out4 = {k: ([v.repeat(1, 4, 1) for v in out[k]] if k in ("mu", "sigma") else out[k]) for k in out}
+    l4 = model.losses(out4, target, weight, 4)
+    torch.testing.assert_close(l1["loss_dec1"], l4["loss_dec1"])        # 4 identical groups / (B*K*4)
+    zero = model.losses(out, target, torch.zeros_like(weight), 1)
+    assert all(v.item() == 0.0 for v in zero.values())
+
+
+def test_short_training_run_lowers_the_loss():
+    torch.manual_seed(0)
+    model = Poseur(_tiny(num_noise_groups=1, dropout=0.0), COCO_PAIRS).train()
+    images, targets = torch.randn(2, 3, 64, 48), _targets(2)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    losses = []
+    for _ in range(12):
+        loss = sum(model(images, targets).values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss))
+    assert min(losses[-3:]) < losses[0] - 3.0, losses
+
+
+@pytest.mark.parametrize("kw", [
+    dict(share_decoder_weights=True, num_decoder_layers=3),
+    dict(cross_attention="msda"),
+    dict(self_attention=False),
+    dict(query_init="learned"),
+    dict(feature_levels=[3, 4]),
+    dict(num_noise_groups=0),
+])
+def test_ablation_switches_run(kw):
+    model = Poseur(_tiny(**kw), COCO_PAIRS).train()
+    images = torch.randn(2, 3, 64, 48)
+    losses = model(images, _targets(2))
+    assert len(losses) == 1 + model.cfg.num_decoder_layers
+    sum(losses.values()).backward()
+    model.eval()
+    mu, sigma = model(images)
+    assert mu.shape == sigma.shape == (2, 17, 2)
+
+
+def test_shared_decoder_weights_have_one_layer_of_parameters():
+    a = sum(p.numel() for p in Poseur(_tiny(num_decoder_layers=3), COCO_PAIRS).parameters())
+    b = sum(p.numel() for p in Poseur(_tiny(num_decoder_layers=3, share_decoder_weights=True), COCO_PAIRS).parameters())
+    c = sum(p.numel() for p in Poseur(_tiny(num_decoder_layers=1), COCO_PAIRS).parameters())
+    assert b == c < a
+
+
+def test_flip_test_is_consistent_for_a_mirrored_crop():
+    """Predicting the mirrored crop with flip test gives the mirrored predictions of the original crop."""
+    model = Poseur(_tiny(), COCO_PAIRS).eval()
+    images = torch.randn(1, 3, 64, 48)
+    ident = np.array([[1.0, 0, 0], [0, 1.0, 0]])
+    meta = [{"inverse": ident, "box": [0, 0, 47, 63], "box_score": 1.0, "scale": [0.3, 0.4]}]
+    T = type("T", (), {"flip": True})()
+    for fusion in ("default", "type1", "type2"):
+        model.cfg.flip_fusion = fusion
+        a = model.predict({"images": images, "metas": meta}, T)[0].keypoints[0]
+        b = model.predict({"images": images.flip(3), "metas": meta}, T)[0].keypoints[0]
+        perm = np.arange(17)
+        for i, j in COCO_PAIRS:
+            perm[i], perm[j] = j, i
+        np.testing.assert_allclose(b[perm, 0], 48 - a[:, 0], atol=5e-3)
+        np.testing.assert_allclose(b[perm, 1:], a[:, 1:], atol=1e-4)

@@ -1,0 +1,152 @@
+"""RLE loss against the official Poseur loss case, the RLE head, flip fusion and the RLE baseline method."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from regpose.models.layers.rle import RealNVP, rle_loss
+from regpose.models.rle_regression import (CoarseRLEHead, NormLinear, RLEConfig, RLERegression, flip_back,
+                                           fuse_flip, keypoint_scores, topdown_results, uncertainty_score)
+from conftest import REFERENCE
+
+CASE = REFERENCE / "poseur" / "tiny"
+
+
+def _flows():
+    from regpose.compat.official import load_npz_state_dict
+
+    sd = load_npz_state_dict(CASE / "weights.npz")
+    flows = []
+    for prefix in ("keypoint_head.enc_flow.", "keypoint_head.dec_flow."):
+        flow = RealNVP(64, 6, (0.5, 0.5)).double()
+        flow.load_state_dict({k[len(prefix):]: v.double() for k, v in sd.items() if k.startswith(prefix)})
+        flows.append(flow)
+    return flows
+
+
+def test_rle_loss_equals_official_case():
+    case = np.load(CASE / "rle_loss_case.npz")
+    t = {k: torch.from_numpy(case[k]).double() for k in case.files}
+    enc_flow, dec_flow = _flows()
+    B, K = t["target"].shape[:2]
+    torch.testing.assert_close(enc_flow.log_prob((t["enc_mu"] - t["target"]) / t["enc_sigma"]).unsqueeze(-1),
+                               t["enc_log_phi"], rtol=0, atol=1e-5)
+    with torch.no_grad():
+        loss_enc = rle_loss(t["enc_mu"], t["enc_sigma"], t["target"], t["target_weight"], enc_flow, B * K)
+    tg, wg = t["target"].repeat(1, 4, 1), t["target_weight"].repeat(1, 4, 1)
+    with torch.no_grad():
+        loss_dec = [rle_loss(t["dec_mu"][i], t["dec_sigma"][i], tg, wg, dec_flow, B * K * 4) for i in range(2)]
+    assert abs(loss_enc.item() - float(t["loss_enc"])) < 1e-5 * max(1.0, abs(float(t["loss_enc"])))
+    for ours, theirs in zip(loss_dec, t["loss_dec"]):
+        assert abs(float(ours) - float(theirs)) <= 1e-5 * abs(float(theirs))
+    total = loss_enc + sum(loss_dec)
+    assert abs(float(total) - float(t["loss_total"])) <= 1e-5 * abs(float(t["loss_total"]))
+    # all weights 0 -> the plain sum, which is 0
+    with torch.no_grad():
+        zero = rle_loss(t["enc_mu"], t["enc_sigma"], t["target"], torch.zeros_like(t["target_weight"]), enc_flow, None)
+    assert float(zero) == float(t["loss_enc_all_invisible"]) == 0.0
+
+
+def test_rle_loss_hand_computed_with_identity_flow():
+    """A flow whose couplings output zero is the prior itself: log phi = -log(2 pi) - |bar - m|^2 / 2."""
+    flow = RealNVP(8, 2, (0.0, 0.0))
+    for p in flow.parameters():
+        torch.nn.init.zeros_(p)
+    mu, sigma = torch.tensor([[0.3, 0.6]]), torch.tensor([[0.2, 0.5]])
+    y, w = torch.tensor([[0.5, 0.4]]), torch.tensor([[1.0, 1.0]])
+    bar = (mu - y) / sigma
+    log_phi = -math.log(2 * math.pi) - 0.5 * float((bar ** 2).sum())
+    expected = 0.0
+    for d in range(2):
+        s = float(sigma[0, d])
+        expected += (math.log(s) - log_phi) + math.log(s * math.sqrt(2 * math.pi)) + abs(float(y[0, d] - mu[0, d])) / (math.sqrt(2) * s + 1e-9)
+    assert abs(float(rle_loss(mu, sigma, y, w, flow, None)) - expected) < 1e-5
+
+
+def test_norm_linear_divides_by_the_feature_norm_before_the_bias():
+    layer = NormLinear(3, 2)
+    x = torch.tensor([[3.0, 0.0, 4.0]])
+    expected = x @ layer.linear.weight.t() / 5.0 + layer.linear.bias
+    torch.testing.assert_close(layer(x), expected)
+    torch.testing.assert_close(layer(10 * x), expected)   # scale invariant
+
+
+def test_coarse_head_shapes_and_sigma_range():
+    head = CoarseRLEHead(16, 5)
+    mu, sigma = head(torch.randn(3, 16, 4, 3))
+    assert mu.shape == sigma.shape == (3, 5, 2)
+    assert ((sigma > 0) & (sigma < 1)).all()
+
+
+def test_flip_back_twice_is_identity_and_swaps_pairs():
+    pairs = torch.tensor([[1, 2], [3, 4]])
+    mu, sigma = torch.rand(2, 5, 2), torch.rand(2, 5, 2)
+    m1, s1 = flip_back(mu, sigma, pairs)
+    assert torch.allclose(m1[:, 1, 0], 1 - mu[:, 2, 0]) and torch.equal(s1[:, 3], sigma[:, 4])
+    m2, s2 = flip_back(m1, s1, pairs)
+    torch.testing.assert_close(m2, mu)
+    torch.testing.assert_close(s2, sigma)
+
+
+def test_fusion_modes_hand_computed():
+    mu1, mu2 = torch.tensor([[[0.2, 0.4]]]), torch.tensor([[[0.4, 0.8]]])
+    s1, s2 = torch.tensor([[[0.1, 0.3]]]), torch.tensor([[[0.5, 0.5]]])
+    k1, k2 = 1 - 0.2, 1 - 0.5                              # mean(1 - sigma)
+    mu, score = fuse_flip(mu1, s1, mu2, s2, "default")
+    torch.testing.assert_close(mu, (mu1 + mu2) / 2)
+    assert abs(float(score) - (k1 + k2) / 2) < 1e-6
+    mu, score = fuse_flip(mu1, s1, mu2, s2, "type1")
+    torch.testing.assert_close(mu, (mu1 * k1 + mu2 * k2) / (k1 + k2))
+    assert abs(float(score) - (k1 * k2 * (1 - abs(k1 - k2))) ** 2) < 1e-6
+    p = [0.7 * (1 - math.exp(-0.2 / 0.1)) * (1 - math.exp(-0.2 / 0.3)), 0.7 * (1 - math.exp(-0.2 / 0.5)) ** 2]
+    mu, score = fuse_flip(mu1, s1, mu2, s2, "type2")
+    w1, w2 = p[0] ** 5, p[1] ** 5
+    torch.testing.assert_close(mu, (mu1 * w1 + mu2 * w2) / (w1 + w2), rtol=1e-6, atol=1e-7)
+    assert abs(float(score) - sum(p) / 2) < 1e-6
+    assert abs(float(uncertainty_score(s1)) - p[0]) < 1e-6
+    _, none = fuse_flip(mu1, s1, mu2, s2, "type2", kind="none")
+    assert float(none) == 1.0
+    assert float(keypoint_scores(s1, "none")) == 1.0
+
+
+def test_topdown_results_map_back_through_the_inverse_affine():
+    mu = torch.tensor([[[0.5, 0.5], [0.0, 1.0]]])
+    inverse = np.array([[2.0, 0.0, 10.0], [0.0, 2.0, 20.0]])   # crop px -> image px
+    metas = [{"inverse": inverse, "box": [1, 2, 3, 4], "box_score": 0.5, "scale": [1.0, 2.0]}]
+    res = topdown_results(mu, torch.tensor([[0.3, 0.6]]), metas, (256, 192))[0]
+    np.testing.assert_allclose(res.keypoints[0, :, :2], [[2 * 96 + 10, 2 * 128 + 20], [10, 2 * 256 + 20]])
+    np.testing.assert_allclose(res.extras["area"], [200.0 * 400.0])
+    assert float(res.extras["box_score"][0]) == 0.5 and abs(float(res.scores[0]) - 0.45) < 1e-6
+
+
+def _tiny_rle_cfg(**kw):
+    return RLEConfig(backbone="resnet18", backbone_kwargs={"stem_width": 16, "channels": [16, 32, 64, 128]}, **kw)
+
+
+def test_rle_method_trains_and_predicts():
+    torch.manual_seed(0)
+    model = RLERegression(_tiny_rle_cfg(), [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12], [13, 14], [15, 16]],
+                          np.full(17, 0.05))
+    images = torch.randn(4, 3, 64, 48)
+    targets = [{"coords": torch.rand(17, 2) * 0.6 + 0.2, "coord_weights": torch.ones(17, 2)} for _ in range(4)]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    losses = []
+    for it in range(25):
+        loss = model(images, targets)["loss_rle"]
+        opt.zero_grad()
+        loss.backward()
+        if it == 1:   # after one step: timm zero-inits each block's last BN gamma, which blocks gradients at step 0
+            missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+            assert not missing, missing
+        opt.step()
+        losses.append(float(loss))
+    assert losses[-1] < losses[0] - 1.0, losses
+    model.eval()
+    metas = [{"inverse": np.array([[1.0, 0, 0], [0, 1.0, 0]]), "box": [0, 0, 47, 63], "box_score": 1.0,
+              "scale": [0.3, 0.4]} for _ in range(4)]
+    res = model.predict({"images": images, "metas": metas}, type("T", (), {"flip": True})())
+    assert len(res) == 4 and res[0].keypoints.shape == (1, 17, 3)
