@@ -172,13 +172,22 @@ def _err(a, b) -> float:
     return float(np.abs(a - b).max()) if a.size else 0.0
 
 
+def _reference_transform(cfg_json: dict):
+    """Our top-down test transform for the reference folder's input size and padding."""
+    from ..data.config import DataConfig
+    from ..models.rle_regression import TopDownRegressionTransform
+
+    w, h = cfg_json.get("input_size_wh", [192, 256])
+    data = DataConfig(input_size=(int(w), int(h)))
+    data.augment.topdown.padding = float(cfg_json.get("bbox_padding", 1.25))
+    return TopDownRegressionTransform(data, train=False)
+
+
 @torch.no_grad()
 def reference_check(folder: str | Path) -> list[tuple[str, float, float]]:
     """(array, max abs error, tolerance) for every array of ``outputs.npz`` (tolerances from the folder README:
     2e-5 normalised coordinates / sigmas / scores, 1e-4 hidden states, 5e-3 px image coordinates)."""
     from types import SimpleNamespace
-
-    import cv2
 
     from ..inference.topdown import rescore
     from ..structures import PoseResult
@@ -212,14 +221,25 @@ def reference_check(folder: str | Path) -> list[tuple[str, float, float]]:
         add(prefix + "init_reference", out["init_reference"], 2e-5)
         add(prefix + "inter_references", torch.stack(out["references"]), 2e-5)
 
-    # Full top-down decoding: crops -> image pixels, flip test with each fusion mode, rle rescoring.
-    center, scale = inp["center"].astype(np.float64), inp["scale"].astype(np.float64)
-    metas = []
+    # Full top-down pipeline: box -> centre/scale -> affine crop -> network -> image pixels, flip test with each
+    # fusion mode, rle rescoring. The crops come from our own transform and must equal the official input.
+    metas, crops = [], []
+    transform = _reference_transform(cfg_json)
     for i in range(len(images)):
-        inverse = cv2.invertAffineTransform(inp["affine_matrix"][i])
         x, y, w, h = inp["bbox_xywh"][i].astype(np.float64)
-        metas.append({"image_id": i, "sample_index": i, "inverse": inverse, "center": center[i], "scale": scale[i],
-                      "box": [x, y, x + w, y + h], "box_score": float(inp["bbox_score"][i])})
+        raw = {"image": inp["raw_image"][i], "image_id": i, "file_name": "", "sample_index": i,
+               "orig_size": inp["raw_image"][i].shape[:2], "keypoints": np.zeros((0, model.num_keypoints, 3)),
+               "boxes": np.zeros((0, 4)), "box_xywh": np.array([x, y, w, h]), "box": np.array([x, y, x + w, y + h]),
+               "box_score": float(inp["bbox_score"][i]), "person_index": -1}
+        sample = transform(raw)
+        crops.append(sample["image"])
+        metas.append(sample["meta"])
+    rows.append(("image (top-down crop + normalisation)", _err(torch.stack(crops), inp["image"]), 1e-5))
+    center = np.stack([m["center"] for m in metas]).astype(np.float64)
+    scale = np.stack([m["scale"] for m in metas]).astype(np.float64)
+    rows.append(("center", _err(center, inp["center"]), 1e-4))
+    rows.append(("scale", _err(scale, inp["scale"]), 1e-6))
+    images = torch.stack(crops)
     batch = {"images": images, "metas": metas}
     for mode in ("noflip", "flip_default", "flip_type1", "flip_type2"):
         model.cfg.flip_fusion = mode.split("_")[-1] if mode != "noflip" else model.cfg.flip_fusion

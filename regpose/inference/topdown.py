@@ -12,17 +12,19 @@ greedy OKS-NMS at 0.9 with the dataset's sigmas and the crop area (200 s_x)(200 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 
 from ..errors import DataError
-from ..structures import PoseResult
+from ..structures import PoseResult, to_coco_results
 
-__all__ = ["rescore", "oks_matrix", "oks_nms", "topdown_finalize", "load_detections", "boxes_from_model",
-           "gt_boxes"]
+__all__ = ["rescore", "oks_matrix", "oks_nms", "topdown_finalize", "BoxSource", "GroundTruthBoxes",
+           "DetectionBoxes", "ModelBoxes", "boxes_from_model", "build_box_source", "model_detections",
+           "TopDownPredictor", "write_results", "image_id_from_name"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -88,71 +90,220 @@ def topdown_finalize(result: PoseResult, sigmas: np.ndarray | None, oks_threshol
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Where person boxes come from
+# Where person boxes come from: every source maps (image_id, RGB image) -> (n, 5) x, y, w, h, score
 # ----------------------------------------------------------------------------------------------------------
-def load_detections(path: str | Path, score_threshold: float = 0.0, category_id: int | None = 1) -> dict[int, np.ndarray]:
-    """A COCO results json of person boxes -> {image_id: (n, 5) x, y, w, h, score}, boxes below the threshold
-    dropped (mmpose ``det_bbox_thr``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"detections file not found: {path}")
-    try:
-        entries = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
-    if not isinstance(entries, list):
-        raise DataError(f"{path}: expected a list of COCO detection results, got {type(entries).__name__}")
-    out: dict[int, list] = {}
-    for i, d in enumerate(entries):
-        if not isinstance(d, dict) or "image_id" not in d or "bbox" not in d:
-            raise DataError(f"{path}: entry {i} is not a detection (needs image_id and bbox)")
-        if category_id is not None and d.get("category_id", category_id) != category_id:
-            continue
-        box = d["bbox"]
-        if len(box) != 4 or not all(np.isfinite(box)):
-            raise DataError(f"{path}: entry {i} has bbox {box!r}; expected 4 finite numbers x, y, w, h")
-        score = float(d.get("score", 1.0))
-        if score < score_threshold:
-            continue
-        out.setdefault(int(d["image_id"]), []).append([*map(float, box), score])
-    return {k: np.asarray(v, dtype=np.float64).reshape(-1, 5) for k, v in out.items()}
+BoxSource = Callable[[int, np.ndarray], np.ndarray]
 
 
-def gt_boxes(annotations: Iterable[dict], width: int, height: int) -> np.ndarray:
-    """Ground-truth person boxes of one image as mmpose cleans them (Poseur spec 1.6): clipped to the image,
-    only people with labelled keypoints, score 1 -> (n, 5) x, y, w, h, score."""
-    out = []
-    for a in annotations:
-        if a.get("iscrowd", 0) or int(a.get("num_keypoints", 1)) <= 0:
-            continue
-        x, y, w, h = (float(v) for v in a["bbox"])
-        x1, y1 = max(0.0, x), max(0.0, y)
-        x2, y2 = min(width - 1.0, x1 + max(0.0, w)), min(height - 1.0, y1 + max(0.0, h))
-        if a.get("area", 1) > 0 and x2 > x1 and y2 > y1:
-            out.append([x1, y1, x2 - x1, y2 - y1, 1.0])
-    return np.asarray(out, dtype=np.float64).reshape(-1, 5)
+class GroundTruthBoxes:
+    """Annotated boxes, cleaned as mmpose does (Poseur spec 1.6; :func:`regpose.data.datasets.clean_gt_boxes`),
+    score 1."""
+
+    def __init__(self, records):
+        from ..data.datasets import clean_gt_boxes
+
+        self.boxes = {}
+        for r in records:
+            _, xywh = clean_gt_boxes(r)
+            self.boxes[int(r.image_id)] = np.concatenate([xywh, np.ones((len(xywh), 1))], 1)
+
+    def __call__(self, image_id: int, image: np.ndarray | None = None) -> np.ndarray:
+        return self.boxes.get(int(image_id), np.zeros((0, 5)))
+
+
+class DetectionBoxes:
+    """A COCO-results json of person detections (e.g. ``COCO_val2017_detections_AP_H_56_person.json``), boxes
+    scoring below ``score_threshold`` dropped (mmpose ``det_bbox_thr``)."""
+
+    def __init__(self, path: str | os.PathLike, score_threshold: float = 0.0):
+        from ..data.datasets import load_detections
+
+        self.path = str(path)
+        self.boxes = load_detections(path, score_threshold)
+
+    def __call__(self, image_id: int, image: np.ndarray | None = None) -> np.ndarray:
+        return self.boxes.get(int(image_id), np.zeros((0, 5)))
+
+
+def _raw_image_sample(image: np.ndarray, image_id: int, file_name: str, num_keypoints: int) -> dict:
+    """A whole-image raw sample (the dataset format of :mod:`regpose.data.datasets`) without annotations."""
+    return {"image": image, "image_id": int(image_id), "file_name": file_name, "sample_index": 0,
+            "orig_size": (int(image.shape[0]), int(image.shape[1])),
+            "keypoints": np.zeros((0, num_keypoints, 3), np.float32), "boxes": np.zeros((0, 4), np.float32),
+            "areas": np.zeros(0, np.float32), "iscrowd": np.zeros(0, bool), "num_keypoints": np.zeros(0, np.int64),
+            "ann_ids": np.zeros(0, np.int64)}
 
 
 @torch.no_grad()
-def boxes_from_model(model, images: list[np.ndarray], test_cfg, score_threshold: float = 0.0,
-                     transform: Callable | None = None) -> list[np.ndarray]:
-    """Person boxes from any whole-image (one-stage / bottom-up) regpose model: its people's boxes (or the
-    extent of their keypoints) and instance scores -> per image (n, 5) x, y, w, h, score."""
+def boxes_from_model(model, images: Iterable[np.ndarray], transform: Callable, test_cfg,
+                     score_threshold: float = 0.0) -> list[np.ndarray]:
+    """Person boxes from a built whole-image (one-stage / bottom-up) regpose model: each person's box (or the
+    extent of its keypoints when the method has no boxes) and instance score -> per image (n, 5) xywh + score."""
     from ..data.collate import collate
 
+    device = next(model.parameters()).device
     out = []
-    for i, img in enumerate(images):
-        h, w = img.shape[:2]
-        if transform is None:
-            raise DataError("boxes_from_model: the detector's test transform is required")
-        sample = transform({"image": img, "image_id": i, "file_name": "", "people": [], "width": w, "height": h})
+    for img in images:
+        sample = transform(_raw_image_sample(img, 0, "", getattr(model, "num_keypoints", 17)))
         batch = collate([sample], getattr(model, "size_divisibility", 1))
+        batch["images"] = batch["images"].to(device)
         res = model.finalize(model.predict(batch, test_cfg)[0], batch["metas"][0])
         boxes = np.asarray(res.boxes, dtype=np.float64).reshape(-1, 4)
-        if len(res) and not np.isfinite(boxes).all():
-            kp = res.keypoints[..., :2]
-            boxes = np.concatenate([kp.min(1), kp.max(1)], 1)
-        keep = res.scores >= score_threshold
-        b, s = boxes[keep], res.scores[keep]
+        if len(res):
+            kp = res.keypoints[..., :2].astype(np.float64)
+            no_box = ~np.isfinite(boxes).all(1) | ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))
+            boxes[no_box] = np.concatenate([kp.min(1), kp.max(1)], 1)[no_box]
+        keep = np.asarray(res.scores) >= score_threshold
+        b, s = boxes[keep], np.asarray(res.scores, dtype=np.float64)[keep]
         out.append(np.concatenate([b[:, :2], b[:, 2:] - b[:, :2], s[:, None]], 1) if len(b) else np.zeros((0, 5)))
     return out
+
+
+class ModelBoxes:
+    """Boxes from a one-stage regpose detector (``test.detector_config`` + ``test.detector_weights``), run on the
+    whole image with its own test transform."""
+
+    def __init__(self, detector_config: str, detector_weights: str = "", score_threshold: float = 0.0,
+                 device: str | torch.device = "cpu"):
+        from ..config import ConfigError, load_config
+        from ..models import build_model
+        from ..models.registry import get_method
+
+        self.cfg = load_config(detector_config)
+        spec = get_method(self.cfg.method)
+        if spec.family == "topdown":
+            raise ConfigError(f"test.detector_config: {detector_config} is a top-down method ('{self.cfg.method}'); "
+                              "boxes must come from a one-stage or bottom-up model")
+        self.model = build_model(self.cfg)
+        if detector_weights:
+            from ..engine.checkpoint import load_model_weights
+            load_model_weights(self.model, detector_weights)
+        self.model.to(device).eval()
+        self.transform = spec.transform(self.cfg, False)
+        self.score_threshold = score_threshold
+
+    def __call__(self, image_id: int, image: np.ndarray) -> np.ndarray:
+        return boxes_from_model(self.model, [image], self.transform, self.cfg.test, self.score_threshold)[0]
+
+
+def build_box_source(cfg, records=None, device: str | torch.device = "cpu") -> BoxSource:
+    """The box source ``cfg.test`` asks for: ``gt`` (needs annotation ``records``), ``detections`` (json) or
+    ``model`` (a one-stage detector config + weights)."""
+    from ..config import ConfigError
+
+    t = cfg.test
+    if t.boxes == "gt":
+        if records is None:
+            raise ConfigError("test.boxes: 'gt' needs annotations; for plain images use test.boxes=detections "
+                              "(test.detections=FILE) or test.boxes=model (test.detector_config=CONFIG)")
+        return GroundTruthBoxes(records)
+    if t.boxes == "detections":
+        if not t.detections:
+            raise ConfigError("test.detections: a COCO-results json of person boxes is required when test.boxes is "
+                              "'detections'")
+        return DetectionBoxes(t.detections, t.det_score_threshold)
+    if t.boxes == "model":
+        if not t.detector_config:
+            raise ConfigError("test.detector_config: a one-stage regpose config is required when test.boxes is 'model'")
+        return ModelBoxes(t.detector_config, t.detector_weights, t.det_score_threshold, device)
+    raise ConfigError(f"test.boxes: expected 'gt', 'detections' or 'model', got {t.boxes!r}")
+
+
+def model_detections(cfg, records, device: str | torch.device = "cpu") -> dict[int, np.ndarray]:
+    """``{image_id: (n, 5)}`` boxes of a detector model over annotation ``records`` (for a
+    :class:`regpose.data.datasets.TopDownDataset` with ``boxes='detections'``, i.e. ``test.boxes: model``)."""
+    from ..data.datasets import read_image
+
+    source = build_box_source(cfg, records, device)
+    return {int(r.image_id): source(int(r.image_id), read_image(r.file_name)) for r in records}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Crops -> predictions -> people per image
+# ----------------------------------------------------------------------------------------------------------
+def image_id_from_name(path: str | os.PathLike, fallback: int) -> int:
+    """COCO file names are zero-padded image ids (000000000785.jpg -> 785); otherwise ``fallback``."""
+    stem = Path(path).stem
+    return int(stem) if stem.isdigit() else int(fallback)
+
+
+class TopDownPredictor:
+    """Method-agnostic top-down inference: boxes -> the method's own test transform (one crop per box) -> batched
+    ``model.predict`` -> ``model.finalize`` per image. Works for every registered top-down method."""
+
+    def __init__(self, model, cfg, boxes: BoxSource, batch_size: int | None = None):
+        from ..models.registry import get_method
+
+        spec = get_method(cfg.method)
+        if spec.family != "topdown":
+            raise ValueError(f"TopDownPredictor: '{cfg.method}' is a {spec.family} method, not top-down")
+        self.model, self.cfg, self.boxes = model, cfg, boxes
+        self.transform = spec.transform(cfg, False)
+        self.batch_size = int(batch_size or max(1, cfg.test.batch_size))
+        self.num_keypoints = int(getattr(model, "num_keypoints", 17))
+
+    def _samples(self, image: np.ndarray, image_id: int, file_name: str, dets: np.ndarray) -> Iterator[dict]:
+        for j, d in enumerate(np.asarray(dets, dtype=np.float64).reshape(-1, 5)):
+            raw = _raw_image_sample(image, image_id, file_name, self.num_keypoints)
+            raw.update(sample_index=j, box_xywh=d[:4].copy(), box=np.array([d[0], d[1], d[0] + d[2], d[1] + d[3]]),
+                       box_score=float(d[4]), person_index=-1)
+            yield self.transform(raw)
+
+    @torch.no_grad()
+    def __call__(self, image: np.ndarray, image_id: int = 0, file_name: str = "",
+                 boxes: np.ndarray | None = None) -> PoseResult:
+        """People in one RGB uint8 image (original pixels). ``boxes`` (n, 5) xywh + score overrides the source."""
+        from ..data.collate import collate
+
+        dets = self.boxes(image_id, image) if boxes is None else boxes
+        if len(dets) == 0:
+            return PoseResult.empty(self.num_keypoints)
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        parts, meta0, pending = [], None, []
+        for sample in self._samples(image, image_id, file_name, dets):
+            pending.append(sample)
+            if len(pending) == self.batch_size:
+                parts += self._predict(collate(pending), device)
+                meta0 = meta0 or pending[0]["meta"]
+                pending = []
+        if pending:
+            parts += self._predict(collate(pending), device)
+            meta0 = meta0 or pending[0]["meta"]
+        result = PoseResult.concat(parts, self.num_keypoints)
+        return self.model.finalize(result, meta0)
+
+    def _predict(self, batch: dict, device) -> list[PoseResult]:
+        batch["images"] = batch["images"].to(device)
+        return self.model.predict(batch, self.cfg.test)
+
+    def predict_files(self, files: Iterable[str | os.PathLike], image_ids: dict[str, int] | None = None
+                      ) -> dict[int, PoseResult]:
+        """Every image file -> finalized people, keyed by image id (from ``image_ids`` by file name, else the COCO
+        file-name convention, else the running index)."""
+        from ..data.datasets import read_image
+
+        out = {}
+        for i, f in enumerate(files):
+            name = Path(f).name
+            image_id = (image_ids or {}).get(name, image_id_from_name(f, i))
+            out[image_id] = self(read_image(f), image_id, str(f))
+        return out
+
+
+def write_results(results: dict[int, PoseResult], path: str | os.PathLike, score_threshold: float = 0.0,
+                  max_people: int = 100) -> Path:
+    """COCO keypoint results json of ``{image_id: PoseResult}`` (written atomically)."""
+    entries = []
+    for image_id in sorted(results):
+        r = results[image_id]
+        if len(r):
+            r = r.select(np.nonzero(r.scores >= score_threshold)[0]).sorted()
+            r = r.select(np.arange(min(len(r), max_people)))
+        entries.extend(to_coco_results(r, image_id))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(entries))
+    os.replace(tmp, path)
+    return path

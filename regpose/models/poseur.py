@@ -31,11 +31,12 @@ from .layers.deform_attn import MultiScaleDeformableAttention
 from .layers.position import sine_grid_encoding, sine_point_encoding
 from .layers.rle import RealNVP, rle_loss
 from .registry import MethodSpec, register_method
-from .rle_regression import (CoarseRLEHead, FlipFusion, KeypointScore, PlainLinear, build_backbone, flip_back,
-                             fuse_flip, keypoint_scores, topdown_results)
+from .rle_regression import (CoarseRLEHead, FlipFusion, KeypointScore, PlainLinear, TopDownRegressionTransform,
+                             build_backbone, flip_back, fuse_flip, keypoint_scores, topdown_regression_transform,
+                             topdown_results)
 
 __all__ = ["PoseurConfig", "Poseur", "ChannelMapper", "PoseurDecoderLayer", "build_poseur", "poseur_transform",
-           "topdown_regression_transform", "inverse_sigmoid"]
+           "topdown_regression_transform", "TopDownRegressionTransform", "inverse_sigmoid"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -356,14 +357,8 @@ def build_poseur(cfg) -> Poseur:
     return Poseur(cfg.model, info.flip_pairs, info.sigmas)
 
 
-def topdown_regression_transform(cfg, train: bool):
-    """Raw top-down sample -> {"image", "target": {"coords", "coord_weights"}, "meta"} with Poseur's official
-    augmentation (spec 1.7) and normalised coordinate targets. Shared by Poseur, RLE and TFPose."""
-    from ..data.transforms import build_topdown_transform
-    return build_topdown_transform(cfg, train)
-
-
-def poseur_transform(cfg, train: bool):
+def poseur_transform(cfg, train: bool) -> TopDownRegressionTransform:
+    """Poseur's data pipeline: the shared top-down regression transform (spec 1.1-1.7)."""
     return topdown_regression_transform(cfg, train)
 
 

@@ -25,7 +25,7 @@ from .registry import MethodSpec, register_method
 
 __all__ = ["NormLinear", "PlainLinear", "CoarseRLEHead", "RLEConfig", "RLERegression", "build_rle", "rle_transform",
            "flip_back", "fuse_flip", "keypoint_scores", "crop_to_image", "topdown_results", "build_backbone",
-           "FlipFusion", "KeypointScore"]
+           "FlipFusion", "KeypointScore", "TopDownRegressionTransform", "topdown_regression_transform"]
 
 FlipFusion = Literal["default", "type1", "type2"]
 KeypointScore = Literal["rle", "uncertainty", "none"]
@@ -283,8 +283,39 @@ def build_rle(cfg) -> RLERegression:
     return RLERegression(cfg.model, info.flip_pairs, info.sigmas)
 
 
-def rle_transform(cfg, train: bool):
-    from .poseur import topdown_regression_transform
+class TopDownRegressionTransform:
+    """Raw top-down sample -> {"image", "target": {"coords", "coord_weights"}, "meta"}: the official mmpose / Poseur
+    pipeline (spec 1.1-1.7: centre/scale with padding 1.25, flip, half body, scale/rotation, non-UDP affine crop,
+    ImageNet normalisation of the RGB crop) and normalised coordinate targets (x / W_in, y / H_in; weight = labelled
+    and inside the crop). Shared by Poseur, RLE and TFPose. Picklable for data-loader workers."""
+
+    def __init__(self, data_cfg, train: bool):
+        from ..data.transforms import topdown_test_transforms, topdown_train_transforms
+
+        self.train = train
+        self.input_size = tuple(int(v) for v in data_cfg.input_size)          # (W, H)
+        self.pipeline = topdown_train_transforms(data_cfg) if train else topdown_test_transforms(data_cfg)
+
+    def __call__(self, raw: dict, rng=None) -> dict:
+        from ..data.targets import normalized_coords
+        from ..data.transforms import make_meta, to_tensor_normalize
+
+        sample = self.pipeline(raw, rng)
+        target = {}
+        person = sample.get("person_index", -1)
+        if person is not None and person >= 0:
+            coords, weights = normalized_coords(sample["keypoints"][person], self.input_size)
+            target = {"coords": torch.from_numpy(coords), "coord_weights": torch.from_numpy(weights)}
+        elif self.train:
+            raise ValueError("top-down training samples need a ground-truth person (person_index >= 0)")
+        return {"image": to_tensor_normalize(sample["image"]), "target": target, "meta": make_meta(sample)}
+
+
+def topdown_regression_transform(cfg, train: bool) -> TopDownRegressionTransform:
+    return TopDownRegressionTransform(cfg.data, train)
+
+
+def rle_transform(cfg, train: bool) -> TopDownRegressionTransform:
     return topdown_regression_transform(cfg, train)
 
 
