@@ -23,6 +23,7 @@ continuous (pixel i covers [i, i+1)).
 """
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -129,6 +130,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 def _load_json(path: Path):
     if not path.is_file():
         raise DataError(f"annotation file not found: {path}")
+    gc_was_on = gc.isenabled()
+    gc.disable()  # parsing allocates millions of objects; cyclic GC passes over a large heap dominate otherwise
     try:
         with open(path, "rb") as f:
             return json.load(f)
@@ -136,6 +139,9 @@ def _load_json(path: Path):
         raise DataError(f"{path}: invalid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
     except UnicodeDecodeError:
         raise DataError(f"{path}: not a text JSON file") from None
+    finally:
+        if gc_was_on:
+            gc.enable()
 
 
 def _image_dir(ann_file: Path, image_dir: str) -> Path:
