@@ -106,9 +106,7 @@ _TEST_KEYS = {"KEYPOINT_THRESHOLD": "keypoint_threshold", "POOL_THRESHOLD1": "po
               "DECREASE": "decrease", "MATCH_HMP": "match_hmp", "ADJUST_THRESHOLD": "adjust_threshold",
               "MAX_ABSORB_DISTANCE": "max_absorb_distance", "GUASSIAN_KERNEL": "gaussian_kernel"}
 _DATASET_KEYS = {"INPUT_SIZE": "test_input_size", "MAX_NUM_PEOPLE": "max_num_people", "SIGMA": "sigma",
-                 "CENTER_SIGMA": "center_sigma", "BG_WEIGHT": "bg_weight", "OFFSET_RADIUS": "offset_radius",
-                 "MIN_SCALE": "min_scale", "MAX_SCALE": "max_scale", "MAX_ROTATION": "max_rotation",
-                 "MAX_TRANSLATE": "max_translate"}
+                 "CENTER_SIGMA": "center_sigma", "BG_WEIGHT": "bg_weight", "OFFSET_RADIUS": "offset_radius"}
 _TIMM_WIDTHS = {32: "hrnet_w32", 48: "hrnet_w48"}
 
 

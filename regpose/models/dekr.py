@@ -49,6 +49,8 @@ class DEKRConfig:
     hrnet_channels: list[int] = field(default_factory=list)   # 4 branch widths (STAGES.NUM_CHANNELS[-1]); [] = variant
     hrnet_modules: list[int] = field(default_factory=list)    # modules of stages 2-4 (NUM_MODULES); [] = [1, 4, 3]
     hrnet_blocks: list[int] = field(default_factory=list)     # BasicBlocks per branch, stages 2-4; [] = [4, 4, 4]
+    hrnet_layer1_blocks: int = 0                 # Bottlenecks in layer1; 0 = official 4 (small CPU models: fewer)
+    hrnet_layer1_planes: int = 0                 # their planes (x4 out); 0 = official 64
     pretrained: str = ""                         # ImageNet HRNet weights file (MODEL.PRETRAINED); '' = none
     # heads
     head_heatmap_channels: int = 32              # HEAD_HEATMAP.NUM_CHANNELS (W48: 48)
@@ -60,17 +62,12 @@ class DEKRConfig:
     adaptive_conv_impl: Literal["auto", "grid_sample", "deform_conv2d"] = "auto"   # auto: CPU grid_sample, CUDA deform
     # targets and losses (DATASET.SIGMA, CENTER_SIGMA, BG_WEIGHT, OFFSET_RADIUS; LOSS.*_FACTOR)
     sigma: float = 2.0
-    center_sigma: float = 4.0                    # Official code: CrowdPose's center effectively uses SIGMA (2)
+    center_sigma: float = 4.0                    # Official code: only channel index >= 17 uses it (CrowdPose: SIGMA)
     bg_weight: float = 0.1
     offset_radius: int = 4
     heatmap_loss_factor: float = 1.0
     offset_loss_factor: float = 0.03
-    # augmentation (DATASET.MIN_SCALE, MAX_SCALE, MAX_ROTATION, MAX_TRANSLATE, FLIP)
-    min_scale: float = 0.75
-    max_scale: float = 1.5
-    max_rotation: float = 30.0
-    max_translate: int = 40
-    flip_prob: float = 0.5
+    # augmentation: the bottom-up section of the data config (cfg.data.augment.bottomup), DEKR's official values
     # test (TEST.*; flip and scales are cfg.test.flip / cfg.test.scales)
     test_input_size: int = 0                     # DATASET.INPUT_SIZE for the resize policy; 0 = min(data.input_size)
     max_num_people: int = 30                     # DATASET.MAX_NUM_PEOPLE
@@ -118,19 +115,27 @@ class HRNetConcat(nn.Module):
     upsampled (align_corners=False) to stride 4 and concatenated: the representation both DEKR heads read."""
 
     def __init__(self, name: str = "hrnet_w32", channels: list[int] | None = None, modules: list[int] | None = None,
-                 blocks: list[int] | None = None, pretrained: str = ""):
+                 blocks: list[int] | None = None, pretrained: str = "", layer1_blocks: int = 0,
+                 layer1_planes: int = 0):
         super().__init__()
         kwargs = {}
-        if channels or modules or blocks:
-            import timm.models.hrnet as timm_hrnet
+        import timm.models.hrnet as timm_hrnet
 
-            base = timm_hrnet.cfg_cls[name]
+        base = timm_hrnet.cfg_cls[name]
+        if layer1_blocks or layer1_planes:
+            stage = dict(base["stage1"])
+            stage["num_blocks"] = (int(layer1_blocks or stage["num_blocks"][0]),)
+            stage["num_channels"] = (int(layer1_planes or stage["num_channels"][0]),)
+            kwargs["stage1"] = stage
+        if channels or modules or blocks:
             for s in range(3):                     # stages 2, 3, 4 have 2, 3, 4 branches
                 stage = dict(base[f"stage{s + 2}"])
                 nb = s + 2
                 if channels:
                     if len(channels) != 4:
-                        raise ValueError(f"hrnet_channels: expected 4 branch widths, got {channels}")
+                        from ..config import ConfigError
+
+                        raise ConfigError(f"model.hrnet_channels: expected 4 branch widths, got {channels}")
                     stage["num_channels"] = tuple(channels[:nb])
                 if modules:
                     stage["num_modules"] = int(modules[s])
@@ -210,7 +215,8 @@ class DEKR(PoseModel):
         self.flip_index = list(flip_index) if flip_index is not None else list(range(num_keypoints))
         self.data_format = data_format
         self.input_size = input_size
-        self.backbone = HRNetConcat(cfg.backbone, cfg.hrnet_channels, cfg.hrnet_modules, cfg.hrnet_blocks)
+        self.backbone = HRNetConcat(cfg.backbone, cfg.hrnet_channels, cfg.hrnet_modules, cfg.hrnet_blocks,
+                                    layer1_blocks=cfg.hrnet_layer1_blocks, layer1_planes=cfg.hrnet_layer1_planes)
         c = self.backbone.out_channels
         self.heatmap_head = HeatmapHead(c, cfg.head_heatmap_channels, num_keypoints, cfg.head_heatmap_blocks,
                                         cfg.head_heatmap_dilation, cfg.final_conv_kernel)
@@ -721,12 +727,156 @@ def eval_sample(image_rgb: np.ndarray, input_size: int, keep_raw: bool = False) 
     return {"image": normalize_image(resized), "meta": meta}
 
 
+class DEKRTrainTransform:
+    """Raw sample -> DEKR training sample (spec Sec. 2): person joints + center slot and offset areas in original
+    pixels, the official random affine / flip (data.augment.bottomup) to the square input and the stride-4 output,
+    then the heatmap / offset targets with their weights (ignore mask from crowds and unlabelled people)."""
+
+    def __init__(self, cfg):
+        from ..data.transforms import bottomup_train_transforms
+
+        self.fmt = cfg.data.format
+        self.k, flip_index = keypoint_layout(self.fmt)
+        size = int(cfg.data.input_size[0])
+        if size % 32:
+            from ..config import ConfigError
+
+            raise ConfigError(f"data.input_size: DEKR needs a multiple of 32, got {cfg.data.input_size}")
+        self.output_size = size // 4
+        self.model_cfg = cfg.model
+        # the center slot (index K) maps to itself under flips
+        self.augment = bottomup_train_transforms(cfg.data, flip_index=list(flip_index) + [self.k],
+                                                 output_sizes=(self.output_size,), mask=True)
+
+    def __call__(self, raw: dict, rng=None) -> dict:
+        from ..data.targets import dekr_heatmaps, dekr_joints, dekr_offsets
+        from ..data.transforms import make_meta, select_people, to_tensor_normalize
+
+        m = self.model_cfg
+        # Official code: the area < 32^2 "no center" rule is COCO's (CrowdPose has no such check)
+        joints, area, keep = dekr_joints(raw["keypoints"], raw["areas"], raw["iscrowd"], raw["num_keypoints"],
+                                         area_check=self.fmt != "crowdpose")
+        sample = select_people(dict(raw), keep)
+        sample["keypoints"] = joints                                     # (P, K+1, 3), original pixels
+        sample = self.augment(sample, rng)
+        layer = sample["outputs"][0]
+        r = self.output_size
+        heatmap, heatmap_weight = dekr_heatmaps(layer["keypoints"], r, m.sigma, m.center_sigma, m.bg_weight,
+                                                mask=layer.get("mask"))
+        offset, offset_weight = dekr_offsets(layer["keypoints"], area * sample["area_scale"], r, m.offset_radius)
+        target = {"heatmap": torch.from_numpy(heatmap), "heatmap_weight": torch.from_numpy(heatmap_weight),
+                  "offset": torch.from_numpy(offset), "offset_weight": torch.from_numpy(offset_weight)}
+        sample["keypoints"] = sample["keypoints"][:, :self.k]
+        return {"image": to_tensor_normalize(sample["image"]), "target": target, "meta": make_meta(sample)}
+
+
+class DEKREvalTransform:
+    """Raw sample -> test sample: the official scale-1 resize (spec Sec. 3.1); with multi-scale testing the original
+    image rides along in ``meta['image_raw']`` (``predict`` resizes it to the other scales and drops it)."""
+
+    def __init__(self, cfg):
+        self.input_size = cfg.model.test_input_size or int(min(cfg.data.input_size))
+        self.keep_raw = [float(s) for s in cfg.test.scales] != [1.0]
+
+    def __call__(self, raw: dict, rng=None) -> dict:
+        from ..data.transforms import BottomUpTestResize, Compose, make_meta, to_tensor_normalize
+
+        original = raw["image"]
+        sample = Compose([BottomUpTestResize(self.input_size, 1.0)])(dict(raw), rng)
+        meta = make_meta(sample)
+        if self.keep_raw:
+            meta["image_raw"] = original
+        return {"image": to_tensor_normalize(sample["image"]), "target": {}, "meta": meta}
+
+
 def dekr_transform(cfg, train: bool):
-    raise NotImplementedError  # written once regpose.data lands
+    """DEKR's data pipeline: :class:`DEKRTrainTransform` for training, :class:`DEKREvalTransform` for testing."""
+    return DEKRTrainTransform(cfg) if train else DEKREvalTransform(cfg)
 
 
-def train_rescore(cfg, weights: str, out: str, max_images: int | None = None) -> Path:
-    raise NotImplementedError
+def _rescore_records(model: "DEKR", cfg, max_images: int | None, device) -> tuple[np.ndarray, np.ndarray]:
+    """Official rescore data generation: predict the training images (flip, scale 1, no rescoring) and pair each
+    detection's features with its OKS to the best-matching ground truth (non-exclusive), as COCOeval's ``ious``:
+    the top maxDets (20) detections by score, all of the image's ground truths. Images without ground truth are
+    skipped. Official code: a target OKS of exactly 1 is replaced by 0."""
+    import dataclasses
+
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from ..data.collate import Collate
+    from ..data.datasets import ImageDataset, load_records
+    from ..data.keypoints import get_meta
+    from ..evaluation.oks import oks_matrix
+
+    test_cfg = dataclasses.replace(cfg.test, flip=True, scales=[1.0])
+    records = load_records(cfg.data.train, cfg.data.format)
+    records = [r for r in records if r.num_people > 0][:max_images]
+    dataset = ImageDataset(records, DEKREvalTransform(dataclasses.replace(cfg, test=test_cfg)))
+    loader = DataLoader(dataset, batch_size=1, num_workers=min(cfg.train.num_workers, 4),
+                        collate_fn=Collate(model.size_divisibility))
+    sigmas = get_meta(cfg.data.format).sigmas
+    feats, targets = [], []
+    for batch in tqdm(loader, desc="rescore data", unit="img", dynamic_ncols=True, leave=False):
+        batch["images"] = batch["images"].to(device)
+        res = model.predict(batch, test_cfg)[0]
+        rec = records[int(batch["metas"][0]["sample_index"])]
+        if len(res) == 0:
+            continue
+        top = np.argsort(-res.scores, kind="mergesort")[:20]
+        kpts = res.keypoints[top]
+        oks = oks_matrix(kpts, rec.keypoints, rec.areas, sigmas, rec.boxes).max(axis=1)
+        oks[oks == 1] = 0
+        feats.append(rescore_features(kpts))
+        targets.append(oks.astype(np.float32))
+    if not feats:
+        from ..errors import DataError
+
+        raise DataError(f"train-rescore: the model found no people in {len(records)} training images")
+    return np.concatenate(feats), np.concatenate(targets)
+
+
+def train_rescore(cfg, weights: str, out: str, max_images: int | None = None, epochs: int = 20,
+                  batch_size: int = 1024, lr: float = 1e-3) -> Path:
+    """Train DEKR's rescoring net from a pose model's predictions on the training set (official
+    ``valid.py`` with ``rescore_*.yaml`` then ``train_scorenet.py``): MSE to the OKS of each predicted pose, Adam lr
+    1e-3, 20 epochs, batch 1024 (last partial batch dropped; smaller sets use one full batch), shuffled per epoch.
+    Writes ``{"model": l1/l2/l3 state dict, ...}`` to ``out`` (use it as ``model.rescore_weights``)."""
+    from ..engine.checkpoint import atomic_save, load_model_weights
+
+    torch.manual_seed(cfg.train.seed)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = build_dekr(cfg)
+    load_model_weights(model, weights)
+    model.rescorer = None
+    model.to(device).eval()
+    x, y = _rescore_records(model, cfg, max_images, device)
+    # Official code: records are written once per COCO eval area range (all / medium / large), so every detection
+    # appears 3 times; the CrowdPose evaluator has a single range.
+    repeats = 1 if cfg.data.format == "crowdpose" else 3
+    x, y = torch.from_numpy(np.repeat(x, repeats, 0)), torch.from_numpy(np.repeat(y, repeats, 0))
+    net = PredictOKSNet(x.shape[1], cfg.model.rescore_hidden)
+    net.reset_parameters()
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    bs = min(batch_size, len(x))
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    losses = []
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        total = 0.0
+        for i in range(len(x) // bs):
+            idx = perm[i * bs:(i + 1) * bs]
+            loss = F.mse_loss(net(x[idx])[:, 0], y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item()
+        losses.append(total / max(len(x) // bs, 1))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_save({"model": net.state_dict(), "kind": "rescore", "num_records": int(len(x)), "epoch_losses": losses,
+                 "source_weights": str(weights)}, out)
+    return out
 
 
 register_method(MethodSpec(name="dekr", config_cls=DEKRConfig, build=build_dekr, family="bottomup",
