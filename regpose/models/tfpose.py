@@ -35,7 +35,8 @@ from .registry import MethodSpec, register_method
 
 __all__ = ["TFPoseConfig", "TFPose", "TFPoseEncoderLayer", "TFPoseDecoderLayer", "TFPoseDecoder",
            "AuxHeatmapHead", "CoordinateMLP", "inverse_sigmoid", "coordinate_l1_loss", "joints_mse_loss",
-           "flip_back_coords", "build_tfpose", "tfpose_transform", "tfpose_lr_rules", "deformable_sampling_flops"]
+           "flip_back_coords", "build_tfpose", "tfpose_transform", "TFPoseTransform", "tfpose_lr_rules",
+           "deformable_sampling_flops"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -43,7 +44,10 @@ __all__ = ["TFPoseConfig", "TFPose", "TFPoseEncoderLayer", "TFPoseDecoderLayer",
 # ----------------------------------------------------------------------------------------------------------
 @dataclass
 class TFPoseConfig:
-    """TFPose's knobs. Defaults are the paper's best setting (R-50, N_E = 6, N_D = 6, C = 256, q2q on, aux on)."""
+    """TFPose's knobs. Defaults are the paper's best setting (R-50, N_E = 6, N_D = 6, C = 256, q2q on, aux on).
+
+    The ``udp`` switch of the spec is ``data.augment.topdown.udp`` (one source of truth for the crop, the targets,
+    the flip test and the decoding); TFPose configs set it to true as the paper does."""
     backbone: str = "resnet50"                  # timm name: resnet50 (main results) / resnet18 (ablations)
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)
     pretrained: str = ""                        # optional local ImageNet weights for the backbone
@@ -67,7 +71,6 @@ class TFPoseConfig:
     aux_channels: int = 256                     # deconvolution width (SimpleBaseline)
     aux_loss_weight: float = 10.0               # lambda of Eq. 7
     aux_sigma: float = 2.0                      # Gaussian sigma on the stride-4 heatmap
-    udp: bool = True                            # unbiased data processing (crop, targets, flip, decoding)
     oks_nms_threshold: float = 0.9              # per-image OKS-NMS over crops (mmpose top-down evaluation)
     sampler: Literal["auto", "gather", "grid_sample"] = "auto"   # deformable sampling kernel (same numbers)
 
@@ -287,9 +290,10 @@ class TFPose(PoseModel):
 
     size_divisibility = 32
 
-    def __init__(self, cfg: TFPoseConfig, flip_pairs=(), sigmas: np.ndarray | None = None):
+    def __init__(self, cfg: TFPoseConfig, flip_pairs=(), sigmas: np.ndarray | None = None, udp: bool = True):
         super().__init__()
         self.cfg = cfg
+        self.udp = udp
         self.num_keypoints = K = cfg.num_keypoints
         C, L = cfg.embed_dim, len(cfg.levels)
         self.backbone = build_timm_backbone(cfg.backbone, tuple(lv - 1 for lv in cfg.levels), cfg.pretrained,
@@ -418,7 +422,7 @@ class TFPose(PoseModel):
     def coords_to_crop_pixels(self, coords: torch.Tensor, input_hw: tuple[int, int]) -> torch.Tensor:
         """Normalised (B, K, 2) -> crop pixels: u (W - 1) with UDP (spec §5/§7), u W without."""
         h, w = input_hw
-        scale = torch.tensor([w - 1.0, h - 1.0] if self.cfg.udp else [float(w), float(h)], dtype=coords.dtype,
+        scale = torch.tensor([w - 1.0, h - 1.0] if self.udp else [float(w), float(h)], dtype=coords.dtype,
                              device=coords.device)
         return coords * scale
 
@@ -429,28 +433,37 @@ class TFPose(PoseModel):
         coords = self(images)
         if flip:
             w = images.shape[-1]
-            center = 1.0 if self.cfg.udp else (w - 1.0) / w
+            center = 1.0 if self.udp else (w - 1.0) / w
             coords = 0.5 * (coords + flip_back_coords(self(images.flip(3)), self.flip_pairs, center))
         return coords
 
     @torch.no_grad()
     def predict(self, batch: dict, test_cfg) -> list[PoseResult]:
-        """One single-person result per crop in original pixels. TFPose has no keypoint confidence: keypoint
-        scores are 1, so after ``finalize`` the instance score is the box score (spec §10)."""
+        """One single-person result per crop in original pixels (``meta["inverse"]``). TFPose predicts no keypoint
+        confidence: keypoint scores are 1 and the instance score is the box score (spec §10)."""
+        images = batch["images"]
+        coords = self.predict_coords(images, bool(getattr(test_cfg, "flip", False)))
+        return self.decode_results(coords, batch["metas"], (int(images.shape[-2]), int(images.shape[-1])))
+
+    def decode_results(self, coords: torch.Tensor, metas: list[dict], input_hw: tuple[int, int]) -> list[PoseResult]:
+        """Normalised coordinates (B, K, 2) of B crops -> one :class:`PoseResult` per crop in original pixels
+        (keypoint scores 1, instance score = box score). Also decodes ONNX Runtime outputs."""
         from .rle_regression import topdown_results
 
-        images = batch["images"]
-        input_hw = (int(images.shape[-2]), int(images.shape[-1]))
-        coords = self.predict_coords(images, bool(getattr(test_cfg, "flip", False)))
-        # topdown_results maps u -> u * (W, H) -> image; hand it crop pixels / (W, H) so UDP's (W - 1) holds.
-        pixels = self.coords_to_crop_pixels(coords.float(), input_hw)
-        normalised = pixels / torch.tensor([input_hw[1], input_hw[0]], dtype=pixels.dtype, device=pixels.device)
-        score = torch.ones(coords.shape[:2])
-        return topdown_results(normalised, score, batch["metas"], input_hw)
+        coords = torch.as_tensor(coords).float().cpu()
+        # topdown_results maps u -> u (W, H) -> image; hand it crop pixels / (W, H) so UDP's (W - 1) holds.
+        pixels = self.coords_to_crop_pixels(coords, input_hw)
+        normalised = pixels / torch.tensor([input_hw[1], input_hw[0]], dtype=pixels.dtype)
+        results = topdown_results(normalised, torch.ones(coords.shape[:2]), metas, input_hw)
+        for r in results:
+            r.scores = np.asarray(r.extras["box_score"], dtype=np.float32).reshape(-1)
+        return results
 
     def finalize(self, result: PoseResult, meta: dict) -> PoseResult:
+        """Per image: mmpose's top-down rescoring (box score x mean keypoint score above 0.2, here x 1, so the box
+        score stays) then OKS-NMS over the image's crops."""
         from ..inference.topdown import topdown_finalize
-        return topdown_finalize(result, self.sigmas, self.cfg.oks_nms_threshold, True)
+        return topdown_finalize(result, self.sigmas, self.cfg.oks_nms_threshold, rescoring=False)
 
     def export_module(self) -> nn.Module:
         """Eval-mode ``forward(images) -> (B, K, 2)``; the auxiliary heatmap head is not part of the graph."""
@@ -491,20 +504,84 @@ def tfpose_lr_rules(scope: Literal["offsets_and_refs", "whole_transformer"] = "o
 # ----------------------------------------------------------------------------------------------------------
 # Builder, data transform, registration
 # ----------------------------------------------------------------------------------------------------------
-def build_tfpose(cfg) -> TFPose:
-    from ..data.keypoints import keypoint_info
+def _check_data(cfg) -> None:
+    from ..data.keypoints import get_meta
 
-    info = keypoint_info(cfg.data.format)
+    info = get_meta(cfg.data.format)
     if cfg.model.num_keypoints != len(info.sigmas):
         raise ConfigError(f"model.num_keypoints: {cfg.model.num_keypoints} does not match data.format "
                           f"'{cfg.data.format}' ({len(info.sigmas)} keypoints)")
-    return TFPose(cfg.model, info.flip_pairs, info.sigmas)
+    w, h = (int(v) for v in cfg.data.input_size)
+    stride = 2 ** max(cfg.model.levels)
+    if w % stride or h % stride:
+        raise ConfigError(f"data.input_size: {w}x{h} must be a multiple of {stride} (the coarsest memory level "
+                          f"C{max(cfg.model.levels)}), e.g. 192x256")
 
 
-def tfpose_transform(cfg, train: bool):
-    """Top-down crop + augmentation (shared pipeline) and TFPose's targets: normalised coordinates with weights and,
-    when the auxiliary loss is on, UDP Gaussian heatmaps on the stride-4 grid."""
-    raise NotImplementedError("tfpose_transform: waiting for the shared top-down data pipeline")
+def build_tfpose(cfg) -> TFPose:
+    from ..data.keypoints import get_meta
+
+    _check_data(cfg)
+    info = get_meta(cfg.data.format)
+    return TFPose(cfg.model, info.flip_pairs, info.sigmas, udp=bool(cfg.data.augment.topdown.udp))
+
+
+class TFPoseTransform:
+    """Raw top-down sample -> ``{"image", "target", "meta"}`` with the shared mmpose top-down pipeline (centre /
+    scale with padding 1.25, flip, half body, scale / rotation, affine crop; ``data.augment.topdown``) and TFPose's
+    targets (spec §6-7):
+
+      coords (K, 2)          joint / (W - 1, H - 1) under UDP (x / (W, H) without), in [0, 1] inside the crop
+      coord_weights (K, 2)   labelled (v > 0) and inside the crop
+      heatmaps (K, H/4, W/4) UDP Gaussians (sigma ``aux_sigma``), only when the auxiliary loss is on
+      heatmap_weights (K,)   labelled and the Gaussian touches the map
+
+    Picklable for data-loader workers."""
+
+    def __init__(self, cfg, train: bool):
+        from ..data.transforms import topdown_test_transforms, topdown_train_transforms
+
+        _check_data(cfg)
+        self.train = train
+        self.input_size = tuple(int(v) for v in cfg.data.input_size)                 # (W, H)
+        self.udp = bool(cfg.data.augment.topdown.udp)
+        m = cfg.model
+        self.heatmaps = train and m.aux_heatmap and m.aux_loss_weight > 0
+        self.heatmap_size = (self.input_size[0] // 4, self.input_size[1] // 4)
+        self.sigma = float(m.aux_sigma)
+        self.pipeline = topdown_train_transforms(cfg.data) if train else topdown_test_transforms(cfg.data)
+
+    def targets(self, keypoints: np.ndarray) -> dict:
+        """Targets of one person's (K, 3) keypoints in network-input pixels."""
+        from ..data.targets import normalized_coords, udp_heatmaps
+
+        w, h = self.input_size
+        _, weights = normalized_coords(keypoints, self.input_size)                 # labelled and inside the crop
+        norm = np.array([w - 1.0, h - 1.0] if self.udp else [float(w), float(h)])
+        coords = (np.asarray(keypoints, dtype=np.float64)[:, :2] / norm).astype(np.float32)
+        target = {"coords": torch.from_numpy(coords), "coord_weights": torch.from_numpy(weights)}
+        if self.heatmaps:
+            # The paper generates the auxiliary targets with UDP (Sec. 4.1), whatever the crop convention.
+            hm, hm_w = udp_heatmaps(keypoints, self.input_size, self.heatmap_size, self.sigma)
+            target.update(heatmaps=torch.from_numpy(hm), heatmap_weights=torch.from_numpy(hm_w))
+        return target
+
+    def __call__(self, raw: dict, rng=None) -> dict:
+        from ..data.transforms import make_meta, to_tensor_normalize
+
+        sample = self.pipeline(raw, rng)
+        person = sample.get("person_index", -1)
+        target = {}
+        if person is not None and person >= 0:
+            target = self.targets(sample["keypoints"][person])
+        elif self.train:
+            raise ValueError("top-down training samples need a ground-truth person (person_index >= 0)")
+        return {"image": to_tensor_normalize(sample["image"]), "target": target, "meta": make_meta(sample)}
+
+
+def tfpose_transform(cfg, train: bool) -> TFPoseTransform:
+    """TFPose's data pipeline: shared top-down crop and augmentation, coordinate + auxiliary heatmap targets."""
+    return TFPoseTransform(cfg, train)
 
 
 register_method(MethodSpec(name="tfpose", config_cls=TFPoseConfig, build=build_tfpose, family="topdown",
