@@ -336,9 +336,9 @@ def test_flip_test_averages_with_the_mirrored_crop():
 
 def test_coords_to_crop_pixels_udp_and_plain():
     c = torch.tensor([[[1.0, 1.0], [0.5, 0.25]]])
-    m = TFPose(tiny_cfg(udp=True))
+    m = TFPose(tiny_cfg(), udp=True)
     torch.testing.assert_close(m.coords_to_crop_pixels(c, (256, 192)), torch.tensor([[[191.0, 255.0], [95.5, 63.75]]]))
-    m = TFPose(tiny_cfg(udp=False))
+    m = TFPose(tiny_cfg(), udp=False)
     torch.testing.assert_close(m.coords_to_crop_pixels(c, (256, 192)), torch.tensor([[[192.0, 256.0], [96.0, 64.0]]]))
 
 
