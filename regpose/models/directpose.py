@@ -16,9 +16,11 @@ assignment (FCOS) -> losses -> decode -> the model -> transform -> registration.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -32,7 +34,7 @@ from .necks import FPN
 from .registry import MethodSpec, register_method
 
 __all__ = [
-    "DirectPoseConfig", "DirectPose", "build_directpose", "directpose_transform", "COCO_KPALIGN_GROUPS",
+    "DirectPoseConfig", "DirectPose", "build_directpose", "directpose_transform", "DirectPoseSample", "COCO_KPALIGN_GROUPS",
     "resolve_keypoint_groups", "KPAlignHead", "NaiveKeypointHead", "HeatmapHead",
     "NUM_LEVELS", "compute_locations", "fcos_assign", "keypoint_loss", "heatmap_targets", "decode_candidates",
 ]
@@ -65,6 +67,7 @@ class DirectPoseConfig:
     # --- backbone / neck (spec §2) ---
     backbone: str = "resnet50"                 # timm name; C3-C5 (strides 8, 16, 32) feed the FPN
     pretrained: str = ""                       # optional local weights file (never downloaded)
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)   # extra timm create_model arguments
     backbone_norm: Literal["frozen_bn", "bn"] = "frozen_bn"
     freeze_at: int = 2                         # 0: nothing, 1: stem, 2: stem + res2 (detectron2 FREEZE_AT)
     fpn_channels: int = 256                    # P3-P7; P6/P7 from P5 (FCOS "TOP_LEVELS = 2")
@@ -184,12 +187,15 @@ def _freeze_backbone(backbone: TimmBackbone, norm: str, freeze_at: int) -> None:
 # Heads (spec §4)
 # ==========================================================================================================
 def _tower(in_ch: int, width: int, num_convs: int, *, groups: int = 1, gn_groups: int = 32) -> nn.Sequential:
-    """``num_convs`` x [3x3 conv, GroupNorm, ReLU]; the first conv is dense, the rest use ``groups``."""
-    layers: list[nn.Module] = []
+    """``num_convs`` x [3x3 conv, GroupNorm, ReLU]; the first conv is dense, the rest use ``groups``.
+    Modules are named conv<i> / gn<i> so parameter-name rules can find the norms (no weight decay on GN)."""
+    layers: dict[str, nn.Module] = {}
     for i in range(num_convs):
-        layers += [nn.Conv2d(in_ch if i == 0 else width, width, 3, padding=1, groups=1 if i == 0 else groups),
-                   _group_norm(width, gn_groups), nn.ReLU(inplace=True)]
-    return nn.Sequential(*layers)
+        layers[f"conv{i}"] = nn.Conv2d(in_ch if i == 0 else width, width, 3, padding=1,
+                                       groups=1 if i == 0 else groups)
+        layers[f"gn{i}"] = _group_norm(width, gn_groups)
+        layers[f"relu{i}"] = nn.ReLU(inplace=True)
+    return nn.Sequential(OrderedDict(layers))
 
 
 def _group_norm(width: int, groups: int = 32) -> nn.GroupNorm:
@@ -279,8 +285,8 @@ class KPAlignHead(nn.Module):
             gn = width // 4                    # 4 channels per GN group: never straddles two group streams
             self.tower = _tower(in_ch, width, num_convs, groups=G, gn_groups=gn)
             self.locator = nn.Conv2d(width, 2 * G, 3, padding=1, groups=G)
-            self.sampler = nn.Sequential(nn.Conv2d(width, width, 3, padding=1, groups=G),
-                                         nn.GroupNorm(gn, width), nn.ReLU(inplace=True))
+            self.sampler = nn.Sequential(OrderedDict(conv=nn.Conv2d(width, width, 3, padding=1, groups=G),
+                                                     gn=nn.GroupNorm(gn, width), relu=nn.ReLU(inplace=True)))
             pred_in = group_channels
         else:
             # Assumption (spec §4.3): with separate_feats off the tower, locator and sampler are ordinary
@@ -288,8 +294,8 @@ class KPAlignHead(nn.Module):
             width = head_channels
             self.tower = _tower(in_ch, width, num_convs)
             self.locator = nn.Conv2d(width, 2 * G, 3, padding=1)
-            self.sampler = nn.Sequential(nn.Conv2d(width, width, 3, padding=1),
-                                         _group_norm(width), nn.ReLU(inplace=True))
+            self.sampler = nn.Sequential(OrderedDict(conv=nn.Conv2d(width, width, 3, padding=1),
+                                                     gn=_group_norm(width), relu=nn.ReLU(inplace=True)))
             pred_in = width
         self.out_channels = width
         self.group_channels = pred_in
@@ -586,7 +592,8 @@ class DirectPose(PoseModel):
         if flip_index is None:      # default keypoint layout: COCO-17 when the count fits
             flip_index = _flip_index_for("coco", K)
         self.flip_index = [int(i) for i in flip_index] if flip_index is not None else None
-        self.backbone = TimmBackbone(cfg.backbone, out_indices=(2, 3, 4), pretrained=cfg.pretrained)
+        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.backbone_kwargs.items()}
+        self.backbone = TimmBackbone(cfg.backbone, out_indices=(2, 3, 4), pretrained=cfg.pretrained, **kw)
         _freeze_backbone(self.backbone, cfg.backbone_norm, cfg.freeze_at)
         C = cfg.fpn_channels
         # detectron2 FPN on C3-C5 + FCOS top block (P6 = conv/2 on P5, P7 = conv/2 on ReLU(P6)), spec §2.
@@ -816,12 +823,14 @@ class DirectPose(PoseModel):
         return results
 
     def _to_original(self, kp: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor, meta: dict) -> PoseResult:
-        """Input pixels -> original pixels through meta['inverse'] (boxes: extent of the mapped corners)."""
-        A = torch.as_tensor(meta["inverse"], dtype=torch.float64, device=kp.device).reshape(2, 3) \
-            if "inverse" in meta else torch.tensor([[1.0, 0, 0], [0, 1.0, 0]], dtype=torch.float64)
-        xy = _apply_affine(kp[..., :2].double(), A)
+        """Network-input continuous coordinates -> original pixels through meta['inverse'] (a pixel-index affine):
+        keypoints become pixel indices (-0.5, the inverse of the transform's +0.5); boxes stay continuous (the
+        extent of their mapped corners)."""
+        A = torch.as_tensor(np.asarray(meta.get("inverse", np.eye(2, 3)), dtype=np.float64), device=kp.device)
+        A = A.reshape(2, 3)
+        xy = _apply_affine(kp[..., :2].double() - 0.5, A)
         corners = torch.stack((boxes[:, [0, 1]], boxes[:, [2, 1]], boxes[:, [0, 3]], boxes[:, [2, 3]]), 1)
-        c = _apply_affine(corners.double(), A)
+        c = _apply_affine(corners.double() - 0.5, A) + 0.5
         b = torch.cat((c.min(1).values, c.max(1).values), 1)
         kpo = torch.cat((xy, kp[..., 2:].double()), -1)
         return PoseResult(b.float().cpu().numpy(), kpo.float().cpu().numpy(), scores.float().cpu().numpy())
@@ -849,10 +858,42 @@ def build_directpose(cfg) -> DirectPose:
     return DirectPose(mcfg, _flip_index_for(fmt, mcfg.num_keypoints))
 
 
-def directpose_transform(cfg, train: bool):
-    """Raw sample -> {"image", "target": {boxes (M,4), keypoints (M,K,3), size (2,)}, "meta"} (one-stage
-    pipeline: multi-scale short-side resize, optional crop, flip with keypoint swap, normalisation)."""
-    raise NotImplementedError("directpose_transform: waiting for regpose.data.transforms")
+class DirectPoseSample:
+    """Raw sample -> {"image", "target", "meta"} for DirectPose (picklable for data-loader workers).
+
+    Geometry: the one-stage pipeline of :mod:`regpose.data.transforms` from ``cfg.data.augment.onestage``
+    (train: flip with keypoint swap, multi-scale short side, optional crop; test: one short side). Image: RGB
+    ``(x / 255 - mean) / std``. Target (network-input pixels): ``boxes`` (M, 4) xyxy, ``keypoints`` (M, K, 3)
+    in continuous coordinates (pixel index + 0.5, detectron2's convention, which the FCOS locations
+    floor(s/2) + j s and the public DirectPose code use; unlabelled keypoints are 0), ``size`` (h, w).
+    """
+
+    def __init__(self, geometric, pixel_mean, pixel_std):
+        self.geometric = geometric
+        self.mean = tuple(float(v) for v in pixel_mean)
+        self.std = tuple(float(v) for v in pixel_std)
+
+    def __call__(self, raw: dict) -> dict:
+        from ..data.transforms import make_meta, to_tensor_normalize
+
+        s = self.geometric(raw)
+        image = to_tensor_normalize(s["image"], self.mean, self.std)
+        h, w = image.shape[-2:]
+        boxes = np.asarray(s["boxes"], dtype=np.float32).reshape(-1, 4)
+        kp = np.asarray(s["keypoints"], dtype=np.float32).reshape(len(boxes), -1, 3).copy()
+        labelled = kp[..., 2] > 0
+        kp[..., :2] = np.where(labelled[..., None], kp[..., :2] + 0.5, 0.0)
+        target = {"boxes": torch.from_numpy(boxes), "keypoints": torch.from_numpy(kp),
+                  "size": torch.tensor([h, w], dtype=torch.long)}
+        return {"image": image, "target": target, "meta": make_meta(s)}
+
+
+def directpose_transform(cfg, train: bool) -> DirectPoseSample:
+    """The one-stage data pipeline (``cfg.data.augment.onestage``) plus DirectPose's target encoding."""
+    from ..data.transforms import onestage_test_transforms, onestage_train_transforms
+
+    geo = onestage_train_transforms(cfg.data) if train else onestage_test_transforms(cfg.data)
+    return DirectPoseSample(geo, cfg.model.pixel_mean, cfg.model.pixel_std)
 
 
 register_method(MethodSpec(name="directpose", config_cls=DirectPoseConfig, build=build_directpose,

@@ -379,7 +379,8 @@ def test_predict_nms_topk_and_inverse_mapping():
     r2 = m.predict({"images": x, "metas": [meta2]}, tc)[0]
     np.testing.assert_allclose(r2.keypoints[..., 0], 2 * r.keypoints[..., 0] + 5, rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(r2.keypoints[..., 1], 2 * r.keypoints[..., 1] - 3, rtol=1e-5, atol=1e-3)
-    np.testing.assert_allclose(r2.boxes, r.boxes * 2 + np.array([5, -3, 5, -3]), rtol=1e-5, atol=1e-3)
+    # Boxes are continuous: a corner c maps as 2 (c - 0.5) + t + 0.5.
+    np.testing.assert_allclose(r2.boxes, r.boxes * 2 + np.array([4.5, -3.5, 4.5, -3.5]), rtol=1e-5, atol=1e-3)
     np.testing.assert_allclose(r2.scores, r.scores)
     thr = EvalConfig(max_people=100, score_threshold=float(np.median(r.scores)))
     assert np.all(m.predict({"images": x, "metas": [meta]}, thr)[0].scores > thr.score_threshold)
@@ -419,7 +420,7 @@ def test_flip_test_is_flip_invariant():
     assert len(a) == len(b) > 0
     np.testing.assert_allclose(a.scores, b.scores, rtol=1e-6)
     mirrored = a.keypoints[:, fi].copy()
-    mirrored[..., 0] = 96 - mirrored[..., 0]
+    mirrored[..., 0] = 95 - mirrored[..., 0]               # pixel indices: x -> W - 1 - x
     np.testing.assert_allclose(b.keypoints, mirrored, atol=1e-3)
 
 
@@ -617,3 +618,90 @@ def test_eval_forward_exports_to_onnx_with_dynamic_size(tmp_path):
     got = sess.run(None, {"images": x.numpy()})
     for a, b in zip(got, ref):
         np.testing.assert_allclose(a, b.numpy(), atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Data pipeline: transform -> collate -> model, on the real COCO sample files
+# ---------------------------------------------------------------------------------------------------------
+def _real_cfg(**data_over):
+    from regpose.config import load_config
+    from conftest import REAL, REPO
+
+    over = {"data.train.ann_files": [str(REAL / "coco" / "test_coco.json")],
+            "data.val.ann_files": [str(REAL / "coco" / "test_coco.json")],
+            "data.train.synthetic.num_images": 0, "data.val.synthetic.num_images": 0,
+            "data.augment.onestage.min_sizes": [256, 320], "data.augment.onestage.max_size": 400,
+            "data.augment.onestage.test_size": 256, "data.augment.onestage.test_max_size": 400}
+    over.update(data_over)
+    return load_config(REPO / "configs" / "directpose" / "directpose_r18_synthetic.yaml",
+                       [f"{k}={v}" for k, v in over.items()])
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_transform_targets_map_back_to_the_annotations(train):
+    import random
+
+    from regpose.data.datasets import ImageDataset, load_records
+    from regpose.data.keypoints import flip_index
+    from regpose.models.directpose import directpose_transform
+
+    cfg = _real_cfg()
+    records = load_records(cfg.data.val, "coco")
+    ds = ImageDataset(records, directpose_transform(cfg, train))
+    raw_ds = ImageDataset(records, None)
+    fi = np.asarray(flip_index("coco"))
+    flips = 0
+    for seed in range(4 if train else 1):
+        random.seed(seed)
+        for i in range(len(ds)):
+            s, raw = ds[i], raw_ds[i]
+            h, w = s["image"].shape[-2:]
+            assert s["image"].dtype == torch.float32 and tuple(s["target"]["size"].tolist()) == (h, w)
+            if not train:
+                assert min(h, w) == 256 or max(h, w) == 400
+            kp = s["target"]["keypoints"].numpy()
+            lab = kp[..., 2] > 0
+            assert np.all(kp[~lab][:, :2] == 0)                       # unlabelled: zeros
+            back = (kp[..., :2] - 0.5) @ s["meta"]["inverse"][:, :2].T + s["meta"]["inverse"][:, 2]
+            rk = raw["keypoints"][~raw["iscrowd"]] if not train else None
+            flipped = bool(s["meta"].get("flipped", False))
+            flips += flipped
+            # Match people by their mapped-back labelled keypoints against the raw annotations.
+            src = raw["keypoints"][:, fi] if flipped else raw["keypoints"]
+            for p in range(len(kp)):
+                if not lab[p].any():
+                    continue
+                err = np.abs(src[:, :, :2] - back[p][None])[:, lab[p]].max(axis=(1, 2))
+                assert err.min() < 1e-3, err.min()
+            if rk is not None:
+                assert len(kp) == len(rk)
+    if train:
+        assert flips > 0
+
+
+def test_real_batch_trains_and_predicts_in_original_pixels():
+    from regpose.data.collate import collate
+    from regpose.data.datasets import ImageDataset, load_records
+    from regpose.models.directpose import directpose_transform
+
+    cfg = _real_cfg(**{"model.backbone": "test_resnet", "model.backbone_kwargs": "{}", "model.fpn_channels": 32,
+                       "model.head_channels": 32, "model.num_convs": 2, "model.group_channels": 8,
+                       "model.hm_channels": 16})
+    torch.manual_seed(0)
+    m = DirectPose(cfg.model)
+    records = load_records(cfg.data.val, "coco")
+    batch = collate([ImageDataset(records, directpose_transform(cfg, False))[i] for i in range(2)],
+                    m.size_divisibility)
+    assert batch["images"].shape[-1] % 32 == 0 and batch["images"].shape[-2] % 32 == 0
+    m.train()
+    losses = m(batch["images"], batch["targets"])
+    assert losses["num_pos"] > 0 and all(torch.isfinite(v) for v in losses.values())
+    with torch.no_grad():
+        m.cls_logits.bias.fill_(3.0)
+    m.eval()
+    res = m.predict(batch, EvalConfig(max_people=5))
+    for r, meta in zip(res, batch["metas"]):
+        oh, ow = meta["orig_size"]
+        assert 0 < len(r) <= 5
+        # Candidate keypoints of an untrained net land around the image; they are in original pixels.
+        assert r.boxes[:, 2].max() <= ow + 1 and r.boxes[:, 3].max() <= oh + 1 and r.boxes.min() >= -1
