@@ -64,6 +64,7 @@ class PoseurConfig:
     ffn_dim: int = 1024
     dropout: float = 0.1
     sampler: Literal["auto", "gather", "grid_sample"] = "auto"
+    channels_last: bool = True                 # run the CNN in NHWC: faster on CPU, memory tokens without a copy
     # keypoint encoder / query initialisation
     query_init: Literal["coarse", "learned"] = "coarse"   # Table 1a: coarse proposal vs Deformable-DETR learned
     num_noise_groups: int = 3                  # noisy reference point groups in training (Table 1b; 0 = off)
@@ -197,6 +198,8 @@ class Poseur(PoseModel):
         self.sigmas = None if sigmas is None else np.asarray(sigmas, dtype=np.float64)
         self._pe_cache: dict = {}
         self.reset_parameters()
+        if cfg.channels_last:
+            self.to(memory_format=torch.channels_last)
 
     # ---------------------------------------------------------------- init
     @torch.no_grad()
@@ -232,16 +235,21 @@ class Poseur(PoseModel):
                 self._pe_cache[key] = pe
         return pe
 
+    def _level_pe(self, lvl: int, h: int, w: int, ref: torch.Tensor) -> torch.Tensor:
+        """Sine PE + level embedding of one level as tokens (h*w, C)."""
+        return (self._grid_pe(h, w, ref) + self.level_embed[lvl].view(-1, 1, 1)).flatten(1).t()
+
     def encode(self, images: torch.Tensor):
-        """Backbone + neck -> memory tokens (B, N, C), spatial shapes, and the stride-32 neck map (B, C, h, w)."""
+        """Backbone + neck -> memory tokens (B, N, C) = features + sine PE + level embedding (spec 2.2; the official
+        code has no encoder layers), spatial shapes, and the stride-32 neck map (B, C, h, w) for the coarse head."""
+        if self.cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         feats = self.neck(self.backbone(images))
-        tokens, shapes = [], []
-        for lvl, f in enumerate(feats):
-            h, w = f.shape[-2:]
-            shapes.append((int(h), int(w)))
-            m = f + self._grid_pe(int(h), int(w), f) + self.level_embed[lvl].view(1, -1, 1, 1)
-            tokens.append(m.flatten(2).transpose(1, 2))                                  # (B, h*w, C)
-        return torch.cat(tokens, dim=1), shapes, feats[-1]
+        shapes = [(int(f.shape[-2]), int(f.shape[-1])) for f in feats]
+        # channels-last maps flatten to (B, h*w, C) without a copy; one concatenation, one in-place add
+        tokens = torch.cat([f.flatten(2).transpose(1, 2) for f in feats], dim=1)
+        pe = torch.cat([self._level_pe(lvl, h, w, feats[0]) for lvl, (h, w) in enumerate(shapes)], dim=0)
+        return tokens.add_(pe), shapes, feats[-1]
 
     def init_queries(self, coarse_mu: torch.Tensor, groups: int):
         """Keypoint encoder (spec 2.4 / 3.3): content (B, G*K, C), position (B, G*K, C), reference (B, G*K, 2)."""

@@ -1,0 +1,170 @@
+"""Poseur R50 6-dec 256x192 CPU latency, next to the official figures (../shared/reference/poseur/latency_cpu.json).
+
+Measures, in one process and on the same random weights:
+  * ``ours``          - EMSDA with the one-call ``embedding_bag`` sampler (the default);
+  * ``grid_sample``   - our EMSDA with one grid_sample per level over all heads (the ONNX export path);
+  * ``official_like`` - the official computation order (mmcv's grid_sample reference as the official model runs on
+    CPU): the memory repeated once per head, every head sampling all C channels of each level separately;
+for batch 1 and 32 (network forward, eval, inference_mode), plus the split backbone / neck / head for ``ours`` and
+the full ``predict`` (flip test + decoding) at batch 1. Medians over ``--runs`` after ``--warmup`` runs.
+
+    .venv/bin/python bench/bench_poseur_speed.py --threads 2 --out runs/bench_poseur_speed.json
+
+Numbers are only meaningful on a quiet machine (another busy process makes 2-thread OpenMP runs stall).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from regpose.models.layers import deform_attn  # noqa: E402
+from regpose.models.poseur import Poseur, PoseurConfig  # noqa: E402
+
+REFERENCE = ROOT.parent / "shared" / "reference" / "poseur"
+
+
+def official_like_sample(value, spatial_shapes, locations, weights, sampler="auto", shared=None):
+    """mmcv ``multi_scale_deformable_attn_pytorch`` as the official EMSDA feeds it: value (B, N, C) repeated per head
+    to (B, N, M, C), per level reshaped to (B*M, C, H, W) and grid-sampled at that head's points."""
+    B, N, G, D = value.shape
+    _, Q, M, L, P, _ = locations.shape
+    if G == 1:
+        value = value.expand(B, N, M, D).contiguous()                  # the per-head copy of the memory
+    grids = 2 * locations - 1
+    per_level = []
+    for lvl, (start, (h, w)) in enumerate(zip(deform_attn.level_start_index(spatial_shapes), spatial_shapes)):
+        v = value[:, start:start + h * w].flatten(2).transpose(1, 2).reshape(B * M, D, h, w)
+        g = grids[:, :, :, lvl].transpose(1, 2).flatten(0, 1)             # (B*M, Q, P, 2)
+        per_level.append(F.grid_sample(v, g, mode="bilinear", padding_mode="zeros", align_corners=False))
+    s = torch.stack(per_level, dim=-2).flatten(-2)                          # (B*M, D, Q, L*P)
+    a = weights.transpose(1, 2).reshape(B * M, 1, Q, L * P)
+    return (s * a).sum(-1).view(B, M, D, Q).permute(0, 3, 1, 2)             # (B, Q, M, D)
+
+
+@contextmanager
+def sampler_variant(model: Poseur, variant: str):
+    original = deform_attn.deformable_sample
+    layers = [layer.cross_attn for layer in model.layers]
+    saved = [a.sampler for a in layers]
+    try:
+        if variant == "official_like":
+            deform_attn.deformable_sample = official_like_sample
+        elif variant == "grid_sample":
+            for a in layers:
+                a.sampler = "grid_sample"
+        yield
+    finally:
+        deform_attn.deformable_sample = original
+        for a, s in zip(layers, saved):
+            a.sampler = s
+
+
+def timed(fn, warmup: int, runs: int) -> dict:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "times_ms": [round(t, 1) for t in times]}
+
+
+def split_times(model: Poseur, x: torch.Tensor, warmup: int, runs: int) -> dict:
+    feats = model.backbone(x)
+    neck = model.neck(feats)
+
+    def head():
+        memory, shapes, last = [], [], neck[-1]
+        tokens = []
+        for lvl, f in enumerate(neck):
+            h, w = f.shape[-2:]
+            shapes.append((int(h), int(w)))
+            tokens.append((f + model._grid_pe(int(h), int(w), f) + model.level_embed[lvl].view(1, -1, 1, 1))
+                          .flatten(2).transpose(1, 2))
+        memory = torch.cat(tokens, 1)
+        mu, _ = model.coarse_head(last)
+        content, pos, ref = model.init_queries(mu, 1)
+        return model.decode(content, pos, ref, memory, shapes, 1, all_layers=False)
+
+    return {"backbone": timed(lambda: model.backbone(x), warmup, runs)["median_ms"],
+            "neck": timed(lambda: model.neck(feats), warmup, runs)["median_ms"],
+            "head": timed(head, warmup, runs)["median_ms"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--variants", nargs="+", default=["ours", "grid_sample", "official_like"])
+    ap.add_argument("--out", default="runs/bench_poseur_speed.json")
+    args = ap.parse_args()
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    model = Poseur(PoseurConfig(), [[2 * i + 1, 2 * i + 2] for i in range(8)]).eval()
+    report = {"model": "Poseur R50 6-dec 256x192 (random init)", "threads": torch.get_num_threads(),
+              "torch": torch.__version__, "machine": platform.processor() or platform.machine(), "runs": {}}
+    official = {}
+    lat_path = REFERENCE / "latency_cpu.json"
+    if lat_path.is_file():
+        lat = json.loads(lat_path.read_text())
+        official = {r["bs"]: r["median_ms"] for r in lat["runs"] if r["mode"] == "net"}
+        report["official_median_ms"] = official
+        report["official_split_ms"] = lat.get("split_quiet_ms", {})
+
+    with torch.inference_mode():
+        for bs in args.batch_sizes:
+            x = torch.randn(bs, 3, 256, 192)
+            ref_out = None
+            for variant in args.variants:
+                with sampler_variant(model, variant):
+                    out = model(x)
+                    if ref_out is None:
+                        ref_out = out
+                    diff = max(float((a - b).abs().max()) for a, b in zip(out, ref_out))
+                    runs = args.runs if (bs == 1 or variant == "ours") else max(2, args.runs // 2)
+                    r = timed(lambda: model(x), args.warmup if bs == 1 else 1, runs)
+                r["max_abs_diff_vs_ours"] = diff
+                if bs in official:
+                    r["ratio_vs_official"] = r["median_ms"] / official[bs]
+                report["runs"][f"bs{bs}_{variant}"] = r
+                print(f"batch {bs:>2}  {variant:<14} median {r['median_ms']:9.1f} ms  min {r['min_ms']:9.1f} ms"
+                      + (f"  x{r['ratio_vs_official']:.2f} of official {official[bs]:.0f} ms" if bs in official else "")
+                      + f"  (max |diff| {diff:.1e})", flush=True)
+            split = split_times(model, x, 1, max(2, args.runs // 2))
+            report["runs"][f"bs{bs}_split_ms"] = split
+            print(f"batch {bs:>2}  split: " + ", ".join(f"{k} {v:.1f} ms" for k, v in split.items()), flush=True)
+        # the full single-image path the official figure 'full_flip' measures: flip test + decoding
+        metas = [{"image_id": 0, "sample_index": 0, "inverse": np.array([[1.0, 0, 0], [0, 1.0, 0]]),
+                  "box": [0, 0, 191, 255], "box_score": 1.0, "scale": [1.2, 1.6]}]
+        batch = {"images": torch.randn(1, 3, 256, 192), "metas": metas}
+        r = timed(lambda: model.predict(batch, SimpleNamespace(flip=True)), args.warmup, args.runs)
+        report["runs"]["bs1_predict_flip"] = r
+        print(f"batch  1  predict+flip    median {r['median_ms']:9.1f} ms", flush=True)
+    report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
