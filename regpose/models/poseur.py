@@ -360,8 +360,13 @@ class Poseur(PoseModel):
 # Builder, data transform, registration
 # ----------------------------------------------------------------------------------------------------------
 def build_poseur(cfg) -> Poseur:
+    from ..config import ConfigError
     from ..data.keypoints import get_meta
+
     info = get_meta(cfg.data.format)
+    if cfg.model.num_keypoints != info.num_keypoints:
+        raise ConfigError(f"model.num_keypoints: {cfg.model.num_keypoints} does not match data.format "
+                          f"'{cfg.data.format}' ({info.num_keypoints} keypoints)")
     return Poseur(cfg.model, info.flip_pairs, info.sigmas)
 
 

@@ -278,8 +278,13 @@ class RLERegression(PoseModel):
 
 
 def build_rle(cfg) -> RLERegression:
+    from ..config import ConfigError
     from ..data.keypoints import get_meta
+
     info = get_meta(cfg.data.format)
+    if cfg.model.num_keypoints != info.num_keypoints:
+        raise ConfigError(f"model.num_keypoints: {cfg.model.num_keypoints} does not match data.format "
+                          f"'{cfg.data.format}' ({info.num_keypoints} keypoints)")
     return RLERegression(cfg.model, info.flip_pairs, info.sigmas)
 
 
