@@ -1,0 +1,24 @@
+"""Using a trained model: :class:`Predictor` (images, videos, tracking, rendering), the shared top-down pipeline,
+ONNX export and the ONNX Runtime backend, and the ``regpose infer`` / ``regpose export`` commands.
+
+Submodules are imported lazily so ``import regpose.inference`` stays light."""
+from __future__ import annotations
+
+import importlib
+
+__all__ = ["Predictor", "PoseTracker", "draw_poses", "Renderer", "export_onnx", "OnnxRuntimeNetwork",
+           "attach_onnx", "TopDownPredictor"]
+
+_LAZY = {
+    "Predictor": "predictor", "PoseTracker": "tracking", "draw_poses": "visualize", "Renderer": "visualize",
+    "export_onnx": "export", "OnnxRuntimeNetwork": "onnx_backend", "attach_onnx": "onnx_backend",
+    "TopDownPredictor": "topdown",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,382 @@
+"""``regpose.Predictor``: a trained model (PyTorch checkpoint or ONNX export) as a function image -> people.
+
+    from regpose import Predictor
+    pred = Predictor("configs/querypose/querypose_r50_coco.yaml", "querypose_r50.pth", device="cpu")
+    result = pred("photo.jpg")                  # PoseResult: boxes (N, 4), keypoints (N, K, 3), scores (N,)
+    picture = pred.render(image, result)
+    for index, frame, result in pred.video("clip.mp4", track=True): ...
+
+Every method goes through its own test transform (resize / crop, normalisation), ``model.predict`` (flip test,
+multi-scale, decoding, as ``cfg.test`` says) and ``model.finalize`` (top-down OKS-NMS), so results equal
+``regpose test``'s for the same image. Top-down methods need person boxes: a detections json (``boxes=``), a
+one-stage regpose detector (``detector=``), or boxes passed per call.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..config import Config, ConfigError, load_config
+from ..errors import DataError, InputError
+from ..structures import PoseResult
+
+__all__ = ["Predictor", "as_rgb_image", "load_image", "raw_image_sample", "test_sample", "resolve_device"]
+
+log = logging.getLogger("regpose.inference")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Images in
+# ----------------------------------------------------------------------------------------------------------
+def as_rgb_image(image: np.ndarray, bgr: bool = False, name: str = "image") -> np.ndarray:
+    """Any in-memory picture -> contiguous uint8 (H, W, 3) RGB.
+
+    Accepts (H, W) / (H, W, 1) grayscale, (H, W, 3) RGB (BGR with ``bgr``), (H, W, 4) RGBA / BGRA (alpha dropped),
+    uint8, 16-bit (scaled by 1/257), bool, and float images (0..1 when their maximum is <= 1, else 0..255)."""
+    a = np.asarray(image)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[..., 0]
+    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)) or a.size == 0:
+        raise InputError(f"{name}: expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {a.shape}")
+    if a.dtype == np.uint8:
+        pass
+    elif a.dtype == np.uint16:
+        a = (a.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    elif a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    elif np.issubdtype(a.dtype, np.number):
+        f = np.nan_to_num(a.astype(np.float32))
+        if f.max(initial=0.0) <= 1.0:
+            f = f * 255.0
+        a = (np.clip(f, 0, 255) + 0.5).astype(np.uint8)
+    else:
+        raise InputError(f"{name}: unsupported image dtype {a.dtype}")
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    elif a.shape[2] == 4:
+        a = a[..., :3]
+    if bgr:
+        a = a[..., ::-1]
+    return np.ascontiguousarray(a)
+
+
+def load_image(path: str | os.PathLike) -> np.ndarray:
+    """An image file -> uint8 (H, W, 3) RGB with OpenCV (EXIF orientation applied, grayscale expanded, alpha
+    dropped, 16-bit scaled to 8-bit). Unreadable files raise :class:`InputError` naming the file."""
+    from ..data.datasets import read_image
+
+    try:
+        return read_image(path)
+    except DataError as e:
+        raise InputError(str(e)) from None
+
+
+def raw_image_sample(image: np.ndarray, image_id: int, file_name: str, num_keypoints: int = 17) -> dict:
+    """A whole-image raw sample (:mod:`regpose.data.datasets` format) with no annotated people."""
+    return {"image": image, "image_id": int(image_id), "file_name": str(file_name), "sample_index": 0,
+            "orig_size": (int(image.shape[0]), int(image.shape[1])),
+            "keypoints": np.zeros((0, num_keypoints, 3), np.float32), "boxes": np.zeros((0, 4), np.float32),
+            "areas": np.zeros(0, np.float32), "iscrowd": np.zeros(0, bool), "num_keypoints": np.zeros(0, np.int64),
+            "ann_ids": np.zeros(0, np.int64)}
+
+
+def test_sample(transform, image: np.ndarray, image_id: int = 0, file_name: str = "", num_keypoints: int = 17) -> dict:
+    """A method's test sample of a picture without annotations. A transform that cannot handle zero people (target
+    encoding of an empty set) gets one unlabelled whole-image placeholder person instead: it only reaches the
+    unused target, never the image or the meta."""
+    try:
+        return transform(raw_image_sample(image, image_id, file_name, num_keypoints))
+    except (ValueError, IndexError):
+        h, w = image.shape[:2]
+        raw = raw_image_sample(image, image_id, file_name, num_keypoints)
+        raw.update(keypoints=np.zeros((1, num_keypoints, 3), np.float32), boxes=np.array([[0, 0, w, h]], np.float32),
+                   areas=np.array([w * h], np.float32), iscrowd=np.zeros(1, bool), num_keypoints=np.zeros(1, np.int64),
+                   ann_ids=np.zeros(1, np.int64))
+        return transform(raw)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """'auto' (or None) -> CUDA when available, else CPU; a CUDA request without CUDA is a clear error."""
+    if device in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--device: expected auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {device}: CUDA is not available on this machine (use cpu)")
+    return d
+
+
+def _chunks(seq: Sequence, n: int) -> Iterator[Sequence]:
+    for i in range(0, len(seq), n):
+        yield seq[i:i + n]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The predictor
+# ----------------------------------------------------------------------------------------------------------
+class Predictor:
+    """A trained regpose model for images and videos.
+
+    config:          YAML path, dict or :class:`regpose.config.Config`; ``overrides`` are dotted ``key=value``
+    weights:         a checkpoint (``.pth``, ours or converted official) or, for ``backend='onnx'``, the ``.onnx``
+                     file of ``regpose export`` (the backend follows the suffix when not given)
+    device:          'auto', 'cpu', 'cuda', 'cuda:N'
+    flip / scales / score_threshold / max_people:  override ``cfg.test`` (flip test, multi-scale factors,
+                     people below the instance score dropped, at most this many people per image)
+    boxes:           top-down methods: a COCO-results json of person detections (image ids from COCO file
+                     names / the ``image_id`` argument) or a callable ``(image_id, rgb) -> (n, 5) x, y, w, h, score``
+    detector / detector_weights:  top-down methods: a one-stage or bottom-up regpose config (+ weights) whose
+                     people give the boxes
+    batch_size:      at most this many images (whole-image methods) or crops (top-down) per network call
+    """
+
+    def __init__(self, config, weights: str | os.PathLike | None = None, device: str | torch.device = "auto", *,
+                 backend: str | None = None, overrides: list[str] | dict | None = None, flip: bool | None = None,
+                 scales: Sequence[float] | None = None, score_threshold: float | None = None,
+                 max_people: int | None = None, boxes=None, detector: str | None = None,
+                 detector_weights: str | None = None, det_score_threshold: float | None = None,
+                 batch_size: int | None = None, threads: int | None = None):
+        from ..data.keypoints import get_meta
+        from ..models import build_model
+        from ..models.registry import get_method
+        from .visualize import Renderer
+
+        if isinstance(config, Config):
+            cfg = config if not overrides else load_config(_config_dict(config), overrides)
+        else:
+            cfg = load_config(config, overrides)
+        t = cfg.test
+        if flip is not None:
+            t.flip = bool(flip)
+        if scales:
+            t.scales = [float(s) for s in scales]
+        if score_threshold is not None:
+            t.score_threshold = float(score_threshold)
+        if max_people is not None:
+            t.max_people = int(max_people)
+        if det_score_threshold is not None:
+            t.det_score_threshold = float(det_score_threshold)
+        if threads:
+            torch.set_num_threads(int(threads))
+        self.cfg = cfg
+        self.method = cfg.method
+        self.spec = get_method(cfg.method)
+        self.family = self.spec.family
+        self.device = resolve_device(device)
+        self.keypoint_meta = get_meta(cfg.data.format)
+
+        weights = str(weights) if weights else ""
+        self.backend = backend or ("onnx" if weights.lower().endswith(".onnx") else "torch")
+        if self.backend not in ("torch", "onnx"):
+            raise ConfigError(f"--backend: expected 'torch' or 'onnx', got {self.backend!r}")
+        model = build_model(cfg)
+        if self.backend == "torch":
+            if weights.lower().endswith(".onnx"):
+                raise ConfigError(f"{weights} is an ONNX model: use backend 'onnx' (--backend onnx)")
+            if weights:
+                from ..engine.checkpoint import load_model_weights
+                load_model_weights(model, weights)
+            else:
+                log.warning("Predictor: no weights given, the %s network is randomly initialised", cfg.method)
+            model.to(self.device)
+        else:
+            from .onnx_backend import OnnxRuntimeNetwork, attach_onnx
+
+            if not weights:
+                raise ConfigError("the ONNX backend needs the exported model: weights=model.onnx "
+                                  "(regpose export CONFIG --weights W --out model.onnx)")
+            attach_onnx(model, OnnxRuntimeNetwork(weights, self.device, threads), cfg.method)
+        self.model = model.eval()
+        self.weights = weights
+        self.num_keypoints = int(getattr(model, "num_keypoints", self.keypoint_meta.num_keypoints))
+        self.transform = self.spec.transform(cfg, False)
+        topdown = self.family == "topdown"
+        self.batch_size = int(batch_size or max(32 if topdown else 8, t.batch_size))
+        self.renderer = Renderer(cfg.data.format)
+        self.box_source = self._box_source(boxes, detector, detector_weights) if topdown else None
+
+    # ---- set-up helpers --------------------------------------------------------------------------------
+    def _box_source(self, boxes, detector, detector_weights) -> Callable | None:
+        from .topdown import DetectionBoxes, ModelBoxes, build_box_source
+
+        t = self.cfg.test
+        if boxes is not None and detector:
+            raise ConfigError("give person boxes either as a detections json (--boxes) or as a detector "
+                              "(--detector), not both")
+        if boxes is not None:
+            if callable(boxes):
+                return boxes
+            t.boxes, t.detections = "detections", str(boxes)
+            return DetectionBoxes(boxes, t.det_score_threshold)
+        if detector:
+            t.boxes, t.detector_config, t.detector_weights = "model", str(detector), str(detector_weights or "")
+            return ModelBoxes(detector, detector_weights or "", t.det_score_threshold, self.device)
+        if t.boxes == "detections" and t.detections or t.boxes == "model" and t.detector_config:
+            return build_box_source(self.cfg, None, self.device)
+        return None
+
+    def require_boxes(self) -> None:
+        """Top-down methods: raise the one-line error a user sees when no person-box source was given."""
+        if self.family == "topdown" and self.box_source is None:
+            raise ConfigError(f"'{self.method}' is a top-down method and needs person boxes: pass --boxes DET.json "
+                              f"(COCO results of person detections) or --detector CONFIG --detector-weights W "
+                              f"(a one-stage regpose model)")
+
+    # ---- inference -------------------------------------------------------------------------------------
+    def __call__(self, image, *, boxes: np.ndarray | None = None, image_id: int | None = None,
+                 bgr: bool = False) -> PoseResult:
+        """People in one image (a file path or an array, see :func:`as_rgb_image`), in its pixel coordinates.
+        ``boxes`` (n, 4) or (n, 5) x, y, w, h[, score]: person boxes for top-down methods (override the source)."""
+        return self.predict_batch([image], boxes=None if boxes is None else [boxes],
+                                  image_ids=None if image_id is None else [image_id], bgr=bgr)[0]
+
+    def predict_batch(self, images: Sequence, *, boxes: Sequence | None = None,
+                      image_ids: Sequence[int] | None = None, file_names: Sequence[str] | None = None,
+                      bgr: bool = False) -> list[PoseResult]:
+        """Several images at once (``batch_size`` per network call); one :class:`PoseResult` each."""
+        from .topdown import image_id_from_name
+
+        rgbs, ids, names = [], [], []
+        for i, img in enumerate(images):
+            if isinstance(img, (str, os.PathLike)):
+                rgbs.append(load_image(img))
+                names.append(str(img))
+                default_id = image_id_from_name(img, i)
+            else:
+                rgbs.append(as_rgb_image(img, bgr, f"image {i}"))
+                names.append("")
+                default_id = i
+            ids.append(int(image_ids[i]) if image_ids is not None else default_id)
+        if file_names is not None:
+            names = [str(n) for n in file_names]
+        with torch.inference_mode():
+            if self.family == "topdown":
+                results = self._predict_topdown(rgbs, ids, names, boxes)
+            else:
+                results = self._predict_whole(rgbs, ids, names)
+        return [self._select(r) for r in results]
+
+    def _predict_whole(self, images: list[np.ndarray], ids: list[int], names: list[str]) -> list[PoseResult]:
+        from ..data.collate import collate
+
+        samples = [test_sample(self.transform, img, iid, name, self.num_keypoints)
+                   for img, iid, name in zip(images, ids, names)]
+        div = int(getattr(self.model, "size_divisibility", 1))
+        results: list[PoseResult] = []
+        for chunk in _chunks(samples, self.batch_size):
+            metas = [dict(s["meta"]) for s in chunk]
+            batch = collate(list(chunk), div)
+            batch["images"] = batch["images"].to(self.device if self.backend == "torch" else "cpu")
+            preds = self.model.predict(batch, self.cfg.test)
+            results += [self.model.finalize(r, m) for r, m in zip(preds, metas)]
+        return results
+
+    def _person_boxes(self, image: np.ndarray, image_id: int, given) -> np.ndarray:
+        if given is not None:
+            b = np.asarray(given, dtype=np.float64)
+            if b.size == 0:
+                return np.zeros((0, 5))
+            if b.ndim != 2 or b.shape[1] not in (4, 5):
+                raise InputError(f"boxes: expected (n, 4) or (n, 5) x, y, w, h[, score], got shape {b.shape}")
+            return b if b.shape[1] == 5 else np.concatenate([b, np.ones((len(b), 1))], axis=1)
+        self.require_boxes()
+        return np.asarray(self.box_source(image_id, image), dtype=np.float64).reshape(-1, 5)
+
+    def _predict_topdown(self, images, ids, names, boxes) -> list[PoseResult]:
+        from ..data.collate import collate
+        from .topdown import TopDownPredictor
+
+        td = TopDownPredictor(self.model, self.cfg, self.box_source or (lambda *_: np.zeros((0, 5))),
+                              self.batch_size)
+        samples, owner = [], []
+        for i, (img, iid, name) in enumerate(zip(images, ids, names)):
+            dets = self._person_boxes(img, iid, boxes[i] if boxes is not None else None)
+            for s in td._samples(img, iid, name, dets):
+                samples.append(s)
+                owner.append(i)
+        parts: list[list[PoseResult]] = [[] for _ in images]
+        first_meta: list[dict | None] = [None] * len(images)
+        for start in range(0, len(samples), self.batch_size):
+            chunk = samples[start:start + self.batch_size]
+            batch = collate(chunk)
+            batch["images"] = batch["images"].to(self.device if self.backend == "torch" else "cpu")
+            for j, r in enumerate(self.model.predict(batch, self.cfg.test)):
+                o = owner[start + j]
+                parts[o].append(r)
+                first_meta[o] = first_meta[o] or chunk[j]["meta"]
+        out = []
+        for i in range(len(images)):
+            if not parts[i]:
+                out.append(PoseResult.empty(self.num_keypoints))
+                continue
+            out.append(self.model.finalize(PoseResult.concat(parts[i], self.num_keypoints), first_meta[i]))
+        return out
+
+    def _select(self, result: PoseResult) -> PoseResult:
+        """Best first; people below ``test.score_threshold`` dropped; at most ``test.max_people``."""
+        if not len(result):
+            return PoseResult.empty(self.num_keypoints) if result.keypoints.shape[1] != self.num_keypoints \
+                else result
+        r = result.sorted()
+        keep = np.nonzero(r.scores >= self.cfg.test.score_threshold)[0][: self.cfg.test.max_people]
+        return r.select(keep)
+
+    # ---- pictures, video, tracking ------------------------------------------------------------------------
+    def render(self, image, result: PoseResult, *, bgr: bool = False, **options) -> np.ndarray:
+        """``image`` with ``result`` drawn on it (RGB uint8; BGR in and out with ``bgr``). Options: kpt_threshold,
+        score_threshold, show_boxes, show_scores, radius, thickness (see :func:`visualize.draw_poses`)."""
+        img = load_image(image) if isinstance(image, (str, os.PathLike)) else as_rgb_image(image, bgr)
+        out = self.renderer(img, result, **options)
+        return out[..., ::-1].copy() if bgr else out
+
+    def tracker(self, **options):
+        """A :class:`regpose.inference.tracking.PoseTracker` for this keypoint layout."""
+        from .tracking import PoseTracker
+        return PoseTracker(self.keypoint_meta.sigmas, **options)
+
+    def predict_frames(self, frames: Iterable[np.ndarray], batch_size: int | None = None, tracker=None,
+                       start_index: int = 0) -> Iterator[tuple[int, np.ndarray, PoseResult]]:
+        """Frames (RGB arrays) -> ``(index, frame, result)`` in order, ``batch_size`` frames per call; with a
+        ``tracker`` every result carries ``extras["track_id"]``. Frame indices are the image ids (detections)."""
+        n = max(1, int(batch_size or 4))
+        pending: list[np.ndarray] = []
+        index = start_index
+
+        def flush():
+            nonlocal index
+            results = self.predict_batch(pending, image_ids=list(range(index, index + len(pending))))
+            for frame, r in zip(pending, results):
+                yield index, frame, tracker.update(r) if tracker is not None else r
+                index += 1
+            pending.clear()
+
+        for frame in frames:
+            pending.append(as_rgb_image(frame, name=f"frame {index + len(pending)}"))
+            if len(pending) == n:
+                yield from flush()
+        if pending:
+            yield from flush()
+
+    def video(self, source: str | int, batch_size: int | None = None, track: bool = False,
+              max_frames: int | None = None) -> Iterator[tuple[int, np.ndarray, PoseResult]]:
+        """A video file or webcam index -> ``(index, frame RGB, result)`` per frame (OpenCV decoding, batched
+        inference, optional OKS tracking)."""
+        import itertools
+
+        from .video import VideoReader
+
+        with VideoReader(source) as reader:
+            frames = iter(reader) if max_frames is None else itertools.islice(reader, int(max_frames))
+            yield from self.predict_frames(frames, batch_size, self.tracker() if track else None)
+
+
+def _config_dict(cfg: Config) -> dict:
+    from ..config import to_dict
+    return to_dict(cfg)
