@@ -204,7 +204,7 @@ class Predictor:
 
     # ---- set-up helpers --------------------------------------------------------------------------------
     def _box_source(self, boxes, detector, detector_weights) -> Callable | None:
-        from .topdown import DetectionBoxes, ModelBoxes, build_box_source
+        from .topdown import DetectionBoxes, build_box_source
 
         t = self.cfg.test
         if boxes is not None and detector:
@@ -215,10 +215,12 @@ class Predictor:
                 return boxes
             t.boxes, t.detections = "detections", str(boxes)
             return DetectionBoxes(boxes, t.det_score_threshold)
+        if t.boxes == "model" and t.detector_config and not detector:
+            detector, detector_weights = t.detector_config, t.detector_weights
         if detector:
             t.boxes, t.detector_config, t.detector_weights = "model", str(detector), str(detector_weights or "")
-            return ModelBoxes(detector, detector_weights or "", t.det_score_threshold, self.device)
-        if t.boxes == "detections" and t.detections or t.boxes == "model" and t.detector_config:
+            return DetectorBoxes(detector, detector_weights or "", t.det_score_threshold, self.device)
+        if t.boxes == "detections" and t.detections:
             return build_box_source(self.cfg, None, self.device)
         return None
 
@@ -375,6 +377,30 @@ class Predictor:
         with VideoReader(source) as reader:
             frames = iter(reader) if max_frames is None else itertools.islice(reader, int(max_frames))
             yield from self.predict_frames(frames, batch_size, self.tracker() if track else None)
+
+
+class DetectorBoxes:
+    """Person boxes from any whole-image regpose model (one-stage or bottom-up), run through its own
+    :class:`Predictor`: each person's box (the extent of its keypoints when the method has no box) and instance
+    score -> (n, 5) x, y, w, h, score, people below ``score_threshold`` dropped."""
+
+    def __init__(self, config, weights: str = "", score_threshold: float = 0.0, device="cpu", **kwargs):
+        self.predictor = Predictor(config, weights or None, device, **kwargs)
+        if self.predictor.family == "topdown":
+            raise ConfigError(f"--detector: {config} is a top-down method ('{self.predictor.method}'); boxes must "
+                              f"come from a one-stage or bottom-up model")
+        self.score_threshold = float(score_threshold)
+
+    def __call__(self, image_id: int, image: np.ndarray) -> np.ndarray:
+        r = self.predictor(image, image_id=image_id)
+        boxes = np.asarray(r.boxes, dtype=np.float64).reshape(-1, 4)
+        if len(r):
+            xy = r.keypoints[..., :2].astype(np.float64)
+            empty = ~np.isfinite(boxes).all(1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+            boxes[empty] = np.concatenate([xy.min(1), xy.max(1)], 1)[empty]
+        keep = np.asarray(r.scores) >= self.score_threshold
+        b, s = boxes[keep], np.asarray(r.scores, dtype=np.float64)[keep]
+        return np.concatenate([b[:, :2], b[:, 2:] - b[:, :2], s[:, None]], 1) if len(b) else np.zeros((0, 5))
 
 
 def _config_dict(cfg: Config) -> dict:
