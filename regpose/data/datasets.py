@@ -30,6 +30,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
@@ -338,7 +339,7 @@ def ensure_synthetic(split, fmt: str) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
         try:
             generate(tmp, spec.num_images, seed=spec.seed, fmt=fmt, size=tuple(spec.size),
-                     max_people=spec.max_people, progress=True)
+                     max_people=spec.max_people, progress=True, desc=f"synth {root.name}")
             try:
                 os.rename(tmp, root)
             except OSError:
@@ -350,7 +351,8 @@ def ensure_synthetic(split, fmt: str) -> Path:
                 shutil.rmtree(tmp, ignore_errors=True)
     try:
         with open(ann) as f:
-            head = json.load(f).get("info", {})
+            data = json.load(f)
+        head = data.get("info", {}) if isinstance(data, dict) else {}   # MPII layout has no info
     except (OSError, json.JSONDecodeError):
         raise DataError(f"{ann}: unreadable synthetic annotations (delete {root} to regenerate)") from None
     got = head.get("regpose_synth")
@@ -395,7 +397,9 @@ def ignore_mask(record: ImageRecord, h: int | None = None, w: int | None = None)
         seg = record.segmentations[i] if record.segmentations else None
         rle = _ann_to_rle(seg, h, w) if seg is not None else None
         if rle is not None:
-            dec = mask_utils.decode(rle)
+            with warnings.catch_warnings():  # pycocotools' numpy-2 copy-keyword notice
+                warnings.simplefilter("ignore", DeprecationWarning)
+                dec = mask_utils.decode(rle)
             if dec.shape[:2] == (h, w):
                 m += dec.reshape(h, w) if dec.ndim == 2 else dec.sum(-1)
                 continue

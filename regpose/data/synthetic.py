@@ -455,7 +455,11 @@ def render_image(rng: np.random.Generator, size=(256, 256), max_people: int = 6,
         if kind == "tiny":
             v[:] = 0
         kp = np.where(v[:, None] > 0, kp, 0.0)
-        anns.append(_annotation(m, kp, v, area, False, fmt, mask_utils))
+        ann = _annotation(m, kp, v, area, False, fmt, mask_utils)
+        r = max(p.head_ax) * p.h
+        ann["_head"] = [round(float(p.head_c[0] - r), 2), round(float(p.head_c[1] - r), 2),
+                        round(float(p.head_c[0] + r), 2), round(float(p.head_c[1] + r), 2)]
+        anns.append(ann)
     if crowd_group:
         m = cv.ids == crowd_id
         if m.any():
@@ -529,8 +533,33 @@ def _render_one(args):
     return name, anns
 
 
+def _write_mpii(out: Path, results: list) -> Path:
+    """MPII json layout (mmpose): one entry per labelled person, 1-based pixels, centre / scale from the box
+    (scale = box height / 200), the head box for the official PCKh normaliser."""
+    people = []
+    for name, anns in results:
+        for a in anns:
+            if a["iscrowd"] or a["num_keypoints"] == 0:
+                continue
+            k = np.asarray(a["keypoints"], np.float64).reshape(-1, 3)
+            vis = k[:, 2] > 0
+            joints = np.where(vis[:, None], k[:, :2] + 1.0, -1.0)
+            x, y, bw, bh = a["bbox"]
+            people.append({"image": name, "joints": np.round(joints, 2).tolist(),
+                           "joints_vis": vis.astype(int).tolist(),
+                           "center": [round(x + bw / 2 + 1.0, 2), round(y + bh / 2 + 1.0, 2)],
+                           "scale": round(max(bh, bw) / 200.0, 4),
+                           "headbox": [round(v + 1.0, 2) for v in a["_head"]]})
+    path = out / "annotations.json"
+    tmp = out / "annotations.json.tmp"
+    tmp.write_text(json.dumps(people, separators=(",", ":")))
+    os.replace(tmp, path)
+    return path
+
+
 def generate(out_dir: str | os.PathLike, num_images: int, seed: int = 0, fmt: str = "coco", size=(256, 256),
-             max_people: int = 6, progress: bool = True, image_format: str = "jpg", workers: int = 0) -> Path:
+             max_people: int = 6, progress: bool = True, image_format: str = "jpg", workers: int = 0,
+             desc: str | None = None) -> Path:
     """Write ``out_dir/images/*.jpg`` and ``out_dir/annotations.json`` (COCO layout in the ``fmt`` keypoint order:
     "coco", "crowdpose" or "mpii"); returns the annotations path. ``size`` is (width, height). ``workers`` > 0
     renders in that many processes (same bytes as serial)."""
@@ -552,7 +581,7 @@ def generate(out_dir: str | os.PathLike, num_images: int, seed: int = 0, fmt: st
     jobs = [(seed, i, fmt, (w, h), max_people, image_format, str(out)) for i in range(num_images)]
     from tqdm import tqdm
 
-    bar = tqdm(total=num_images, desc=f"synth {out.name}", unit="img", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=num_images, desc=desc or f"synth {out.name}", unit="img", disable=not progress, dynamic_ncols=True)
     if workers and workers > 1:
         import multiprocessing as mp
         with mp.get_context("spawn").Pool(workers) as pool:
@@ -566,6 +595,8 @@ def generate(out_dir: str | os.PathLike, num_images: int, seed: int = 0, fmt: st
             results.append(_render_one(job))
             bar.update(1)
     bar.close()
+    if fmt == "mpii":
+        return _write_mpii(out, results)
     images, annotations = [], []
     aid = 1
     for i, (name, anns) in enumerate(results):
@@ -574,7 +605,7 @@ def generate(out_dir: str | os.PathLike, num_images: int, seed: int = 0, fmt: st
             im["crowdIndex"] = round(_crowd_index(anns), 2)
         images.append(im)
         for a in anns:
-            annotations.append({"id": aid, "image_id": i + 1, **a})
+            annotations.append({"id": aid, "image_id": i + 1, **{k: v for k, v in a.items() if k != "_head"}})
             aid += 1
     data = {
         "info": {"description": "regpose synthetic crowd dataset", "regpose_synth": synth_info(num_images, seed, fmt,

@@ -174,14 +174,16 @@ def make_meta(sample: dict, **extra) -> dict:
 
 
 class Compose:
-    """Apply transforms in order with one random generator per sample."""
+    """Apply transforms in order with one random generator per sample. Individual transforms update the sample
+    dict in place; Compose works on a shallow copy (arrays are copied on first write), so the raw sample given
+    to it is left as it was."""
 
     def __init__(self, transforms: Sequence[Callable]):
         self.transforms = [t for t in transforms if t is not None]
 
     def __call__(self, sample: dict, rng=None) -> dict:
         rng = _rng(rng)
-        _prepare(sample)
+        sample = _prepare(dict(sample))
         for t in self.transforms:
             sample = t(sample, rng)
         return sample

@@ -1,0 +1,134 @@
+"""``regpose show-data``: render augmented training samples as the network sees them, with their keypoints and
+skeleton and every heatmap-like target overlaid, so a person can check augmentation and target encoding.
+
+The keypoints drawn are the raw annotations mapped through the sample's own ``meta["inverse"]`` (inverted), so
+the picture also checks the method's inverse affine: a keypoint off its joint means the inverse is wrong. After a
+mirror (negative determinant) labels are swapped through the flip map, so left limbs (orange) must lie on the
+person's left in the rendered image just as in the original.
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from .keypoints import KeypointMeta, get_meta
+
+__all__ = ["show_data", "draw_keypoints", "render_sample"]
+
+_LEFT, _RIGHT, _MID = (255, 140, 0), (0, 160, 255), (60, 220, 60)   # RGB
+
+
+def _side_colors(meta: KeypointMeta) -> list[tuple]:
+    left, right = set(meta.left_ids), set(meta.right_ids)
+    return [_LEFT if i in left else _RIGHT if i in right else _MID for i in range(meta.num_keypoints)]
+
+
+def draw_keypoints(image: np.ndarray, keypoints: np.ndarray, meta: KeypointMeta, highlight: int | None = None,
+                   radius: int = 3) -> np.ndarray:
+    """Draw people (N, K, 3) on an RGB uint8 image: limbs coloured left / right / centre, visible keypoints
+    filled, occluded ones hollow; person ``highlight`` thicker."""
+    out = np.ascontiguousarray(image.copy())
+    colors = _side_colors(meta)
+    kps = np.asarray(keypoints, dtype=np.float64).reshape(-1, meta.num_keypoints, 3)
+    for n, kp in enumerate(kps):
+        thick = 2 if n == highlight else 1
+        for a, b in meta.skeleton:
+            if kp[a, 2] > 0 and kp[b, 2] > 0:
+                c = colors[a] if colors[a] == colors[b] else _MID
+                cv2.line(out, (int(round(kp[a, 0])), int(round(kp[a, 1]))), (int(round(kp[b, 0])), int(round(kp[b, 1]))),
+                         c, thick, cv2.LINE_AA)
+        for k, (x, y, v) in enumerate(kp):
+            if v > 0:
+                cv2.circle(out, (int(round(x)), int(round(y))), radius + (thick - 1), colors[k],
+                           -1 if v >= 2 else 1, cv2.LINE_AA)
+    return out
+
+
+def _heat_panel(t: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    t = np.nan_to_num(t.astype(np.float32))
+    m = t.max(0) if t.ndim == 3 else t
+    lo, hi = float(m.min()), float(m.max())
+    m = (m - lo) / (hi - lo) if hi > lo else np.zeros_like(m)
+    m = cv2.resize(m, size, interpolation=cv2.INTER_NEAREST)
+    return cv2.cvtColor(cv2.applyColorMap((m * 255).astype(np.uint8), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
+
+
+def _to_numpy(v):
+    try:
+        import torch
+        if isinstance(v, torch.Tensor):
+            return v.detach().cpu().float().numpy()
+    except ImportError:  # pragma: no cover
+        pass
+    return np.asarray(v) if isinstance(v, np.ndarray) else None
+
+
+def render_sample(sample: dict, raw_keypoints: np.ndarray, meta: KeypointMeta, person_index: int = -1,
+                  max_panels: int = 4) -> np.ndarray:
+    """One picture of a transformed sample: the input image with the raw keypoints mapped in, followed by panels
+    of the heatmap-like targets (tensors (C, h, w) or masks (h, w), max over channels, resized to the input)."""
+    from .transforms import apply_affine, denormalize
+
+    img = sample["image"]
+    if not isinstance(img, np.ndarray):
+        img = denormalize(img)
+    h, w = img.shape[:2]
+    inv = np.eye(3)
+    inv[:2] = np.asarray(sample["meta"]["inverse"], dtype=np.float64)
+    fwd = np.linalg.inv(inv)
+    kp = np.asarray(raw_keypoints, dtype=np.float64).copy()
+    kp[..., :2] = apply_affine(kp[..., :2], fwd)
+    if np.linalg.det(fwd[:2, :2]) < 0:            # mirrored: the point that was left is now labelled right
+        kp = kp[:, meta.flip_index]
+    panels = [draw_keypoints(img, kp, meta, highlight=person_index)]
+    for name, v in (sample.get("target") or {}).items():
+        a = _to_numpy(v)
+        if a is None or a.ndim not in (2, 3) or min(a.shape[-2:]) < 4 or a.dtype.kind not in "fiub":
+            continue
+        p = _heat_panel(a, (w, h))
+        cv2.putText(p, str(name)[:24], (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+        panels.append(p)
+        if len(panels) > max_panels:
+            break
+    return np.concatenate(panels, axis=1)
+
+
+def show_data(cfg, out_dir, num_samples: int = 8, split: str = "train", seed: int = 0,
+              transform: Callable | None = None) -> list[Path]:
+    """Render ``num_samples`` samples of ``split`` through the method's transform (``train=True`` for the train
+    split) into ``out_dir/sample_XX_<image_id>.png``; returns the paths. ``transform`` overrides the method's."""
+    from ..errors import DataError
+    from ..models.registry import get_method
+    from .datasets import build_dataset
+
+    spec = get_method(cfg.method)
+    if transform is None:
+        transform = spec.transform(cfg, split == "train")
+    dataset = build_dataset(cfg, split, None, spec.family)
+    if len(dataset) == 0:
+        raise DataError(f"data.{split}: the dataset is empty")
+    meta = get_meta(cfg.data.format)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    picks = rng.choice(len(dataset), size=min(num_samples, len(dataset)), replace=False)
+    paths = []
+    for j, i in enumerate(picks):
+        raw = dataset[int(i)]
+        raw_kp = np.array(raw["keypoints"], dtype=np.float64)
+        person = int(raw.get("person_index", -1))
+        random.seed(seed * 100003 + j)     # the transforms draw their generator from Python's random
+        np.random.seed((seed * 100003 + j) % (2 ** 32))
+        sample = transform(raw)
+        if "meta" not in sample or "inverse" not in sample["meta"]:
+            raise DataError(f"method {cfg.method!r}: its transform returned no meta['inverse'] (see "
+                            f"regpose.models.base)")
+        pic = render_sample(sample, raw_kp, meta, person)
+        path = out / f"sample_{j:02d}_{int(sample['meta']['image_id'])}.png"
+        cv2.imwrite(str(path), cv2.cvtColor(pic, cv2.COLOR_RGB2BGR))
+        paths.append(path)
+    return paths
