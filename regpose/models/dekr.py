@@ -640,6 +640,7 @@ def _infer_scale(net, x: torch.Tensor, flip: bool, flip_index: list[int]):
     return heatmap[:1], posemap[:1]
 
 
+@torch.no_grad()
 def run_pipeline(net, image_rgb: np.ndarray | None, cfg: DEKRConfig, flip_index: list[int], input_size: int,
                  flip: bool = True, scales=(1.0,), base_input: torch.Tensor | None = None,
                  device: torch.device | str = "cpu", trace: dict | None = None):
