@@ -14,7 +14,7 @@ import torch
 
 from regpose import Predictor
 from regpose.cli import main
-from _tiny import write_tiny
+from _tiny import METHODS, TOPDOWN, write_tiny
 from conftest import REAL
 
 COCO = REAL / "coco"
@@ -33,7 +33,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("models")
-    return {m: write_tiny(m, root / m) for m in ("querypose", "rle", "dekr")}
+    return {m: write_tiny(m, root / m) for m in METHODS}
 
 
 def _make_video(path, frames=6, fps=12.0, size=(320, 212)):
@@ -88,6 +88,36 @@ def test_infer_images_and_video(files, tmp_path, capsys):
     assert all(all(p["track_id"] >= 0 for p in f["people"]) for f in v["frames"])
     n, fps, size = _video_info(out / "vis" / "clip.mp4")
     assert (n, size) == (6, (320, 212)) and abs(fps - 12.0) < 1e-3
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "querypose"])
+def test_every_method_end_to_end(method, files, tmp_path):
+    """Images and a video through the CLI (top-down methods: boxes from the tiny QueryPose as detector), then the
+    Python Predictor on one of the images gives exactly the json's people."""
+    cfg, weights = files[method]
+    video = _make_video(tmp_path / "clip.mp4", frames=4, fps=7.0)
+    images = IMAGES[:2]
+    extra = ["--detector", str(files["querypose"][0]), "--detector-weights", str(files["querypose"][1])] \
+        if method in TOPDOWN else []
+    out = tmp_path / "out"
+    assert main(["infer", str(cfg), *map(str, images), str(video), "--weights", str(weights), "--out", str(out),
+                 "--no-progress", *extra]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert sorted(res["images"]) == sorted(map(str, images))
+    assert sum(len(e["people"]) for e in res["images"].values()) > 0
+    for img in images:
+        assert cv2.imread(str(out / "vis" / (img.stem + ".jpg"))).shape == cv2.imread(str(img)).shape
+    n, fps, size = _video_info(out / "vis" / "clip.mp4")
+    assert (n, size) == (4, (320, 212)) and abs(fps - 7.0) < 1e-3
+    assert res["videos"][str(video)]["num_frames"] == 4
+    kw = {"detector": files["querypose"][0], "detector_weights": files["querypose"][1]} if method in TOPDOWN else {}
+    result = Predictor(cfg, weights, device="cpu", **kw)(images[0])
+    people = res["images"][str(images[0])]["people"]
+    assert len(result) == len(people)
+    if people:
+        np.testing.assert_allclose(np.array([p["keypoints"] for p in people]).reshape(result.keypoints.shape),
+                                   result.keypoints, atol=1e-4)
+        np.testing.assert_allclose([p["score"] for p in people], result.scores, rtol=1e-6)
 
 
 def test_predictor_equals_the_cli_json(files, tmp_path):

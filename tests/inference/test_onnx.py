@@ -80,6 +80,11 @@ def _graph_inputs(cfg, model):
     return inputs
 
 
+# Modules used in training only: they must not reach the exported graph (parameter names survive the export).
+TRAINING_ONLY = {"querypose": ["net.flow."], "dekr": [], "directpose": ["net.heatmap_head."],
+                 "poseur": ["net.coarse_flow.", "net.decoder_flow."], "rle": ["net.flow."], "tfpose": ["net.aux_head."]}
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_graph_outputs_equal_pytorch(method, tmp_path):
     cfg, model = tiny(method)
@@ -101,6 +106,12 @@ def test_graph_outputs_equal_pytorch(method, tmp_path):
         scale = max(1.0, float(np.abs(r).max()) if r.size else 1.0)
         assert np.abs(g.astype(np.float64) - r).max() <= 1e-4 * scale, (name, np.abs(g - r).max(), scale)
     assert all(v <= 1e-4 * 300 for v in result.max_abs_diff.values()), result.max_abs_diff
+    import onnx
+    names = [i.name for i in onnx.load(str(path)).graph.initializer]
+    assert any(n.startswith("net.") for n in names)
+    assert not [n for n in names for t in TRAINING_ONLY[method] if n.startswith(t)]
+    for prefix in TRAINING_ONLY[method]:       # the modules exist in the model, so the check is not vacuous
+        assert any(("net." + k).startswith(prefix) for k in model.state_dict())
 
 
 def _people(results):
