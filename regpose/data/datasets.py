@@ -340,6 +340,9 @@ def ensure_synthetic(split, fmt: str) -> Path:
         try:
             generate(tmp, spec.num_images, seed=spec.seed, fmt=fmt, size=tuple(spec.size),
                      max_people=spec.max_people, progress=True, desc=f"synth {root.name}")
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the finished split is an ordinary folder
             try:
                 os.rename(tmp, root)
             except OSError:

@@ -57,7 +57,7 @@ def random_scene(num_images: int = 50, num_keypoints: int = 17, seed: int = 0, p
             if crowd or rng.random() < 0.15:      # missing
                 continue
             for _ in range(1 + int(rng.poisson(preds_per_person - 1))):   # duplicates
-                noise = rng.choice([0.01, 0.04, 0.1, 0.3]) * np.sqrt(bw * bh)
+                noise = rng.choice([0.004, 0.012, 0.03, 0.1]) * np.sqrt(bw * bh)
                 p = xy + rng.normal(0, noise, xy.shape)
                 res.append(_pred(rng, iid, p, k, with_bbox, tie_scores, zero_score_prob))
         for _ in range(int(rng.poisson(false_positives))):                   # false positives
