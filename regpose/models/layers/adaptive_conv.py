@@ -31,9 +31,9 @@ AdaptiveImpl = Literal["auto", "grid_sample", "deform_conv2d"]
 
 
 def _split(affine: torch.Tensor, translation: torch.Tensor, groups: int):
-    n, _, h, w = affine.shape
-    m = affine.view(n, groups, 4, 1, h, w)        # (N, G, 4, 1, H, W): m0, m1, m2, m3
-    t = translation.view(n, groups, 2, 1, h, w)   # (N, G, 2, 1, H, W): t0 (y), t1 (x)
+    n, h, w = affine.shape[0], affine.shape[-2], affine.shape[-1]
+    m = affine.reshape(n, groups, 4, h, w).unsqueeze(3)        # (N, G, 4, 1, H, W): m0, m1, m2, m3
+    t = translation.reshape(n, groups, 2, h, w).unsqueeze(3)   # (N, G, 2, 1, H, W): t0 (y), t1 (x)
     grid = REGULAR_GRID.to(affine).view(2, 9, 1, 1)
     dy, dx = grid[0], grid[1]                     # (9, 1, 1)
     return m, t, dy, dx
@@ -42,7 +42,8 @@ def _split(affine: torch.Tensor, translation: torch.Tensor, groups: int):
 def affine_tap_positions(affine: torch.Tensor, translation: torch.Tensor, groups: int = 1):
     """Displacement of each tap from its pixel, ``M r_k + t``: (dy', dx') each (N, G, 9, H, W).
 
-    affine (N, 4G, H, W): M = [[m0, m1], [m2, m3]] acting on (dy, dx); translation (N, 2G, H, W): (t0, t1) = (ty, tx).
+    affine (N, 4G, H, W) or (N, G, 4, H, W): M = [[m0, m1], [m2, m3]] acting on (dy, dx); translation (N, 2G, H, W)
+    or (N, G, 2, H, W): (t0, t1) = (ty, tx).
     """
     m, t, dy, dx = _split(affine, translation, groups)
     py = m[:, :, 0] * dy + m[:, :, 1] * dx + t[:, :, 0]   # (N, G, 9, H, W)
@@ -59,17 +60,27 @@ def affine_deform_offsets(affine: torch.Tensor, translation: torch.Tensor, group
     return torch.stack([oy, ox], dim=3).reshape(n, g * 18, h, w)
 
 
+def _sampling_grid(affine: torch.Tensor, translation: torch.Tensor, groups: int, h: int, w: int) -> torch.Tensor:
+    """``grid_sample`` grid (N*G, 9H, W, 2) of the taps p + M r_k + t, normalised for align_corners=True
+    (-1 <-> pixel 0, +1 <-> pixel size-1); the normalisation is folded into the per-pixel coefficients before they
+    are broadcast to the nine taps (two fused multiply-adds per coordinate and tap)."""
+    m, t, dy, dx = _split(affine, translation, groups)
+    n = m.shape[0]
+    sy, sx = 2.0 / (h - 1), 2.0 / (w - 1)
+    ys = torch.arange(h, dtype=m.dtype, device=m.device).view(h, 1)
+    xs = torch.arange(w, dtype=m.dtype, device=m.device).view(1, w)
+    cy = (t[:, :, 0] + ys) * sy - 1.0                                    # (N, G, 1, H, W)
+    cx = (t[:, :, 1] + xs) * sx - 1.0
+    gy = torch.addcmul(torch.addcmul(cy, m[:, :, 0] * sy, dy), m[:, :, 1] * sy, dx)   # (N, G, 9, H, W)
+    gx = torch.addcmul(torch.addcmul(cx, m[:, :, 2] * sx, dy), m[:, :, 3] * sx, dx)
+    return torch.stack([gx, gy], dim=-1).view(n * groups, 9 * h, w, 2)   # taps stacked along rows
+
+
 def _grid_sample_impl(x, affine, translation, weight, groups):
     n, gc, h, w = x.shape
     c = gc // groups
     out_c = weight.shape[0] // groups
-    py, px = affine_tap_positions(affine, translation, groups)         # (N, G, 9, H, W) displacements
-    ys = torch.arange(h, dtype=x.dtype, device=x.device).view(h, 1)
-    xs = torch.arange(w, dtype=x.dtype, device=x.device).view(1, w)
-    # absolute positions, normalised for grid_sample(align_corners=True): -1 <-> pixel 0, +1 <-> pixel size-1
-    gx = (px + xs) * (2.0 / (w - 1)) - 1.0
-    gy = (py + ys) * (2.0 / (h - 1)) - 1.0
-    grid = torch.stack([gx, gy], dim=-1).view(n * groups, 9 * h, w, 2)   # taps stacked along rows
+    grid = _sampling_grid(affine, translation, groups, h, w)
     sampled = F.grid_sample(x.reshape(n * groups, c, h, w), grid, mode="bilinear", padding_mode="zeros",
                             align_corners=True)                          # (N*G, C, 9H, W)
     sampled = sampled.view(n, groups, c * 9, h * w)                      # rows: c-major, tap-minor
@@ -82,8 +93,8 @@ def adaptive_conv2d(x: torch.Tensor, affine: torch.Tensor, translation: torch.Te
                     groups: int = 1, impl: AdaptiveImpl = "auto") -> torch.Tensor:
     """Grouped adaptive 3x3 convolution (no bias).
 
-    x (N, G*C, H, W); affine (N, 4G, H, W); translation (N, 2G, H, W); weight (G*O, C, 3, 3) (deform-conv layout,
-    group g uses rows [gO, (g+1)O)). Returns (N, G*O, H, W).
+    x (N, G*C, H, W); affine (N, 4G, H, W) or (N, G, 4, H, W); translation (N, 2G, H, W) or (N, G, 2, H, W);
+    weight (G*O, C, 3, 3) (deform-conv layout, group g uses rows [gO, (g+1)O)). Returns (N, G*O, H, W).
     """
     if impl == "auto":
         impl = "deform_conv2d" if x.is_cuda else "grid_sample"
@@ -121,9 +132,14 @@ class AdaptiveConv2d(nn.Module):
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        affine = self.transform_matrix_conv(x)        # (N, 4G, H, W)
-        translation = self.translation_conv(x)        # (N, 2G, H, W)
-        return adaptive_conv2d(x, affine, translation, self.weight, self.groups, self.impl)
+        g = self.groups
+        n, _, h, w = x.shape
+        # the affine and translation convs run as one grouped conv (6 outputs per group), same numbers
+        tm, tr = self.transform_matrix_conv, self.translation_conv
+        weight = torch.cat([tm.weight.view(g, 4, -1, 3, 3), tr.weight.view(g, 2, -1, 3, 3)], 1).view(6 * g, -1, 3, 3)
+        bias = torch.cat([tm.bias.view(g, 4), tr.bias.view(g, 2)], 1).view(6 * g)
+        params = F.conv2d(x, weight, bias, padding=1, groups=g).view(n, g, 6, h, w)
+        return adaptive_conv2d(x, params[:, :, :4], params[:, :, 4:], self.weight, g, self.impl)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, groups={self.groups}, impl={self.impl!r}"
