@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 from .coco import COCO_KEYS, CROWDPOSE_KEYS, evaluate_coco
+from .oks import oks_matrix
 
-__all__ = ["evaluate", "format_metrics", "COCO_KEYS", "CROWDPOSE_KEYS", "DATASETS"]
+__all__ = ["evaluate", "format_metrics", "evaluate_coco", "evaluate_pckh", "oks_matrix", "COCO_KEYS",
+           "CROWDPOSE_KEYS", "DATASETS"]
 
 DATASETS = ("coco", "crowdpose", "ochuman", "mpii")
 
@@ -36,3 +38,9 @@ def format_metrics(metrics: dict, dataset: str = "coco") -> str:
     line = "-+-".join("-" * w for w in widths)
     row = " | ".join(c.rjust(w) for c, w in zip(cells, widths))
     return f"{dataset} keypoints\n{head}\n{line}\n{row}"
+
+
+def evaluate_pckh(gt, results, thresholds=(0.5, 0.1)) -> dict[str, float]:
+    """MPII PCKh (see :func:`regpose.evaluation.pckh.evaluate_pckh`)."""
+    from .pckh import evaluate_pckh as _pckh
+    return _pckh(gt, results, thresholds)
