@@ -159,3 +159,34 @@ def test_flip_test_is_consistent_for_a_mirrored_crop():
             perm[i], perm[j] = j, i
         np.testing.assert_allclose(b[perm, 0], 48 - a[:, 0], atol=5e-3)
         np.testing.assert_allclose(b[perm, 1:], a[:, 1:], atol=1e-4)
+
+
+def test_transform_targets_map_back_to_the_annotations():
+    """Eval transform on real COCO people: target * input size = keypoints in the crop, and meta['inverse'] maps
+    them back to the annotated pixels; train transform gives weights only for labelled keypoints in the crop."""
+    from conftest import REAL
+    from regpose.config import load_config
+    from regpose.data.datasets import TopDownDataset, load_records
+    from regpose.data.keypoints import get_meta
+    from regpose.models.poseur import poseur_transform
+
+    cfg = load_config({"method": "poseur", "data": {"input_size": [192, 256],
+                                                    "val": {"ann_files": [str(REAL / "coco" / "test_coco.json")]}}})
+    records = load_records(cfg.data.val, "coco")
+    for train in (False, True):
+        ds = TopDownDataset(records, poseur_transform(cfg, train))
+        for i in range(len(ds)):
+            s = ds[i]
+            assert s["image"].shape == (3, 256, 192)
+            coords, w = s["target"]["coords"].numpy(), s["target"]["coord_weights"].numpy()
+            meta = s["meta"]
+            rec = next(r for r in records if r.image_id == meta["image_id"])
+            kp = rec.keypoints[meta["person_index"]]
+            crop = coords.astype(np.float64) * [192, 256]
+            back = crop @ np.asarray(meta["inverse"])[:, :2].T + np.asarray(meta["inverse"])[:, 2]
+            if meta.get("flipped"):   # flipped samples carry mirrored left/right identities
+                kp = kp[get_meta("coco").flip_index]
+            labelled = kp[:, 2] > 0
+            inside = (crop[:, 0] >= 0) & (crop[:, 0] <= 191) & (crop[:, 1] >= 0) & (crop[:, 1] <= 255)
+            np.testing.assert_array_equal(w[:, 0], (labelled & inside).astype(np.float32))
+            np.testing.assert_allclose(back[labelled], kp[labelled, :2], atol=1e-3)
