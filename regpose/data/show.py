@@ -67,15 +67,25 @@ def _to_numpy(v):
     return np.asarray(v) if isinstance(v, np.ndarray) else None
 
 
+def _display(tensor) -> np.ndarray:
+    """A network input (3, H, W), normalised per channel by any positive scale and shift (ImageNet mean / std,
+    detectron2 pixel mean / std ...), back to uint8 RGB by stretching each channel to 0..255."""
+    a = _to_numpy(tensor).astype(np.float64)
+    lo = a.min(axis=(1, 2), keepdims=True)
+    hi = a.max(axis=(1, 2), keepdims=True)
+    a = (a - lo) / np.where(hi > lo, hi - lo, 1.0)
+    return np.ascontiguousarray((a * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0))
+
+
 def render_sample(sample: dict, raw_keypoints: np.ndarray, meta: KeypointMeta, person_index: int = -1,
                   max_panels: int = 4) -> np.ndarray:
     """One picture of a transformed sample: the input image with the raw keypoints mapped in, followed by panels
     of the heatmap-like targets (tensors (C, h, w) or masks (h, w), max over channels, resized to the input)."""
-    from .transforms import apply_affine, denormalize
+    from .transforms import apply_affine
 
     img = sample["image"]
     if not isinstance(img, np.ndarray):
-        img = denormalize(img)
+        img = _display(img)
     h, w = img.shape[:2]
     inv = np.eye(3)
     inv[:2] = np.asarray(sample["meta"]["inverse"], dtype=np.float64)
