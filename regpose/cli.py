@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out", help="output folder (images/ and annotations.json)")
     s.add_argument("--num-images", type=int, default=1000)
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--format", choices=["coco", "crowdpose"], default="coco")
+    s.add_argument("--format", choices=["coco", "crowdpose", "mpii"], default="coco")
     s.add_argument("--size", type=_size, default=(256, 256), help="image size WxH (default 256x256)")
     s.add_argument("--max-people", type=int, default=6)
     s.set_defaults(fn=cmd_synth)

@@ -89,8 +89,11 @@ def collect_results(model, local: list, test_cfg, num_keypoints: int) -> dict[in
 
 
 def has_annotations(gt_path: str) -> bool:
+    """COCO-style dicts need a non-empty ``annotations``; MPII's layout is a non-empty list of entries."""
     with open(gt_path) as f:
         gt = json.load(f)
+    if isinstance(gt, list):
+        return bool(gt)
     return bool(gt.get("annotations"))
 
 
