@@ -120,6 +120,8 @@ class Trainer:
         if self.world > 1 and self.tc.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device)
+        # Independent random streams per process for whatever the model draws while training (dropout, noise).
+        seed_everything(self.tc.seed + 1000 * self.rank)
         self.optimizer = build_optimizer(self.model, self.tc)
         self.ddp = (DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                         find_unused_parameters=True) if self.world > 1 else self.model)
