@@ -6,7 +6,12 @@ evaluate COCO OKS AP on 200 images of another seed (seed 1), print the loss / AP
 
 Uses the regular training engine (``regpose.engine.trainer.train``): the run directory holds config.yaml,
 metrics.jsonl, checkpoints and the results json. ``--minutes`` caps the training loop (train.max_minutes; the
-synthetic data generation before it and the final evaluation after it are not counted). ``--smoke`` trains a few
+synthetic data generation before it and the final evaluation after it are not counted).
+
+The schedule is fitted to the budget: a few timed training steps and predictions on this machine give the number
+of iterations that fit in ``--minutes`` (with two intermediate evaluations for the AP curve), and the step decays
+are placed at 80 % and 93 % of them, so the learning rate decays before the time runs out on any machine. Pass
+``--no-calibrate`` (or ``train.iters=N``) to use the config's schedule as is. ``--smoke`` trains a few
 iterations on a tiny split to check the wiring (about a minute).
 """
 from __future__ import annotations
@@ -25,6 +30,42 @@ sys.path.insert(0, str(REPO))
 from regpose.config import load_config  # noqa: E402
 from regpose.engine.trainer import train  # noqa: E402
 
+EVALS_IN_LOOP = 2        # intermediate evaluations (the AP curve); the final one runs after the loop
+
+
+def calibrate(cfg, steps: int = 5) -> tuple[float, float]:
+    """Seconds per training iteration and per evaluated image (flip test) of ``cfg``'s model on this machine."""
+    from regpose.data.collate import collate
+    from regpose.data.datasets import build_dataset, ensure_synthetic
+    from regpose.models import build_model, get_method
+
+    spec = get_method(cfg.method)
+    for split in (cfg.data.train, cfg.data.val):
+        if split.synthetic.num_images > 0:
+            ensure_synthetic(split, cfg.data.format)
+    train_ds = build_dataset(cfg, "train", spec.transform(cfg, True), spec.family)
+    model = build_model(cfg).train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
+    batch = collate([train_ds[i] for i in range(cfg.train.batch_size)], model.size_divisibility)
+    times = []
+    for i in range(steps + 1):
+        t0 = time.perf_counter()
+        loss = sum(v for k, v in model(batch["images"], batch["targets"]).items() if k.startswith("loss"))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    t_iter = sorted(times[1:])[len(times[1:]) // 2]
+    val_ds = build_dataset(cfg, "val", spec.transform(cfg, False), spec.family)
+    model.eval()
+    times = []
+    for i in range(4):
+        b = collate([val_ds[i]], model.size_divisibility)
+        t0 = time.perf_counter()
+        model.predict(b, cfg.test)
+        times.append(time.perf_counter() - t0)
+    return t_iter, sorted(times[1:])[1]
+
 
 def read_curve(path: Path) -> tuple[list[dict], list[dict]]:
     train_rows, val_rows = [], []
@@ -42,6 +83,7 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=14.0, help="training-loop budget (train.max_minutes)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--smoke", action="store_true", help="a few iterations on a tiny split (wiring check)")
+    ap.add_argument("--no-calibrate", action="store_true", help="keep the config's iterations and steps")
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. train.lr=1e-3")
     args = ap.parse_args()
 
@@ -54,6 +96,16 @@ def main() -> None:
                  "train.iters=30", "train.steps=[25]", "train.warmup_iters=5", "train.log_period=5",
                  "train.eval_period=15", "train.num_workers=0"]
     cfg = load_config(args.config, over + list(args.overrides))
+    if not (args.smoke or args.no_calibrate or any(o.startswith("train.iters=") for o in args.overrides)):
+        t_iter, t_img = calibrate(cfg)
+        n_val = cfg.data.val.synthetic.num_images or 200
+        budget = args.minutes * 60 - EVALS_IN_LOOP * n_val * t_img
+        iters = max(50, int(budget / (1.1 * t_iter)))        # 10 % margin for data loading and logging
+        over += [f"train.iters={iters}", f"train.steps=[{int(0.8 * iters)},{int(0.93 * iters)}]",
+                 f"train.eval_period={iters // (EVALS_IN_LOOP + 1)}"]
+        cfg = load_config(args.config, over + list(args.overrides))
+        print(f"calibration: {t_iter:.2f} s/iteration, {t_img:.3f} s/evaluated image -> {iters} iterations, "
+              f"decays at {cfg.train.steps}, evaluations every {cfg.train.eval_period}")
     print(f"config {args.config}: {cfg.train.iters} iterations x batch {cfg.train.batch_size}, lr {cfg.train.lr}, "
           f"input {cfg.data.input_size}, budget {cfg.train.max_minutes} min, threads {torch.get_num_threads()}")
     (Path(cfg.output_dir) / "metrics.jsonl").unlink(missing_ok=True)     # a fresh curve for this run

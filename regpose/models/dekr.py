@@ -783,7 +783,9 @@ class DEKREvalTransform:
         from ..data.transforms import BottomUpTestResize, Compose, make_meta, to_tensor_normalize
 
         original = raw["image"]
-        sample = Compose([BottomUpTestResize(self.input_size, 1.0)])(dict(raw), rng)
+        sample = dict(raw)
+        sample.setdefault("keypoints", np.zeros((0, 1, 3)))     # inference inputs carry no annotations
+        sample = Compose([BottomUpTestResize(self.input_size, 1.0)])(sample, rng)
         meta = make_meta(sample)
         if self.keep_raw:
             meta["image_raw"] = original
