@@ -212,6 +212,7 @@ def run_infer(args) -> int:
         total = reader.frame_count if args.max_frames is None else min(reader.frame_count or args.max_frames,
                                                                          args.max_frames)
         bar = _progress(total, "frame", Path(str(it.key)).name, args.no_progress)
+        failure = "no frames could be decoded (empty or corrupt video)"
         try:
             for index, frame, res in predictor.predict_frames(frames, args.batch_size or 4, tracker):
                 entry["frames"].append({"frame": index, "people": results.people(res, index)})
@@ -221,6 +222,9 @@ def run_infer(args) -> int:
         except KeyboardInterrupt:
             if it.kind != "webcam":
                 raise
+        except InputError as e:          # e.g. frames of a size a static ONNX export cannot take
+            entry["frames"].clear()
+            failure = str(e)
         finally:
             bar.close()
             reader.close()
@@ -228,7 +232,7 @@ def run_infer(args) -> int:
                 writer.close()
         entry["num_frames"] = len(entry["frames"])
         if not entry["frames"]:
-            print(f"skipped {it.key}: no frames could be decoded (empty or corrupt video)", file=sys.stderr)
+            print(f"skipped {it.key}: {failure}", file=sys.stderr)
             del results.videos[it.key]
             if video_path.exists():
                 video_path.unlink()

@@ -22,6 +22,16 @@ VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".avi", ".mov", ".mkv", ".webm", "
 DEFAULT_FPS = 25.0
 
 
+def _quiet_video_io() -> None:
+    """Bad inputs get our one-line messages only: silence OpenCV's warnings and FFmpeg's log (AV_LOG_QUIET; the
+    variable is read when OpenCV first initialises FFmpeg, so a user's own setting wins)."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    try:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
+    except AttributeError:  # pragma: no cover - OpenCV builds without the logging module
+        pass
+
+
 @dataclass
 class InputItem:
     """One thing to run on. ``key`` names it in the results json (the path as given / found, or ``webcam:N``);
@@ -79,6 +89,9 @@ class VideoReader:
         name = f"webcam {source}" if isinstance(source, int) else str(source)
         if isinstance(source, str) and not Path(source).is_file():
             raise InputError(f"video not found: {source}")
+        if isinstance(source, str) and Path(source).stat().st_size == 0:
+            raise InputError(f"empty file: {source}")
+        _quiet_video_io()
         self.cap = cv2.VideoCapture(source)
         if not self.cap.isOpened():
             self.cap.release()
