@@ -1,0 +1,173 @@
+"""TFPose learning benchmark: train configs/tfpose/tfpose_tiny_synthetic.yaml on 2,000 synthetic images (ground-truth
+boxes) within a wall-clock budget, evaluate on 200 images of another seed (target AP >= 0.6), and compare the
+paper's ablations at the same budget: the auxiliary heatmap loss (Table 4, +2.3 AP and faster convergence) and
+query-to-query attention (Table 1, +1.3 AP).
+
+    .venv/bin/python bench/bench_tfpose_learning.py                       # 3 runs x 14 min training (~45 min)
+    .venv/bin/python bench/bench_tfpose_learning.py --variants default    # the AP target only
+    .venv/bin/python bench/bench_tfpose_learning.py --smoke               # ~3 min end-to-end check of the pipeline
+
+Variants (each trained from the same seed):
+  default   the config as shipped (q2q attention on, auxiliary heatmap loss on, lambda 10)
+  no_aux    model.aux_heatmap=false                (Table 4 "off")
+  no_q2q    model.q2q_attention=false              (Table 1 "off")
+
+Budget: for each variant a short calibration times real training iterations (data loading included) and sets
+``train.iters`` so that the cosine schedule ends inside the budget; ``train.max_minutes`` is the hard stop. Every
+variant gets the same wall-clock budget (a cheaper variant does more iterations); ``--same-iters`` instead gives every
+variant the iteration count planned for ``default``. Results: a table on stdout and ``summary.json``.
+Numbers are only meaningful on a quiet machine.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from regpose.config import load_config, save_config  # noqa: E402
+
+VARIANTS = {
+    "default": [],
+    "no_aux": ["model.aux_heatmap=false"],
+    "no_q2q": ["model.q2q_attention=false"],
+}
+TARGET_AP = 0.6
+
+
+def calibrate(cfg, iters: int = 6) -> float:
+    """Median seconds per training iteration on this machine (model + real data loading) after 2 warm-ups."""
+    from regpose.data.collate import Collate
+    from regpose.data.datasets import build_dataset, ensure_synthetic
+    from regpose.models import build_model
+    from regpose.models.registry import get_method
+
+    for split in (cfg.data.train, cfg.data.val):
+        if split.synthetic.num_images > 0:
+            ensure_synthetic(split, cfg.data.format)
+    spec = get_method(cfg.method)
+    ds = build_dataset(cfg, "train", spec.transform(cfg, True), spec.family)
+    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True, num_workers=0,
+                                         collate_fn=Collate(32), generator=torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    times = []
+    it = iter(loader)
+    for i in range(iters + 2):
+        t0 = time.perf_counter()
+        batch = next(it)
+        loss = sum(v for k, v in model(batch["images"], batch["targets"]).items() if k.startswith("loss"))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    return sorted(times)[len(times) // 2]
+
+
+def read_log(out: Path) -> list[dict]:
+    path = out / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def run_variant(name: str, args, budget: float, iters: int | None) -> dict:
+    from regpose.engine.trainer import train
+
+    out = Path(args.output_dir) / name
+    cfg = load_config(args.config, [f"output_dir={out}", *args.overrides, *VARIANTS[name]])
+    sec_per_iter = calibrate(cfg)
+    planned = iters if iters is not None else max(50, int(0.92 * budget * 60 / sec_per_iter))
+    cfg.train.iters = planned
+    cfg.train.max_minutes = budget
+    cfg.train.warmup_iters = min(cfg.train.warmup_iters, planned // 10)
+    cfg.train.eval_period = 0
+    cfg.train.log_period = max(1, min(cfg.train.log_period, planned // 20))
+    print(f"[{name}] calibration {sec_per_iter:.3f} s/iteration ({cfg.train.batch_size} crops) -> {planned} "
+          f"iterations in {budget:.1f} min", flush=True)
+    t0 = time.time()
+    metrics = train(cfg, device="cpu") or {}
+    minutes = (time.time() - t0) / 60
+    log = read_log(out)
+    train_rows = [r for r in log if r.get("split") == "train" and "loss" in r]
+    last_layer = f"loss_coord_{cfg.model.num_decoder_layers - 1}"
+    done = max((int(r["iter"]) for r in train_rows), default=0)
+    save_config(cfg, out / "config_resolved.yaml")
+    return {"AP": metrics.get("AP"), "AP50": metrics.get("AP50"), "AP75": metrics.get("AP75"),
+            "APm": metrics.get("APm"), "APl": metrics.get("APl"), "AR": metrics.get("AR"),
+            "iterations_planned": planned, "iterations_done": done or planned,
+            "sec_per_iter_calibrated": round(sec_per_iter, 4), "minutes_with_eval": round(minutes, 2),
+            "loss_first": train_rows[0]["loss"] if train_rows else None,
+            "loss_last": train_rows[-1]["loss"] if train_rows else None,
+            "last_layer_l1_last": train_rows[-1].get(last_layer) if train_rows else None,
+            "overrides": VARIANTS[name]}
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--config", default=str(ROOT / "configs" / "tfpose" / "tfpose_tiny_synthetic.yaml"))
+    ap.add_argument("--budget-min", type=float, default=14.0, help="training wall-clock budget per variant (minutes)")
+    ap.add_argument("--variants", default="default,no_aux,no_q2q",
+                    help=f"comma-separated subset of {', '.join(VARIANTS)}")
+    ap.add_argument("--same-iters", action="store_true",
+                    help="train every variant for the iteration count planned for the first one")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--output-dir", default="runs/bench_tfpose_learning")
+    ap.add_argument("--smoke", action="store_true", help="~3 minute end-to-end check (20 s of training per variant)")
+    ap.add_argument("overrides", nargs="*", help="config overrides key=value, applied to every variant")
+    args = ap.parse_args()
+
+    names = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown:
+        ap.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
+    torch.set_num_threads(args.threads)
+    budget = 0.33 if args.smoke else args.budget_min
+    if args.smoke:
+        args.output_dir += "_smoke"
+    t_start = time.time()
+    results: dict[str, dict] = {}
+    fixed_iters = None
+    for name in names:
+        results[name] = run_variant(name, args, budget, fixed_iters)
+        if args.same_iters and fixed_iters is None:
+            fixed_iters = results[name]["iterations_planned"]
+        r = results[name]
+        print(f"[{name}] " + "  ".join(f"{k} {_fmt(r[k])}" for k in ("AP", "AP50", "AP75", "AR"))
+              + f"  ({r['iterations_done']} iterations, loss {_fmt(r['loss_first'])} -> {_fmt(r['loss_last'])})",
+              flush=True)
+
+    print(f"\n{'variant':<9} {'AP':>7} {'AP50':>7} {'AP75':>7} {'APm':>7} {'APl':>7} {'AR':>7} {'iters':>7} "
+          f"{'s/it':>7}")
+    for name, r in results.items():
+        cells = " ".join(f"{_fmt(r[k]):>7}" for k in ("AP", "AP50", "AP75", "APm", "APl", "AR"))
+        print(f"{name:<9} {cells} {r['iterations_done']:>7d} {r['sec_per_iter_calibrated']:>7.3f}")
+    summary = {"config": args.config, "budget_min_per_variant": budget, "threads": args.threads,
+               "same_iters": args.same_iters, "total_minutes": round((time.time() - t_start) / 60, 2),
+               "target_AP": TARGET_AP, "variants": results}
+    if "default" in results:
+        ap_default = results["default"]["AP"] or 0.0
+        summary["reached_target"] = ap_default >= TARGET_AP
+        for other, key in (("no_aux", "aux_loss_gain_AP"), ("no_q2q", "q2q_gain_AP")):
+            if other in results and results[other]["AP"] is not None:
+                summary[key] = round(ap_default - results[other]["AP"], 4)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps({k: v for k, v in summary.items() if k != "variants"}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
