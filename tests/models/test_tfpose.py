@@ -320,6 +320,29 @@ def test_flip_back_is_an_involution_and_udp_exact():
     torch.testing.assert_close(back[0, 1], mirrored[0, 2] * torch.tensor([-1.0, 1.0]) + torch.tensor([1.0, 0.0]))
 
 
+def test_flip_back_without_udp_mirrors_pixel_indices():
+    # u = x_px / W; the mirror of pixel x is (W - 1) - x, i.e. u -> (W - 1) / W - u
+    W = 48
+    x_px = torch.tensor([[[5.0, 7.0], [10.0, 1.0], [30.0, 2.0], [0.0, 3.0], [47.0, 4.0]]])
+    mirrored = torch.stack((W - 1 - x_px[..., 0], x_px[..., 1]), -1)
+    back = flip_back_coords(mirrored / W, torch.tensor(FLIP_PAIRS), (W - 1) / W) * W
+    torch.testing.assert_close(back[0, 0], x_px[0, 0])
+    torch.testing.assert_close(back[0, 1], x_px[0, 2])                         # left/right swapped back
+    torch.testing.assert_close(back[0, 4], x_px[0, 3])
+
+
+def test_training_uses_the_grid_sample_kernel_and_eval_the_gather_kernel():
+    from regpose.models.layers.deform_attn import MultiScaleDeformableAttention
+
+    m = TFPose(tiny_cfg())
+    attn = [x for x in m.modules() if isinstance(x, MultiScaleDeformableAttention)]
+    assert attn and all(a.sampler == "grid_sample" for a in attn)              # built in training mode
+    m.eval()
+    assert all(a.sampler == "auto" for a in attn)
+    m = TFPose(tiny_cfg(sampler="gather")).train()
+    assert all(x.sampler == "gather" for x in m.modules() if isinstance(x, MultiScaleDeformableAttention))
+
+
 def test_flip_test_averages_with_the_mirrored_crop():
     torch.manual_seed(0)
     m = TFPose(tiny_cfg(), FLIP_PAIRS).eval()
