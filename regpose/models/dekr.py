@@ -60,6 +60,10 @@ class DEKRConfig:
     offset_blocks: int = 2                       # HEAD_OFFSET.NUM_BLOCKS (adaptive blocks per keypoint branch)
     final_conv_kernel: int = 1                   # MODEL.SPEC.FINAL_CONV_KERNEL
     adaptive_conv_impl: Literal["auto", "grid_sample", "deform_conv2d"] = "auto"   # auto: CPU grid_sample, CUDA deform
+    # paper ablations (Sec. 4.3), all on in the paper's best setting
+    adaptive_conv: bool = True                   # adaptive convolutions in the offset branches (off: regular 3x3)
+    multi_branch: bool = True                    # one branch per keypoint (off: a single shared regression branch)
+    offset_loss_normalization: bool = True       # offset loss weighted by 1/sqrt(person area) (off: weight 1)
     # targets and losses (DATASET.SIGMA, CENTER_SIGMA, BG_WEIGHT, OFFSET_RADIUS; LOSS.*_FACTOR)
     sigma: float = 2.0
     center_sigma: float = 4.0                    # Official code: only channel index >= 17 uses it (CrowdPose: SIGMA)
@@ -173,11 +177,13 @@ class HeatmapHead(nn.Module):
 
 
 class AdaptBlock(nn.Module):
-    """Residual adaptive-conv block of every keypoint branch: ReLU(BN(adaptive_conv(x)) + x) (paper Fig. 3)."""
+    """Residual adaptive-conv block of every keypoint branch: ReLU(BN(adaptive_conv(x)) + x) (paper Fig. 3).
+    ``adaptive=False`` is the paper's ablation with a regular 3x3 convolution in its place."""
 
-    def __init__(self, channels: int, groups: int, impl: str = "auto"):
+    def __init__(self, channels: int, groups: int, impl: str = "auto", adaptive: bool = True):
         super().__init__()
-        self.adapt_conv = AdaptiveConv2d(channels, groups, impl)
+        self.adapt_conv = AdaptiveConv2d(channels, groups, impl) if adaptive else \
+            nn.Conv2d(groups * channels, groups * channels, 3, padding=1, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(groups * channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -187,16 +193,19 @@ class AdaptBlock(nn.Module):
 class OffsetHead(nn.Module):
     """Disentangled offset regression (paper Sec. 3.2): a 1x1 transition to K*P channels, split into K branches of P
     channels, each with its own adaptive blocks and its own 1x1 regressor to (dx, dy). The K branches are executed
-    together as grouped convolutions (group j = keypoint j), which equals the official per-branch modules."""
+    together as grouped convolutions (group j = keypoint j), which equals the official per-branch modules.
+    Ablations (paper Sec. 4): ``multi_branch=False`` regresses all keypoints from one shared K*P-channel branch;
+    ``adaptive=False`` uses regular convolutions."""
 
     def __init__(self, in_channels: int, num_keypoints: int, channels_per_keypoint: int = 15, num_blocks: int = 2,
-                 final_kernel: int = 1, impl: str = "auto"):
+                 final_kernel: int = 1, impl: str = "auto", multi_branch: bool = True, adaptive: bool = True):
         super().__init__()
         k, p = num_keypoints, channels_per_keypoint
         self.num_keypoints, self.channels_per_keypoint = k, p
+        g = k if multi_branch else 1                       # branches
         self.transition = _conv_bn_relu(in_channels, k * p)
-        self.blocks = nn.Sequential(*[AdaptBlock(p, k, impl) for _ in range(num_blocks)])
-        self.final = nn.Conv2d(k * p, 2 * k, final_kernel, padding=1 if final_kernel == 3 else 0, groups=k)
+        self.blocks = nn.Sequential(*[AdaptBlock(k * p // g, g, impl, adaptive) for _ in range(num_blocks)])
+        self.final = nn.Conv2d(k * p, 2 * k, final_kernel, padding=1 if final_kernel == 3 else 0, groups=g)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.final(self.blocks(self.transition(features)))   # (N, 2K, H/4, W/4): (dx_j, dy_j) = pixel - kpt
@@ -221,7 +230,8 @@ class DEKR(PoseModel):
         self.heatmap_head = HeatmapHead(c, cfg.head_heatmap_channels, num_keypoints, cfg.head_heatmap_blocks,
                                         cfg.head_heatmap_dilation, cfg.final_conv_kernel)
         self.offset_head = OffsetHead(c, num_keypoints, cfg.offset_channels_per_keypoint, cfg.offset_blocks,
-                                      cfg.final_conv_kernel, cfg.adaptive_conv_impl)
+                                      cfg.final_conv_kernel, cfg.adaptive_conv_impl, cfg.multi_branch,
+                                      cfg.adaptive_conv)
         self.init_weights()
         if cfg.pretrained:
             from .backbones import load_backbone_weights
@@ -261,7 +271,8 @@ class DEKR(PoseModel):
         t = {k: torch.stack([tg[k] for tg in targets]).to(heatmap.device)
              for k in ("heatmap", "heatmap_weight", "offset", "offset_weight")}
         l_hm = heatmap_loss(heatmap, t["heatmap"], t["heatmap_weight"])
-        l_off = offset_loss(offset, t["offset"], t["offset_weight"])
+        weight = t["offset_weight"] if self.cfg.offset_loss_normalization else (t["offset_weight"] > 0).float()
+        l_off = offset_loss(offset, t["offset"], weight)
         return {"loss_heatmap": self.cfg.heatmap_loss_factor * l_hm,
                 "loss_offset": self.cfg.offset_loss_factor * l_off}
 

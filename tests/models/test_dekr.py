@@ -367,3 +367,28 @@ def test_crowdpose_evaluation_end_to_end_on_synthetic_data(tmp_path):
     results = json.loads(results_path.read_text())
     assert results and all(len(r["keypoints"]) == 14 * 3 for r in results)
     assert len({r["image_id"] for r in results}) == 4
+
+
+@pytest.mark.parametrize("over", [{"adaptive_conv": False}, {"multi_branch": False},
+                                  {"offset_loss_normalization": False}])
+def test_paper_ablation_switches_build_and_train(over):
+    from regpose.models.layers.adaptive_conv import AdaptiveConv2d
+
+    cfg = _real_cfg(model=over)
+    model = build_model(cfg).train()
+    blocks = model.offset_head.blocks
+    if over.get("adaptive_conv") is False:
+        assert not any(isinstance(m, AdaptiveConv2d) for m in model.modules())
+    if over.get("multi_branch") is False:
+        assert blocks[0].adapt_conv.groups == 1 and model.offset_head.final.groups == 1
+    batch = _tiny_train_batch(cfg)
+    losses = model(batch["images"], batch["targets"])
+    sum(losses.values()).backward()
+    if over.get("offset_loss_normalization") is False:
+        heat, off = model(batch["images"])                       # raw outputs, still in training mode
+        off = off + torch.randn_like(off)                        # away from the near-zero initial offsets
+        w = torch.stack([tg["offset_weight"] for tg in batch["targets"]])
+        gt = torch.stack([tg["offset"] for tg in batch["targets"]])
+        got = model.losses(heat, off, batch["targets"])["loss_offset"].item()
+        assert got == pytest.approx(cfg.model.offset_loss_factor * offset_loss(off, gt, (w > 0).float()).item())
+        assert got != pytest.approx(cfg.model.offset_loss_factor * offset_loss(off, gt, w).item(), rel=1e-2)
