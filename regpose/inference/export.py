@@ -148,6 +148,12 @@ class ExportResult:
     output_names: list[str]
     dynamic: bool
     max_abs_diff: dict[str, float] = field(default_factory=dict)   # per output, over every verified shape
+    max_abs_value: dict[str, float] = field(default_factory=dict)  # per output: largest |PyTorch value|
+
+    def suspicious(self) -> list[str]:
+        """Outputs whose ONNX Runtime values differ from PyTorch's by more than fp32 rounding explains
+        (1e-4 absolute, or 1e-4 of the output's magnitude when that exceeds 1)."""
+        return [k for k, d in self.max_abs_diff.items() if d > 1e-4 * max(1.0, self.max_abs_value.get(k, 1.0))]
 
     def summary(self) -> str:
         shapes = ", ".join(f"{n} {tuple(s)}" for n, s in self.input_shapes.items())
@@ -158,6 +164,9 @@ class ExportResult:
             worst = max(self.max_abs_diff.values())
             lines.append("ONNX Runtime vs PyTorch max abs diff: " + ", ".join(
                 f"{k} {v:.2e}" for k, v in self.max_abs_diff.items()) + f" (worst {worst:.2e})")
+            if self.suspicious():
+                lines.append(f"warning: {', '.join(self.suspicious())} differ by more than fp32 rounding; check the "
+                             f"model (random weights can make outputs chaotic) before deploying")
         return "\n".join(lines)
 
 
@@ -175,7 +184,8 @@ def _batch_axis_outputs(net: nn.Module, inputs: dict, structure: dict) -> list[s
             if a.dim() > 0 and b.dim() > 0 and b.shape[0] == 2 * a.shape[0]]
 
 
-def _compare(session, net: nn.Module, inputs: dict, structure: dict, input_names: list[str]) -> dict[str, float]:
+def _compare(session, net: nn.Module, inputs: dict, structure: dict, input_names: list[str]) -> dict:
+    """{output: (max abs diff, max abs PyTorch value)} of ONNX Runtime against PyTorch on ``inputs``."""
     ref = flatten_outputs(_run_torch(net, inputs), structure)
     got = session.run(None, {n: inputs[n].numpy() for n in input_names})
     diffs = {}
@@ -185,7 +195,8 @@ def _compare(session, net: nn.Module, inputs: dict, structure: dict, input_names
             raise ExportError(f"ONNX output '{name}' has shape {o.shape} for inputs "
                               f"{ {n: tuple(inputs[n].shape) for n in input_names} }, PyTorch {r.shape}: the graph "
                               f"froze a shape (export without --dynamic, or fix the method's forward)")
-        diffs[name] = float(np.abs(r.astype(np.float64) - o.astype(np.float64)).max()) if r.size else 0.0
+        diffs[name] = (float(np.abs(r.astype(np.float64) - o.astype(np.float64)).max()) if r.size else 0.0,
+                       float(np.abs(r).max()) if r.size else 0.0)
     return diffs
 
 
@@ -260,6 +271,7 @@ def export_onnx(model: nn.Module, cfg, out: str | os.PathLike, *, dynamic: bool 
             hw = input_hw if topdown else (input_hw[0] + div, max(div, input_hw[1] - div))
             checks.append(example_inputs(cfg, model, hw, 2, seed=1))
         for check in checks:
-            for k, v in _compare(session, net, check, structure, input_names).items():
-                result.max_abs_diff[k] = max(result.max_abs_diff.get(k, 0.0), v)
+            for k, (d, v) in _compare(session, net, check, structure, input_names).items():
+                result.max_abs_diff[k] = max(result.max_abs_diff.get(k, 0.0), d)
+                result.max_abs_value[k] = max(result.max_abs_value.get(k, 0.0), v)
     return result

@@ -105,7 +105,7 @@ def test_graph_outputs_equal_pytorch(method, tmp_path):
         assert g.shape == r.shape, name
         scale = max(1.0, float(np.abs(r).max()) if r.size else 1.0)
         assert np.abs(g.astype(np.float64) - r).max() <= 1e-4 * scale, (name, np.abs(g - r).max(), scale)
-    assert all(v <= 1e-4 * 300 for v in result.max_abs_diff.values()), result.max_abs_diff
+    assert not result.suspicious(), (result.max_abs_diff, result.max_abs_value)   # the export's own check agrees
     import onnx
     names = [i.name for i in onnx.load(str(path)).graph.initializer]
     assert any(n.startswith("net.") for n in names)
