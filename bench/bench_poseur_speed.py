@@ -107,6 +107,38 @@ def split_times(model: Poseur, x: torch.Tensor, warmup: int, runs: int) -> dict:
             "head": timed(head, warmup, runs)["median_ms"]}
 
 
+def bench_attention(batch_sizes, warmup: int, runs: int) -> dict:
+    """One EMSDA layer of the R50 model (C 256, 8 heads, 4 levels, 4 points, 17 queries, 4080 memory tokens): the
+    three samplers on identical inputs (training-mode forward + backward for the two exact ones too)."""
+    from regpose.models.layers.deform_attn import MultiScaleDeformableAttention
+
+    shapes = [(64, 48), (32, 24), (16, 12), (8, 6)]
+    n = sum(h * w for h, w in shapes)
+    out = {}
+    for bs in batch_sizes:
+        torch.manual_seed(0)
+        attn = MultiScaleDeformableAttention(256, 8, 4, 4, mode="emsda")
+        torch.nn.init.normal_(attn.sampling_offsets.weight, std=0.02)
+        q, ref, mem = torch.randn(bs, 17, 256), torch.rand(bs, 17, 2), torch.randn(bs, n, 256)
+        wrapper = SimpleNamespace(layers=[SimpleNamespace(cross_attn=attn)])
+        for variant in ("ours", "grid_sample", "official_like"):
+            with sampler_variant(wrapper, variant), torch.inference_mode():
+                r = timed(lambda: attn(q, ref, mem, shapes), warmup, runs)
+            out[f"bs{bs}_{variant}_ms"] = r["median_ms"]
+            print(f"EMSDA layer  batch {bs:>2}  {variant:<14} {r['median_ms']:9.2f} ms", flush=True)
+        for variant in ("ours", "grid_sample"):
+            qq, mm = q.clone().requires_grad_(), mem.clone().requires_grad_()
+
+            def step():
+                attn.zero_grad()
+                attn(qq, ref, mm, shapes).square().sum().backward()
+            with sampler_variant(wrapper, variant):
+                r = timed(step, 1, max(2, runs // 2))
+            out[f"bs{bs}_{variant}_train_ms"] = r["median_ms"]
+            print(f"EMSDA layer  batch {bs:>2}  {variant:<14} fwd+bwd {r['median_ms']:9.2f} ms", flush=True)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
@@ -115,6 +147,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--variants", nargs="+", default=["ours", "grid_sample", "official_like"])
     ap.add_argument("--out", default="runs/bench_poseur_speed.json")
+    ap.add_argument("--attention-only", action="store_true", help="only the one-layer EMSDA micro-benchmark")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -130,6 +163,11 @@ def main() -> None:
         report["official_median_ms"] = official
         report["official_split_ms"] = lat.get("split_quiet_ms", {})
 
+    report["attention_layer"] = bench_attention(args.batch_sizes, args.warmup, args.runs)
+    if args.attention_only:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1))
+        return
     with torch.inference_mode():
         for bs in args.batch_sizes:
             x = torch.randn(bs, 3, 256, 192)

@@ -134,7 +134,7 @@ class PoseurDecoderLayer(nn.Module):
         C = cfg.embed_dim
         self.self_attn = (nn.MultiheadAttention(C, cfg.self_attn_heads, dropout=cfg.dropout, batch_first=True)
                           if cfg.self_attention else None)
-        self.norm1 = nn.LayerNorm(C)
+        self.norm1 = nn.LayerNorm(C) if cfg.self_attention else None
         self.cross_attn = MultiScaleDeformableAttention(C, cfg.num_heads, num_levels, cfg.num_points,
                                                         mode=cfg.cross_attention, sampler=cfg.sampler)
         self.norm2 = nn.LayerNorm(C)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.transforms import transform_boxes
 from ..structures import PoseResult
 from .backbones import build_timm_backbone
 from .base import PoseModel
@@ -41,6 +42,7 @@ class NormLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
         self.linear = nn.Linear(in_features, out_features, bias=bias)
+        nn.init.xavier_uniform_(self.linear.weight, gain=0.01)    # RLE's Linear init
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = x.matmul(self.linear.weight.t()) / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
@@ -53,6 +55,7 @@ class PlainLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
         self.linear = nn.Linear(in_features, out_features, bias=bias)
+        nn.init.xavier_uniform_(self.linear.weight, gain=0.01)    # RLE's Linear init
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x)
@@ -163,10 +166,12 @@ def topdown_results(mu: torch.Tensor, score: torch.Tensor, metas: list[dict], in
     box_score = _meta_array(metas, "box_score", 1.0, np.float32)
     scale = _meta_array(metas, "scale", [w_in / 200.0, h_in / 200.0])
     area = (scale[:, 0] * 200.0) * (scale[:, 1] * 200.0)                                 # mmpose boxes[:, 4]
-    corners = crop_to_image(torch.tensor([[[0.0, 0.0], [w_in, h_in]]], dtype=torch.float64).expand(len(metas), -1, -1),
-                            inverse).numpy()
-    boxes = np.stack([np.asarray(m["box"], dtype=np.float64) if "box" in m else corners[i].reshape(4)
-                      for i, m in enumerate(metas)]) if len(metas) else np.zeros((0, 4))
+    # The person box rides through the data transforms in network-input coordinates (meta["box"]); map it back.
+    # Without one, the crop's extent is the box.
+    crop_box = np.array([0.0, 0.0, w_in, h_in])
+    boxes = np.stack([transform_boxes(np.asarray(m.get("box", crop_box), dtype=np.float64)[None],
+                                      np.asarray(m.get("inverse", np.eye(3)[:2]), dtype=np.float64))[0]
+                      for m in metas]) if len(metas) else np.zeros((0, 4))
     extra_np = {k: v.detach().float().cpu().numpy() for k, v in (extras or {}).items()}
     out = []
     for i in range(len(metas)):
@@ -244,6 +249,9 @@ class RLERegression(PoseModel):
         self.num_keypoints = cfg.num_keypoints
         self.backbone = build_backbone(cfg.backbone, (cfg.feature_index,), cfg.pretrained, cfg.backbone_kwargs)
         self.head = CoarseRLEHead(self.backbone.channels[-1], cfg.num_keypoints)
+        # The original RLE regresses offsets from the crop centre (frame [-0.5, 0.5]); in our [0, 1] frame the same
+        # start (predictions at the centre) is a bias of 0.5.
+        nn.init.constant_(self.head.fc_coord.linear.bias, 0.5)
         self.flow = RealNVP(cfg.flow_hidden, cfg.flow_layers, tuple(cfg.prior_mean))
         self.register_buffer("flip_pairs", torch.as_tensor(flip_pairs, dtype=torch.long).reshape(-1, 2), persistent=False)
         self.sigmas = np.asarray(sigmas, dtype=np.float64)

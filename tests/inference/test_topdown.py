@@ -119,6 +119,10 @@ def test_inference_on_real_images_writes_valid_results(tmp_path):
         n_boxes = len(predictor.boxes(image_id))
         assert 0 < len(res) <= n_boxes and res.keypoints.shape[1:] == (17, 3)
         assert np.isfinite(res.keypoints).all() and (np.diff(res.scores) <= 0).all()
+        det = predictor.boxes(image_id)
+        det_xyxy = np.concatenate([det[:, :2], det[:, :2] + det[:, 2:4]], 1)
+        match = np.abs(res.boxes[:, None] - det_xyxy[None]).max(-1).min(1)
+        assert match.max() < 1e-3          # every person keeps its detection box, in image pixels
     out = write_results(results, tmp_path / "results.json")
     entries = json.loads(out.read_text())
     assert entries and all(len(e["keypoints"]) == 51 for e in entries)

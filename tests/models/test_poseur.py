@@ -190,3 +190,23 @@ def test_transform_targets_map_back_to_the_annotations():
             inside = (crop[:, 0] >= 0) & (crop[:, 0] <= 191) & (crop[:, 1] >= 0) & (crop[:, 1] <= 255)
             np.testing.assert_array_equal(w[:, 0], (labelled & inside).astype(np.float32))
             np.testing.assert_allclose(back[labelled], kp[labelled, :2], atol=1e-3)
+
+
+def test_onnx_export_matches_pytorch(tmp_path):
+    """The eval network (crop -> last layer's mu, sigma) exports with the grid_sample sampler, dynamic batch."""
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    model = Poseur(_tiny(), COCO_PAIRS).eval()
+    path = tmp_path / "poseur.onnx"
+    torch.onnx.export(model, (torch.randn(2, 3, 64, 48),), str(path), dynamo=False, opset_version=17,
+                      input_names=["images"], output_names=["mu", "sigma"],
+                      dynamic_axes={"images": {0: "b"}, "mu": {0: "b"}, "sigma": {0: "b"}})
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "GridSample" in ops and "Loop" not in ops
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x = torch.randn(3, 3, 64, 48)
+    got = sess.run(None, {"images": x.numpy()})
+    with torch.no_grad():
+        want = model(x)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w.numpy(), atol=1e-5)

@@ -119,6 +119,8 @@ def test_topdown_results_map_back_through_the_inverse_affine():
     res = topdown_results(mu, torch.tensor([[0.3, 0.6]]), metas, (256, 192))[0]
     np.testing.assert_allclose(res.keypoints[0, :, :2], [[2 * 96 + 10, 2 * 128 + 20], [10, 2 * 256 + 20]])
     np.testing.assert_allclose(res.extras["area"], [200.0 * 400.0])
+    # meta["box"] is in network-input coordinates (continuous, COCO convention) and maps back the same way
+    np.testing.assert_allclose(res.boxes[0], [11.5, 23.5, 15.5, 27.5])
     assert float(res.extras["box_score"][0]) == 0.5 and abs(float(res.scores[0]) - 0.45) < 1e-6
 
 
