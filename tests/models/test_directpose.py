@@ -705,3 +705,57 @@ def test_real_batch_trains_and_predicts_in_original_pixels():
         assert 0 < len(r) <= 5
         # Candidate keypoints of an untrained net land around the image; they are in original pixels.
         assert r.boxes[:, 2].max() <= ow + 1 and r.boxes[:, 3].max() <= oh + 1 and r.boxes.min() >= -1
+
+
+class OracleDirectPose(DirectPose):
+    """DirectPose whose raw outputs are the training targets of known people: positives of the FCOS assignment
+    get a high score and exactly the target keypoints. It exercises everything after the network (decode, NMS,
+    mapping to original pixels, COCO results) against the annotations, with no training."""
+
+    oracle_targets: list = []
+
+    def forward(self, images, targets=None):
+        raw = self._network(images, with_heatmap=False)
+        a = self.assign(raw, self.oracle_targets, images.shape[-2:])
+        # People without labelled keypoints are FCOS positives too (spec §3), but have no pose to report.
+        pos = a["pos"] & (a["keypoints"][..., 2] > 0).any(-1)
+        ctr = torch.zeros_like(raw["cls_logits"])
+        ctr[pos] = torch.logit(centerness_target(a["ltrb"][pos]).clamp(1e-4, 1 - 1e-4))
+        kp = a["keypoints"][..., :2]
+        # Unlabelled keypoints: put them on the person's first labelled one (they do not count in OKS).
+        lab = a["keypoints"][..., 2] > 0
+        first = torch.where(lab.any(-1, keepdim=True), lab.float().argmax(-1, keepdim=True), 0)
+        anchor = kp.gather(2, first[..., None].expand(-1, -1, 1, 2))
+        kp = torch.where(lab[..., None], kp, anchor)
+        return {"cls_logits": torch.where(pos, 8.0, -8.0), "ctr_logits": ctr, "keypoints": kp,
+                "strides": raw["strides"]}
+
+
+def test_oracle_outputs_decode_to_the_annotations_and_ap_1():
+    from regpose.data.collate import collate
+    from regpose.data.datasets import ImageDataset, load_records
+    from regpose.evaluation import evaluate
+    from regpose.models.directpose import directpose_transform
+    from regpose.structures import to_coco_results
+
+    cfg = _real_cfg(**{"model.backbone": "test_resnet", "model.backbone_kwargs": "{}", "model.fpn_channels": 32,
+                       "model.head_channels": 32, "model.num_convs": 2, "model.group_channels": 8,
+                       "model.hm_channels": 16})
+    records = load_records(cfg.data.val, "coco")
+    ds = ImageDataset(records, directpose_transform(cfg, False))
+    m = OracleDirectPose(cfg.model).eval()
+    results, errors = [], []
+    for i in range(len(ds)):
+        batch = collate([ds[i]], m.size_divisibility)
+        m.oracle_targets = batch["targets"]
+        r = m.predict(batch, EvalConfig(max_people=100))[0]
+        rec = records[i]
+        people = rec.keypoints[(rec.num_keypoints > 0) & ~rec.iscrowd]
+        assert len(r) == len(people)                     # NMS keeps one detection per person
+        for p in people:                                # each person found at its annotated pixels
+            lab = p[:, 2] > 0
+            errors.append(np.abs(r.keypoints[:, lab, :2] - p[None, lab, :2]).max(axis=(1, 2)).min())
+        results += to_coco_results(r, rec.image_id)
+    assert max(errors) < 1e-3
+    metrics = evaluate(str(_real_cfg().data.val.ann_files[0]), results, "coco")
+    assert metrics["AP"] == pytest.approx(1.0) and metrics["AR"] == pytest.approx(1.0)
