@@ -68,6 +68,7 @@ class DirectPoseConfig:
     backbone: str = "resnet50"                 # timm name; C3-C5 (strides 8, 16, 32) feed the FPN
     pretrained: str = ""                       # optional local weights file (never downloaded)
     backbone_kwargs: dict[str, Any] = field(default_factory=dict)   # extra timm create_model arguments
+    # Assumption (spec §2): the FCOS / detectron2 defaults, FrozenBN and FREEZE_AT = 2.
     backbone_norm: Literal["frozen_bn", "bn"] = "frozen_bn"
     freeze_at: int = 2                         # 0: nothing, 1: stem, 2: stem + res2 (detectron2 FREEZE_AT)
     fpn_channels: int = 256                    # P3-P7; P6/P7 from P5 (FCOS "TOP_LEVELS = 2")
@@ -76,7 +77,8 @@ class DirectPoseConfig:
     head_channels: int = 256                   # cls / box towers, naive and non-separate keypoint towers
     num_convs: int = 4                         # convs per tower
     use_scale: bool = False                    # per-level learnable scale on regression outputs (§4.1)
-    ctr_on: Literal["cls", "kpt"] = "kpt"      # which tower feeds centerness (§4.1)
+    # Assumption (spec §4.1): centerness on the keypoint tower, as in the only published DirectPose config.
+    ctr_on: Literal["cls", "kpt"] = "kpt"      # which tower feeds centerness
 
     # --- keypoint head (spec §4.2-4.3) ---
     head: Literal["kpalign", "naive"] = "kpalign"
@@ -106,12 +108,12 @@ class DirectPoseConfig:
     # --- FCOS assignment (spec §3) ---
     sizes_of_interest: list[float] = field(default_factory=lambda: [64.0, 128.0, 256.0, 512.0])
     center_sampling_radius: float = 1.5        # 0 disables center sampling (inside the box instead)
-    assign_box: Literal["gt_box", "keypoint_box"] = "gt_box"
+    assign_box: Literal["gt_box", "keypoint_box"] = "gt_box"     # spec default [MB]; [GCV] keypoint boxes
 
     # --- losses (spec §5) ---
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
-    kpt_loss: Literal["l1_ctr", "smoothl1_ctr_nvis"] = "l1_ctr"
+    kpt_loss: Literal["l1_ctr", "smoothl1_ctr_nvis"] = "l1_ctr"   # spec default [MB]; [GCV] uses smooth-L1
     kpt_loss_weight: float = 1.0
     visibility_loss_weight: float = 1.0
 
@@ -773,7 +775,11 @@ class DirectPose(PoseModel):
     @torch.no_grad()
     def predict(self, batch: dict, test_cfg) -> list[PoseResult]:
         """People per image in original pixels: candidates from every (scale, flip) variant are pooled, then one
-        class-agnostic NMS (spec §7; multi-scale merge rule is an assumption there), top ``max_people``."""
+        class-agnostic NMS (spec §7), top ``max_people``, then ``score_threshold``.
+
+        Assumption (spec §7): the paper's multi-scale test merge rule is unknown; we pool all candidates and run
+        one NMS. The flip test is our extension (the paper reports none); it is off by default.
+        """
         images = batch["images"]
         metas = batch["metas"]
         N, _, H, W = images.shape
