@@ -107,3 +107,6 @@ class DataConfig:
     val: SplitConfig = field(default_factory=SplitConfig)
     input_size: tuple[int, int] = (512, 512)   # (width, height) of the network input
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    # Whole-image training keeps images whose people have at least this many labelled keypoints in total
+    # (DirectPose / FCPose drop images without any; 0 keeps the family's official filter only).
+    train_min_keypoints: int = 0

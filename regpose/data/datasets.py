@@ -457,14 +457,19 @@ def clean_gt_boxes(record: ImageRecord) -> tuple[np.ndarray, np.ndarray]:
     return idx, np.stack([x1, y1, x2 - x1, y2 - y1], axis=1)[idx]
 
 
-def filter_records(records: list[ImageRecord], family: str) -> list[ImageRecord]:
+def filter_records(records: list[ImageRecord], family: str, min_keypoints: int = 0) -> list[ImageRecord]:
     """Training images each family keeps: bottom-up (DEKR) images with any annotation left after dropping crowd
-    annotations without keypoints; one-stage (QueryPose / detectron2) images with a non-crowd annotation."""
+    annotations without keypoints; one-stage (QueryPose / detectron2) images with a non-crowd annotation.
+    ``min_keypoints`` > 0 also drops images whose non-crowd people have fewer labelled keypoints in total."""
     if family == "bottomup":
-        return [r for r in records if np.any(~(r.iscrowd & (r.num_keypoints == 0)))]
-    if family == "onestage":
-        return [r for r in records if np.any(~r.iscrowd)]
-    return list(records)
+        out = [r for r in records if np.any(~(r.iscrowd & (r.num_keypoints == 0)))]
+    elif family == "onestage":
+        out = [r for r in records if np.any(~r.iscrowd)]
+    else:
+        out = list(records)
+    if min_keypoints > 0:
+        out = [r for r in out if int((r.keypoints[~r.iscrowd][..., 2] > 0).sum()) >= min_keypoints]
+    return out
 
 
 # ==========================================================================================================
@@ -618,7 +623,7 @@ def build_dataset(cfg, split: Literal["train", "val"], transform: Callable | Non
     if family not in ("bottomup", "onestage"):
         raise ConfigError(f"unknown method family {family!r}")
     if train:
-        records = filter_records(records, family)
+        records = filter_records(records, family, cfg.data.train_min_keypoints)
     return ImageDataset(records, transform, skip_corrupt=skip)
 
 
