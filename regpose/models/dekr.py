@@ -211,6 +211,22 @@ class OffsetHead(nn.Module):
         return self.final(self.blocks(self.transition(features)))   # (N, 2K, H/4, W/4): (dx_j, dy_j) = pixel - kpt
 
 
+class _BatchedScaleOne:
+    """Network callable for one image of a batch whose scale-1 outputs were computed for the whole batch: returns
+    image i's rows (plain, flipped) for the scale-1 input and runs the network for other scales."""
+
+    def __init__(self, model, outputs, i: int, n: int, flip: bool, size: tuple[int, int]):
+        self.model, self.size = model, tuple(size)
+        rows = [i, n + i] if flip else [i]
+        self.outputs = tuple(o[rows] for o in outputs)
+        self.rows = len(rows)
+
+    def __call__(self, x: torch.Tensor):
+        if x.shape[0] == self.rows and tuple(x.shape[-2:]) == self.size:
+            return self.outputs
+        return self.model(x)
+
+
 class DEKR(PoseModel):
     """HRNet + heatmap head + disentangled offset head; ``predict`` runs the official inference pipeline."""
 
@@ -283,12 +299,20 @@ class DEKR(PoseModel):
         optional heatmap matching, mapping to original pixels with ``meta['inverse']``, optional rescoring.
 
         The scale-1 input is the batch image (the eval transform applied the official resize); other scales are
-        resized from ``meta['image_raw']``, which is dropped from the meta afterwards (it is large)."""
-        images, results = batch["images"], []
-        for i, meta in enumerate(batch["metas"]):
+        resized from ``meta['image_raw']``, which is dropped from the meta afterwards (it is large). When every image
+        of the batch has the padded size (no padding), the scale-1 network pass runs once for the whole batch."""
+        images, metas = batch["images"], batch["metas"]
+        n = len(metas)
+        shared = None
+        if n > 1 and all(tuple(m["input_size"]) == tuple(images.shape[-2:]) for m in metas):
+            inp = torch.cat([images, flip_input(images)]) if test_cfg.flip else images
+            shared = self(inp)                                       # (2N or N, ...) heatmaps, offsets
+        results = []
+        for i, meta in enumerate(metas):
             h, w = meta["input_size"]
             raw = meta.pop("image_raw", None)
-            poses, scores = run_pipeline(self, raw, self.cfg, self.flip_index, self.input_size, test_cfg.flip,
+            net = self if shared is None else _BatchedScaleOne(self, shared, i, n, test_cfg.flip, (h, w))
+            poses, scores = run_pipeline(net, raw, self.cfg, self.flip_index, self.input_size, test_cfg.flip,
                                          test_cfg.scales, base_input=images[i:i + 1, :, :h, :w],
                                          device=images.device)
             results.append(self.to_result(poses, scores, meta["inverse"]))

@@ -392,3 +392,19 @@ def test_paper_ablation_switches_build_and_train(over):
         got = model.losses(heat, off, batch["targets"])["loss_offset"].item()
         assert got == pytest.approx(cfg.model.offset_loss_factor * offset_loss(off, gt, (w > 0).float()).item())
         assert got != pytest.approx(cfg.model.offset_loss_factor * offset_loss(off, gt, w).item(), rel=1e-2)
+
+
+def test_batched_predict_equals_per_image(official_tiny):
+    """Equal-size images run the scale-1 pass as one batch; results equal one-by-one prediction."""
+    cfg, model = official_tiny
+    image = np.load(TINY / "inputs.npz")["image_rgb"]
+    tf = get_method("dekr").transform(cfg, False)
+    raws = [image, image[:, ::-1].copy(), np.ascontiguousarray(np.roll(image, 7, axis=1))]
+    samples = [tf({"image": im, "image_id": i, "file_name": str(i), "sample_index": i, "orig_size": im.shape[:2]})
+               for i, im in enumerate(raws)]
+    together = model.predict(collate(samples, 32), cfg.test)
+    for s, res in zip(samples, together):
+        alone = model.predict(collate([s], 32), cfg.test)[0]
+        assert len(alone) == len(res) > 0
+        np.testing.assert_allclose(res.keypoints, alone.keypoints, atol=1e-4)
+        np.testing.assert_allclose(res.scores, alone.scores, atol=1e-6)
