@@ -67,6 +67,7 @@ class PoseurConfig:
     channels_last: bool = True                 # run the CNN in NHWC: faster on CPU, memory tokens without a copy
     # keypoint encoder / query initialisation
     query_init: Literal["coarse", "learned"] = "coarse"   # Table 1a: coarse proposal vs Deformable-DETR learned
+                                               # queries (reference = sigmoid(Linear(class embedding)), no noise)
     num_noise_groups: int = 3                  # noisy reference point groups in training (Table 1b; 0 = off)
     noise_points_per_group: int = 4
     noise_variance: float = 0.2                # N(0, 0.2 I): variance 0.2 (official ``noise_sigma``)
@@ -178,10 +179,11 @@ class Poseur(PoseModel):
         # Official code: the coarse head reads only the last (stride-32) neck level, before PE ("backbone_s").
         self.coarse_head = CoarseRLEHead(C, K)
         # keypoint encoder (spec 2.4)
-        self.query_proj = nn.Linear(2 * C, C)                  # PE(r) ++ PE(clip(r)) -> content query
-        self.query_norm = nn.LayerNorm(C)
         self.class_embed = nn.Embedding(K, C)                  # used as the query positional embedding
-        if cfg.query_init == "learned":                        # Deformable DETR baseline (Table 1a)
+        if cfg.query_init == "coarse":
+            self.query_proj = nn.Linear(2 * C, C)              # PE(r) ++ PE(clip(r)) -> content query
+            self.query_norm = nn.LayerNorm(C)
+        else:                                                  # Deformable DETR baseline (Table 1a)
             self.query_content = nn.Embedding(K, C)
             self.reference_proj = nn.Linear(C, 2)
         # decoder and per-layer heads
@@ -208,9 +210,9 @@ class Poseur(PoseModel):
         parameter (which also overrides Deformable DETR's zero init of sampling offsets / attention weights), the
         directional sampling-offset bias kept, level embeddings ~ N(0, 1), neck convs Xavier; per-layer head MLPs
         and flows keep PyTorch's default init."""
-        transformer = [self.coarse_head, self.query_proj, self.class_embed, *self.layers]
-        if self.cfg.query_init == "learned":
-            transformer += [self.query_content, self.reference_proj]
+        transformer = [self.coarse_head, self.class_embed, *self.layers]
+        transformer += ([self.query_proj] if self.cfg.query_init == "coarse"
+                        else [self.query_content, self.reference_proj])
         for module in transformer:
             for p in module.parameters():
                 if p.dim() > 1:
