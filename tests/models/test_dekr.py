@@ -158,22 +158,37 @@ def test_forward_shapes_and_gradients_reach_every_parameter():
         assert p.grad.abs().sum() > 0, name
 
 
-def test_short_training_run_loss_falls():
-    cfg = _real_cfg()
+def test_training_on_a_few_images_then_decoding_finds_their_people(tmp_path):
+    """Targets, losses and the inference decoding agree: overfitting 4 synthetic images (no augmentation) for 150
+    Adam steps makes both losses fall and predict() find the (medium-size) people again (COCO OKS AP)."""
+    from regpose.data.datasets import build_dataset, ensure_synthetic
+    from regpose.engine.evaluator import evaluate_model
+
+    split = {"root": str(tmp_path / "synth"), "synthetic": {"num_images": 4, "seed": 5, "size": [128, 128],
+                                                            "max_people": 3}}
+    model_cfg = {**TINY_MODEL, "hrnet_layer1_blocks": 1, "hrnet_layer1_planes": 16}
+    cfg = load_config({"method": "dekr", "model": model_cfg, "output_dir": str(tmp_path / "run"),
+                       "data": {"format": "coco", "input_size": [128, 128], "train": split, "val": split,
+                                "augment": {"bottomup": {"min_scale": 1.0, "max_scale": 1.0, "max_rotation": 0.0,
+                                                         "max_translate": 0.0, "flip_prob": 0.0}}},
+                       "train": {"num_workers": 0}, "test": {"flip": False}})
+    torch.set_num_threads(1)          # many small ops: one thread is as fast and immune to a busy machine
+    ensure_synthetic(cfg.data.train, "coco")
+    ds = build_dataset(cfg, "train", get_method("dekr").transform(cfg, True), "bottomup")
+    batch = collate([ds[i] for i in range(len(ds))], 32)
     model = build_model(cfg).train()
-    batch = _tiny_train_batch(cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     history = []
-    for _ in range(25):
+    for _ in range(150):
         losses = model(batch["images"], batch["targets"])
-        loss = sum(losses.values())
         opt.zero_grad()
-        loss.backward()
+        sum(losses.values()).backward()
         opt.step()
         history.append([losses["loss_heatmap"].item(), losses["loss_offset"].item()])
     h = np.array(history)
-    assert h[-5:].sum(1).mean() < 0.6 * h[:3].sum(1).mean()
-    assert (h[-5:].mean(0) < h[:3].mean(0)).all()          # both the heatmap and the offset loss fall
+    assert (h[-10:].mean(0) < 0.25 * h[:3].mean(0)).all()            # both losses fall
+    metrics, _ = evaluate_model(cfg, model.eval(), torch.device("cpu"), split="val")
+    assert metrics["AP50"] >= 0.4 and metrics["APm"] >= 0.5, metrics
 
 
 # ----------------------------------------------------------------------------------------------------------
