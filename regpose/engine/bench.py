@@ -57,9 +57,9 @@ def count_flops(fn, *args) -> tuple[int, dict[str, int]]:
     with FlopCounterMode(display=False, custom_mapping=_custom_mapping()) as counter:
         fn(*args)
     by_op: dict[str, int] = {}
-    for mod_counts in counter.get_flop_counts().get("Global", {}).items():
-        op, n = mod_counts
-        by_op[str(op).split(".")[-2] if "." in str(op) else str(op)] = int(n)
+    for op, n in counter.get_flop_counts().get("Global", {}).items():
+        name = str(op)                 # e.g. 'aten.convolution', 'torchvision.deform_conv2d'
+        by_op[name] = by_op.get(name, 0) + int(n)
     return int(counter.get_total_flops()), by_op
 
 

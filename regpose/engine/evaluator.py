@@ -54,7 +54,8 @@ def run_inference(model, loader: DataLoader, test_cfg, device: torch.device, des
         batch["images"] = _to_device(batch["images"], device)
         results = model.predict(batch, test_cfg)
         for meta, res in zip(batch["metas"], results):
-            light = {k: v for k, v in meta.items() if k != "record"}
+            # never gather images across processes (records and raw images stay local)
+            light = {k: v for k, v in meta.items() if k not in ("record", "image_raw")}
             out.append((int(meta["sample_index"]), int(meta["image_id"]), light, res))
         bar.update(len(batch["metas"]))
     bar.close()

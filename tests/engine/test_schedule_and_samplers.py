@@ -63,6 +63,7 @@ def test_bench_counts_parameters_and_macs_of_the_tiny_model(tmp_path):
     # conv 3->8 3x3 at 32x32, conv 8->8 3x3 stride 2 at 16x16, linear 8->2
     macs = 8 * 3 * 9 * 32 * 32 + 8 * 8 * 9 * 16 * 16 + 8 * 2
     assert round(r.gmacs * 1e9) == macs
+    assert r.flops_by_op == {"aten.convolution": 2 * (macs - 16), "aten.addmm": 2 * 16}
     assert r.params == (8 * 3 * 9 + 8) + (8 * 8 * 9 + 8) + (8 * 2 + 2)
     assert set(r.latency) == {1, 4} and all(v["median_ms"] > 0 for v in r.latency.values())
     assert r.threads == 1
