@@ -2,6 +2,7 @@
 mp4 writer for rendered videos (same fps and frame size as the input)."""
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from dataclasses import dataclass
@@ -23,13 +24,33 @@ DEFAULT_FPS = 25.0
 
 
 def _quiet_video_io() -> None:
-    """Bad inputs get our one-line messages only: silence OpenCV's warnings and FFmpeg's log (AV_LOG_QUIET; the
-    variable is read when OpenCV first initialises FFmpeg, so a user's own setting wins)."""
+    """Bad inputs get our one-line messages only: silence OpenCV's own warnings and FFmpeg's log level (the
+    variable only counts before OpenCV first initialises FFmpeg; :func:`_native_stderr_silenced` covers the rest)."""
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     try:
         cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
     except AttributeError:  # pragma: no cover - OpenCV builds without the logging module
         pass
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Redirect file descriptor 2 to /dev/null while native video code runs (FFmpeg prints demuxer / decoder
+    complaints such as 'moov atom not found' straight to fd 2); Python's own stderr is untouched."""
+    try:
+        saved = os.dup(2)
+    except OSError:          # no usable fd 2: nothing to silence
+        yield
+        return
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            try:
+                yield
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
 
 
 @dataclass
@@ -92,8 +113,10 @@ class VideoReader:
         if isinstance(source, str) and Path(source).stat().st_size == 0:
             raise InputError(f"empty file: {source}")
         _quiet_video_io()
-        self.cap = cv2.VideoCapture(source)
-        if not self.cap.isOpened():
+        with _native_stderr_silenced():
+            self.cap = cv2.VideoCapture(source)
+            opened = self.cap.isOpened()
+        if not opened:
             self.cap.release()
             raise InputError(f"cannot open {name} (unreadable or unsupported video)")
         fps = float(self.cap.get(cv2.CAP_PROP_FPS) or 0.0)
@@ -106,7 +129,8 @@ class VideoReader:
 
     def __iter__(self) -> Iterator[np.ndarray]:
         while True:
-            ok, frame = self.cap.read()
+            with _native_stderr_silenced():
+                ok, frame = self.cap.read()
             if not ok or frame is None:
                 return
             if frame.ndim == 2:
