@@ -56,7 +56,10 @@ def to_tensor_normalize(image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN
                         std: Sequence[float] = IMAGENET_STD) -> torch.Tensor:
     """uint8 (H, W, 3) RGB -> float32 (3, H, W): ``(x / 255 - mean) / std`` (torchvision / mmpose order of
     operations, so official inputs are reproduced bit for bit)."""
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(torch.float32).div_(255.0)
+    arr = np.ascontiguousarray(image)
+    if not arr.flags.writeable:  # torch warns on read-only arrays (e.g. decoded video frames, np.broadcast)
+        arr = arr.copy()
+    t = torch.from_numpy(arr).permute(2, 0, 1).to(torch.float32).div_(255.0)
     m = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
     s = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
     return t.sub_(m).div_(s)
@@ -495,7 +498,8 @@ class BottomUpTestResize:
 
     @staticmethod
     def _ceil64(v: float) -> int:
-        return int((v + 63) // 64 * 64)
+        """Round up to a multiple of 64 (non-integer values too: 425 -> 448, 425.3 -> 448)."""
+        return int(math.ceil(v / 64.0) * 64)
 
     def size(self, h: int, w: int) -> tuple[int, int, float]:
         """(W_r, H_r, alpha) for an h x w image."""
