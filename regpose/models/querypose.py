@@ -40,7 +40,8 @@ from .necks import FPN, HRFPN, HRFPNv1
 from .registry import MethodSpec, register_method
 
 __all__ = ["QueryPoseConfig", "QueryPose", "build_querypose", "querypose_transform", "part_groups",
-           "BoxDecoderStage", "KeypointDecoderStage", "SPEGM", "SelectiveIteration", "winograd_conv3x3"]
+           "BoxDecoderStage", "KeypointDecoderStage", "SPEGM", "SelectiveIteration", "winograd_conv3x3",
+           "winograd_conv_relu_tower", "winograd_weight"]
 
 
 # ==========================================================================================================
@@ -105,6 +106,8 @@ class QueryPoseConfig:
     conv_impl: Literal["direct", "winograd"] = "winograd"
     #   keypoint-decoder 3x3 convs at inference: winograd = exact F(4x4, 3x3) Winograd transform (~3x fewer
     #   multiplies, same result up to fp32 rounding); direct = plain conv2d. Training always uses conv2d.
+    channels_last: bool = True
+    #   eager CPU inference runs the backbone / neck in channels-last memory (same numbers, faster convolutions)
     fast_topk: int = 0
     #   > 0: decode keypoints only for the proposals that can reach the top ``fast_topk`` pose scores (the
     #   box decoder runs for all N first; pose score <= class probability bounds the rest). The returned
@@ -180,9 +183,9 @@ def _rois(boxes: torch.Tensor) -> torch.Tensor:
 class MultiLevelRoIAlign(nn.Module):
     """detectron2 ``ROIPooler`` with ROIAlignV2 (aligned=True) over pyramid levels (first level = 2).
 
-    Level = floor(4 + log2(sqrt(area) / 224 + 1e-8)) clamped to the available levels (FPN paper Eq. 1). All
-    levels are pooled for every box and the assigned one is selected, so the graph has no data-dependent
-    control flow (ONNX); the box pooler is <0.1% of the model's cost.
+    Level = floor(4 + log2(sqrt(area) / 224 + 1e-8)) clamped to the available levels (FPN paper Eq. 1). Under
+    tracing / ONNX export every level is pooled for every box and the assigned one selected (no
+    data-dependent control flow; the box pooler is <0.1% of the model's cost).
     """
 
     def __init__(self, output_size: int, strides: Sequence[int], sampling_ratio: int = 2,
@@ -196,18 +199,30 @@ class MultiLevelRoIAlign(nn.Module):
         self.canonical_box_size = canonical_box_size
         self.canonical_level = canonical_level
 
-    def forward(self, feats: Sequence[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
-        pooled = [roi_align(f, rois, self.output_size, s, self.sampling_ratio, aligned=True)
-                  for f, s in zip(feats, self.scales)]
-        if len(pooled) == 1:
-            return pooled[0]
+    def levels(self, rois: torch.Tensor) -> torch.Tensor:
+        """Pyramid level index (0 = first level) of each RoI."""
         box = rois[:, 1:]
         size = torch.sqrt((box[:, 2] - box[:, 0]) * (box[:, 3] - box[:, 1]))
         level = torch.floor(self.canonical_level + torch.log2(size / self.canonical_box_size + 1e-8))
-        level = torch.clamp(level, self.min_level, self.max_level).long() - self.min_level   # (n,)
-        stacked = torch.stack(pooled)                                                         # (L, n, C, r, r)
-        index = level.view(1, -1, 1, 1, 1).expand(1, *stacked.shape[1:])
-        return stacked.gather(0, index)[0]
+        return torch.clamp(level, self.min_level, self.max_level).long() - self.min_level
+
+    def forward(self, feats: Sequence[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
+        r, sr = self.output_size, self.sampling_ratio
+        if len(feats) == 1:
+            return roi_align(feats[0], rois, r, self.scales[0], sr, aligned=True)
+        level = self.levels(rois)                                                             # (n,)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            # static graph: pool every level, keep the assigned one
+            stacked = torch.stack([roi_align(f, rois, r, s, sr, aligned=True)
+                                   for f, s in zip(feats, self.scales)])                      # (L, n, C, r, r)
+            return stacked.gather(0, level.view(1, -1, 1, 1, 1).expand(1, *stacked.shape[1:]))[0]
+        # eager: each level pools only its RoIs (detectron2 ROIPooler); same numbers, less work
+        out = feats[0].new_zeros(rois.shape[0], feats[0].shape[1], r, r)
+        for i, (f, s) in enumerate(zip(feats, self.scales)):
+            idx = torch.nonzero(level == i, as_tuple=True)[0]
+            if idx.numel():
+                out = out.index_put((idx,), roi_align(f, rois[idx], r, s, sr, aligned=True))
+        return out
 
 
 # ==========================================================================================================
@@ -256,7 +271,9 @@ class BoxDecoderStage(nn.Module):
 # ==========================================================================================================
 # Winograd F(4x4, 3x3): the keypoint decoder's 3x3 convs with ~3x fewer multiplies (exact up to rounding)
 # ==========================================================================================================
-# Lavin & Gray 2016 with interpolation points 0, +-1, +-2, inf. Y = A^T [(G g G^T) . (B^T d B)] A.
+# Lavin & Gray 2016, interpolation points 0, +-1, +-2, inf:  Y = A^T [ (G g G^T) . (B^T d B) ] A  per 6x6 input
+# tile d (stride 4) and 3x3 kernel g, giving a 4x4 output tile. 91% of QueryPose's FLOPs are 3x3 convs on
+# 14x14 RoIs; Winograd replaces 9 multiplies per output by 36/16 = 2.25 (2.94 with the 16x16 tiling of 14x14).
 _WINO_BT = torch.tensor([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
                          [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], dtype=torch.float64)
 _WINO_G = torch.tensor([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
@@ -266,36 +283,105 @@ _WINO_AT = torch.tensor([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 
 
 
 def winograd_weight(weight: torch.Tensor) -> torch.Tensor:
-    """(O, I, 3, 3) conv weight -> (36*O, I, 1, 1): the 36 transformed 6x6 taps, tap-major, as the weight of
-    a grouped 1x1 convolution (groups = 36), which runs at full oneDNN GEMM speed on CPU."""
+    """(O, I, 3, 3) conv weight -> (36, O, I): the transformed taps G g G^T (computed in float64)."""
     g = _WINO_G.to(weight.device)
     u = torch.einsum("pa,ocab,qb->pqoc", g, weight.double(), g)            # (6, 6, O, I)
-    o, i = weight.shape[:2]
-    return u.reshape(36 * o, i, 1, 1).to(weight.dtype)
+    return u.reshape(36, *weight.shape[:2]).to(weight.dtype)
 
 
-def winograd_conv3x3(x: torch.Tensor, wino_weight: torch.Tensor, bias: torch.Tensor | None,
-                     out_channels: int) -> torch.Tensor:
-    """3x3 convolution, stride 1, padding 1, computed with Winograd F(4x4, 3x3).
-
-    x: (n, C, H, W) NCHW; wino_weight from :func:`winograd_weight`. Output tiles of 4x4 cover H, W rounded up
-    to a multiple of 4; the extra rows/cols are computed on zero padding and cropped. Returns (n, O, H, W).
-    """
+def winograd_conv3x3(x: torch.Tensor, weight36: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Reference: one 3x3 convolution (stride 1, padding 1) via Winograd F(4x4, 3x3), NCHW in and out, written
+    as plainly as possible (einsum transforms, one batched matmul); ``weight36`` from :func:`winograd_weight`."""
     n, c, h, w = x.shape
     th, tw = (h + 3) // 4, (w + 3) // 4
-    bt = _WINO_BT.to(x.dtype).to(x.device)
-    at = _WINO_AT.to(x.dtype).to(x.device)
+    bt, at = _WINO_BT.to(x), _WINO_AT.to(x)
     xp = F.pad(x, (1, 4 * tw + 1 - w, 1, 4 * th + 1 - h))                # (n, C, 4th+2, 4tw+2)
     tiles = xp.unfold(2, 6, 4).unfold(3, 6, 4)                            # (n, C, th, tw, 6, 6)
-    v = torch.einsum("pa,nctwab,qb->npqctw", bt, tiles, bt)                # (n, 6, 6, C, th, tw)
-    v = v.reshape(n, 36 * c, th, tw)
-    m = F.conv2d(v, wino_weight, groups=36)                               # (n, 36*O, th, tw)
-    m = m.view(n, 6, 6, out_channels, th, tw)
-    y = torch.einsum("ip,npqotw,jq->notiwj", at, m, at)                   # (n, O, th, 4, tw, 4)
-    y = y.reshape(n, out_channels, 4 * th, 4 * tw)[:, :, :h, :w]
-    if bias is not None:
-        y = y + bias.view(1, -1, 1, 1)
-    return y
+    v = torch.einsum("pa,nctwab,qb->pqntwc", bt, tiles, bt).reshape(36, -1, c)
+    m = torch.bmm(v, weight36.transpose(1, 2)).view(6, 6, n, th, tw, -1)  # (6, 6, n, th, tw, O)
+    y = torch.einsum("ip,pqntwo,jq->notiwj", at, m, at)                   # (n, O, th, 4, tw, 4)
+    y = y.reshape(n, -1, 4 * th, 4 * tw)[:, :, :h, :w]
+    return y if bias is None else y + bias.view(1, -1, 1, 1)
+
+
+def _onednn_linear_available() -> bool:
+    try:
+        return bool(torch.backends.mkldnn.is_available()) and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        return False
+
+
+class WinogradConv3x3:
+    """Inference-time state of one 3x3 conv for :func:`winograd_conv_relu_tower`: the 36 transformed tap
+    matrices (out x in) and the bias. On CPU the 36 channel GEMMs go through oneDNN with weights pre-packed
+    once (MKL's sgemm reaches about half the speed on some CPUs); elsewhere a batched matmul."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None):
+        w36 = winograd_weight(weight.detach())
+        self.out_channels = weight.shape[0]
+        self.bias = None if bias is None else bias.detach()
+        self.packed = None
+        if w36.device.type == "cpu" and w36.dtype == torch.float32 and _onednn_linear_available():
+            try:
+                self.packed = [torch.ops.mkldnn._reorder_linear_weight(w36[k].contiguous(), 1024)
+                               for k in range(36)]
+            except RuntimeError:  # pragma: no cover - oneDNN op missing at run time
+                self.packed = None
+        self.weight36 = None if self.packed is not None else w36.transpose(1, 2).contiguous()   # (36, I, O)
+
+    def gemm(self, v: torch.Tensor) -> torch.Tensor:
+        """(36, T, I) transformed inputs -> (36, T, O) transformed outputs."""
+        if self.packed is not None:
+            lin = torch.ops.mkldnn._linear_pointwise
+            return torch.stack([lin(v[k], self.packed[k], None, "none", [], "") for k in range(36)])
+        return torch.bmm(v, self.weight36)
+
+
+def winograd_conv_relu_tower(x: torch.Tensor, layers: Sequence[WinogradConv3x3], chunk: int = 12) -> torch.Tensor:
+    """A stack of (3x3 conv, padding 1) + ReLU via Winograd F(4x4, 3x3) (eager inference; no autograd).
+
+    RoIs go through the whole stack ``chunk`` at a time so each layer's working set (~36 x 192 tiles x 512
+    channels) stays in the last-level cache; the transforms are memory-bound and this halves their cost.
+    The activations stay in one zero-bordered NHWC buffer between layers. Per layer: gather the overlapping 6x6
+    tiles tap-major (36, tiles*C), input transform B^T d B (two small matmuls), the 36 per-tap channel GEMMs,
+    output transform A^T M A (two small matmuls), scatter the 4x4 tiles into the next buffer, add the bias,
+    ReLU, re-zero the border. x: (n, C, H, W) -> (n, O, H, W) in channels-last memory.
+    """
+    if x.shape[0] > chunk:
+        out = torch.cat([_winograd_tower(x[i:i + chunk], layers).permute(0, 2, 3, 1)
+                         for i in range(0, x.shape[0], chunk)])                # (n, H, W, O)
+        return out.permute(0, 3, 1, 2)
+    return _winograd_tower(x, layers)
+
+
+def _winograd_tower(x: torch.Tensor, layers: Sequence[WinogradConv3x3]) -> torch.Tensor:
+    n, c, h, w = x.shape
+    th, tw = (h + 3) // 4, (w + 3) // 4
+    hp, wp = 4 * th + 2, 4 * tw + 2
+    t = n * th * tw
+    bt, at = _WINO_BT.to(x), _WINO_AT.to(x)
+    buf = x.new_zeros(n, hp, wp, c)
+    buf[:, 1:h + 1, 1:w + 1] = x.permute(0, 2, 3, 1)
+    for layer in layers:
+        o = layer.out_channels
+        tiles = buf.unfold(1, 6, 4).unfold(2, 6, 4).permute(4, 5, 0, 1, 2, 3).reshape(6, 6 * t * c)
+        # B^T d B separably (rows, then columns): two small-K matmuls instead of one (36 x 36) one
+        v = torch.matmul(bt, torch.mm(bt, tiles).view(6, 6, t * c)).view(36, t, c)   # tap-major
+        m = layer.gemm(v)                                                   # (36, T, O)
+        y = torch.matmul(at, torch.mm(at, m.view(6, 6 * t * o)).view(4, 6, t * o))  # A^T M A: (4, 4, T*O)
+        y = y.view(4, 4, n, th, tw, o)
+        nxt = x.new_empty(n, hp, wp, o)
+        nxt[:, 1:4 * th + 1, 1:4 * tw + 1].view(n, th, 4, tw, 4, o).copy_(y.permute(2, 3, 0, 4, 1, 5))
+        inner = nxt[:, 1:h + 1, 1:w + 1]
+        if layer.bias is not None:
+            inner.add_(layer.bias)
+        inner.relu_()
+        nxt[:, 0].zero_()
+        nxt[:, h + 1:].zero_()
+        nxt[:, :, 0].zero_()
+        nxt[:, :, w + 1:].zero_()
+        buf, c = nxt, o
+    return buf[:, 1:h + 1, 1:w + 1].permute(0, 3, 1, 2)
 
 
 # ==========================================================================================================
@@ -320,9 +406,21 @@ class SPEGM(nn.Module):
         self.attention_conv = nn.Conv2d(d, num_parts, 3, padding=1)       # official LSA_conv
         self.fc = nn.Linear(d, dp)
 
+    def _upsample(self, u: torch.Tensor) -> torch.Tensor:
+        """Deconv -> BN -> ReLU. At eager inference the (eval-mode) BN is folded into the deconvolution: one
+        pass less over the (n, d, 28, 28) map, the same numbers up to rounding."""
+        deconv, bn = self.upsample[0], self.upsample[1]
+        if (self.training or bn.training or torch.is_grad_enabled() or torch.jit.is_tracing()
+                or torch.onnx.is_in_onnx_export()):
+            return self.upsample(u)
+        scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+        weight = deconv.weight * scale.view(1, -1, 1, 1)                   # (in, out, k, k): scale outputs
+        bias = bn.bias - bn.running_mean * scale
+        return F.relu_(F.conv_transpose2d(u, weight, bias, stride=2, padding=1))
+
     def forward(self, u: torch.Tensor, part_query: torch.Tensor | None = None) -> torch.Tensor:
         """u (n, d, r, r) -> part embeddings (n, P, dp)."""
-        x = self.upsample(u)                                               # (n, d, 2r, 2r)
+        x = self._upsample(u)                                              # (n, d, 2r, 2r)
         attn = self.attention_conv(x).flatten(2).softmax(-1)              # (n, P, 4r^2)
         e = torch.bmm(attn, x.flatten(2).transpose(1, 2))                  # (n, P, d)
         return self.fc(e)
@@ -484,27 +582,34 @@ class KeypointDecoderStage(nn.Module):
         self.sigma_heads = nn.ModuleList(nn.Linear(dp, 2 * len(p)) for p in parts)
         order = [k for p in parts for k in p]
         self.register_buffer("part_to_kpt", torch.tensor(np.argsort(order), dtype=torch.long), persistent=False)
-        self._wino_cache: dict[int, tuple[int, torch.Tensor]] = {}
+        self._wino_cache: tuple | None = None
+
+    def __getstate__(self):
+        # the Winograd cache holds oneDNN (opaque) tensors: never copy / pickle it, it is rebuilt on demand
+        state = dict(self.__dict__)
+        state["_wino_cache"] = None
+        return state
 
     # ---- RoI feature tower -------------------------------------------------------------------------------
-    def _wino_weight(self, i: int, conv: nn.Conv2d) -> torch.Tensor:
-        """Transformed weights, cached while the parameter is unchanged (``_version`` tracks in-place updates)."""
-        key = (conv.weight._version, conv.weight.data_ptr())
-        hit = self._wino_cache.get(i)
-        if hit is None or hit[0] != key or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            hit = (key, winograd_weight(conv.weight))
-            if not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()):
-                self._wino_cache[i] = hit
-        return hit[1]
+    def _winograd_layers(self) -> list[WinogradConv3x3]:
+        """Transformed (and pre-packed) weights of every conv, rebuilt when a parameter changes (in-place
+        updates bump ``_version``; replacing or moving it changes the storage)."""
+        key = tuple((c.weight._version, c.weight.data_ptr(), c.weight.device, c.weight.dtype,
+                     None if c.bias is None else (c.bias._version, c.bias.data_ptr())) for c in self.convs)
+        if self._wino_cache is None or self._wino_cache[0] != key:
+            self._wino_cache = (key, [WinogradConv3x3(c.weight, c.bias) for c in self.convs])
+        return self._wino_cache[1]
 
     def roi_convs(self, x: torch.Tensor) -> torch.Tensor:
-        """Stacked 3x3 conv + ReLU on (n, d, r, r) RoI features -> U (n, d, r, r)."""
-        use_wino = self.conv_impl == "winograd" and not torch.is_grad_enabled() and x.shape[0] > 0
-        for i, conv in enumerate(self.convs):
-            if use_wino:
-                x = F.relu(winograd_conv3x3(x, self._wino_weight(i, conv), conv.bias, conv.out_channels))
-            else:
-                x = F.relu(conv(x))
+        """Stacked 3x3 conv + ReLU on (n, d, r, r) RoI features -> U (n, d, r, r). Eager CPU inference with
+        ``conv_impl='winograd'`` takes the Winograd tower (same result up to fp32 rounding); training, CUDA,
+        tracing and ONNX export use plain convolutions."""
+        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+        if (self.conv_impl == "winograd" and not torch.is_grad_enabled() and not exporting and x.shape[0] > 0
+                and x.device.type == "cpu"):
+            return winograd_conv_relu_tower(x, self._winograd_layers())
+        for conv in self.convs:
+            x = F.relu(conv(x))
         return x
 
     # ---- forward -----------------------------------------------------------------------------------------
@@ -533,13 +638,45 @@ class KeypointDecoderStage(nn.Module):
 # ==========================================================================================================
 # The model
 # ==========================================================================================================
+def _swin_det_attn(self, x: torch.Tensor) -> torch.Tensor:
+    """Shifted-window attention in the order of the official Swin-for-detection code (and QueryPose's):
+    pad to a multiple of the window *then* roll (timm rolls then pads, which differs when the map is not a
+    multiple of the window size)."""
+    from timm.models.swin_transformer import window_partition, window_reverse
+
+    b, h, w, c = x.shape
+    ws, ss = self.window_size, self.shift_size
+    x = F.pad(x, (0, 0, 0, (ws[1] - w % ws[1]) % ws[1], 0, (ws[0] - h % ws[0]) % ws[0]))
+    hp, wp = x.shape[1], x.shape[2]
+    shifted = any(ss)
+    if shifted:
+        x = torch.roll(x, shifts=(-ss[0], -ss[1]), dims=(1, 2))
+    mask = self.get_attn_mask(x) if shifted else None
+    windows = window_partition(x, ws).view(-1, self.window_area, c)
+    windows = self.attn(windows, mask=mask).view(-1, ws[0], ws[1], c)
+    x = window_reverse(windows, ws, hp, wp)
+    if shifted:
+        x = torch.roll(x, shifts=ss, dims=(1, 2))
+    return x[:, :h, :w].contiguous()
+
+
 class SwinFeatures(nn.Module):
-    """timm Swin (features_only, NHWC) -> NCHW maps with one LayerNorm per output, as detectron2's Swin."""
+    """timm Swin (features_only, NHWC) as detectron2's Swin backbone: NCHW maps with one LayerNorm per output
+    (official ``norm0..3``), shifted windows in every odd block of every stage (``always_partition``) and the
+    official pad-then-roll order (:func:`_swin_det_attn`)."""
 
     def __init__(self, name: str, weights: str = "", **kw):
+        import types
+
+        from timm.models.swin_transformer import SwinTransformerBlock
+
         super().__init__()
         kw.setdefault("strict_img_size", False)
+        kw.setdefault("always_partition", True)
         self.body = TimmBackbone(name, out_indices=(0, 1, 2, 3), pretrained=weights, **kw)
+        for m in self.body.modules():
+            if isinstance(m, SwinTransformerBlock):
+                m._attn = types.MethodType(_swin_det_attn, m)
         self.channels = self.body.channels
         self.norms = nn.ModuleList(nn.LayerNorm(c) for c in self.channels)
 
@@ -654,7 +791,14 @@ class QueryPose(PoseModel):
 
     # ---- shared pieces -----------------------------------------------------------------------------------
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
-        return self.neck(self.backbone(images))[:4]
+        """P2-P5. Eager CPU inference with ``channels_last`` runs the backbone and neck in channels-last memory
+        (oneDNN's faster layout; same numbers) and hands RoIAlign contiguous NCHW maps."""
+        fast = (self.cfg.channels_last and not torch.is_grad_enabled() and images.device.type == "cpu"
+                and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()))
+        if fast:
+            images = images.contiguous(memory_format=torch.channels_last)
+        feats = self.neck(self.backbone(images))[:4]
+        return [f.contiguous() for f in feats] if fast else feats
 
     def initial_boxes(self, image_sizes: torch.Tensor) -> torch.Tensor:
         """Learned (cx, cy, w, h) proposals in [0, 1] scaled to each image's unpadded (w, h) -> (B, N, 4)."""
@@ -744,7 +888,7 @@ class QueryPose(PoseModel):
         for i, t in enumerate(targets):
             boxes_t = t["boxes"].to(dev, images.dtype).reshape(-1, 4)
             tgts.append({"labels": torch.zeros(len(boxes_t), dtype=torch.long, device=dev), "boxes": boxes_t,
-                         "keypoints": t["keypoints"].to(dev, images.dtype).reshape(len(boxes_t), -1, 3),
+                         "keypoints": t["keypoints"].to(dev, images.dtype).reshape(len(boxes_t), self.num_keypoints, 3),
                          "image_size_xyxy": torch.cat([wh[i], wh[i]])})
         num_boxes = torch.tensor(float(sum(len(t["boxes"]) for t in tgts)), device=dev)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
@@ -986,7 +1130,8 @@ class QueryPoseSample:
         from ..data.transforms import make_meta
 
         s = self.geometric(raw)
-        img = torch.from_numpy(np.ascontiguousarray(s["image"])).permute(2, 0, 1).to(torch.float32)
+        arr = s["image"] if s["image"].flags.writeable else np.array(s["image"])
+        img = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).to(torch.float32)
         h, w = img.shape[-2:]
         kp = np.array(s["keypoints"], dtype=np.float32).reshape(len(s["boxes"]), -1, 3)
         labelled = kp[..., 2] > 0

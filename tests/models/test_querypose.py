@@ -10,8 +10,17 @@ import torch
 
 from regpose.config import TestConfig as EvalOptions
 from regpose.models.layers.rle import RealNVP
-from regpose.models.querypose import (QueryPose, QueryPoseConfig, flip_permutation, part_groups, winograd_conv3x3,
-                                      winograd_weight)
+from regpose.models.querypose import (QueryPose, QueryPoseConfig, WinogradConv3x3, flip_permutation, part_groups,
+                                      winograd_conv3x3, winograd_conv_relu_tower, winograd_weight)
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    """Small models: one thread is fastest, and robust when other jobs share the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def tiny_cfg(**kw) -> QueryPoseConfig:
@@ -128,10 +137,23 @@ def test_part_outputs_reassemble_into_dataset_order():
 def test_winograd_conv_equals_conv2d(shape):
     gen = torch.Generator().manual_seed(sum(shape))
     x = torch.randn(*shape, generator=gen)
-    conv = torch.nn.Conv2d(shape[1], 7, 3, padding=1)
-    ref = conv(x)
-    got = winograd_conv3x3(x, winograd_weight(conv.weight), conv.bias, 7)
-    torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-5)
+    convs = [torch.nn.Conv2d(shape[1], 7, 3, padding=1), torch.nn.Conv2d(7, 5, 3, padding=1)]
+    with torch.no_grad():
+        ref = convs[0](x)
+        got = winograd_conv3x3(x, winograd_weight(convs[0].weight), convs[0].bias)
+        torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-5)
+        for c in convs[1:]:
+            ref = torch.relu(c(torch.relu(ref)))
+        tower = winograd_conv_relu_tower(x, [WinogradConv3x3(c.weight, c.bias) for c in convs])
+    torch.testing.assert_close(tower, ref, atol=2e-5, rtol=1e-5)
+    layers = [WinogradConv3x3(c.weight, c.bias) for c in convs]
+    with torch.no_grad():                   # RoIs in cache-sized chunks give the same result
+        torch.testing.assert_close(winograd_conv_relu_tower(x, layers, chunk=1), ref, atol=2e-5, rtol=1e-5)
+    for layer, c in zip(layers, convs):     # the portable batched-matmul path (non-CPU devices)
+        layer.packed = None
+        layer.weight36 = winograd_weight(c.weight.detach()).transpose(1, 2).contiguous()
+    with torch.no_grad():
+        torch.testing.assert_close(winograd_conv_relu_tower(x, layers), ref, atol=2e-5, rtol=1e-5)
 
 
 def test_winograd_and_direct_decoders_agree():
@@ -151,15 +173,6 @@ def test_winograd_and_direct_decoders_agree():
     for key in ("scores", "sigma", "logits"):
         torch.testing.assert_close(wino[key], direct[key], atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(wino["keypoints"], direct["keypoints"], atol=1e-3, rtol=1e-5)
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Small models: one thread is fastest, and robust when other jobs share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def test_fast_topk_equals_full_model_topk(batch):

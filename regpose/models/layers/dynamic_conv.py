@@ -11,7 +11,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DynamicConv"]
+__all__ = ["DynamicConv", "fast_linear"]
+
+
+def fast_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """``layer(x)``; in eager CPU inference through oneDNN's matmul, which on CPUs where MKL's sgemm takes a
+    slow path (e.g. AMD) is about twice as fast for these large, skinny layers. Same result up to rounding."""
+    if (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled() and x.dim() == 2
+            and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), layer.weight, layer.bias, "none", [], "")
+    return layer(x)
 
 
 class DynamicConv(nn.Module):
@@ -36,9 +46,9 @@ class DynamicConv(nn.Module):
 
     def forward(self, query: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         n = query.shape[0]
-        params = self.dynamic_layer(query)                                        # (n, 2*d*dd)
+        params = fast_linear(query, self.dynamic_layer)                           # (n, 2*d*dd)
         w1 = params[:, : self.num_params].reshape(n, self.dim, self.dim_dynamic)  # (n, d, dd)
         w2 = params[:, self.num_params:].reshape(n, self.dim_dynamic, self.dim)   # (n, dd, d)
         x = F.relu(self.norm1(torch.bmm(tokens, w1)))                             # (n, T, dd)
         x = F.relu(self.norm2(torch.bmm(x, w2)))                                  # (n, T, d)
-        return F.relu(self.norm3(self.out_layer(x.flatten(1))))                   # (n, d)
+        return F.relu(self.norm3(fast_linear(x.flatten(1), self.out_layer)))     # (n, d)

@@ -1,0 +1,247 @@
+"""QueryPose CPU latency (issue 6, "What it must show" 3).
+
+Times the whole prediction (network + post-processing to people in original pixels) of the R50 config at
+800x1216, batch 1, 2 threads, for execution variants of the *same* model and weights, interleaved run by run
+so they share the machine's conditions:
+
+  official-like  plain NCHW convolutions everywhere (how the official detectron2 code executes)
+  direct-cl      plain convolutions, backbone in channels-last memory, SPEGM BatchNorm folded (same numbers)
+  default        the config as shipped: Winograd F(4x4, 3x3) keypoint-decoder convolutions with oneDNN GEMMs,
+                 channels-last backbone, folded BatchNorm (same numbers up to fp32 rounding)
+  fast-top20     default + ``model.fast_topk=20`` (optional mode, off by default): keypoints decoded only for
+                 proposals that can reach the top 20 (COCO keeps 20 per image), exact for those 20
+
+It also reports the output differences between variants (they must agree within rounding), the latency on an
+image with 1 person vs 30 people (fixed query count, no NMS: must grow < 10%), a per-part breakdown of one run,
+peak RSS, and the ratio to the official anchor (README_measurements.md: 20.9 s median, idle machine).
+
+    .venv/bin/python bench/bench_querypose_speed.py [--config C] [--size 800 1216] [--threads 2] [--runs 3]
+        [--warmup 1] [--variants official-like,direct-cl,default,fast-top20] [--weights W] [--out DIR]
+        [--quick] [key=value ...]
+
+``--quick`` runs a reduced model (2 stages, 20 proposals) at 512x768 to check the wiring in about a minute.
+Wall times are only meaningful on an otherwise idle machine; CPU times are printed too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from regpose.config import TestConfig, load_config  # noqa: E402
+
+OFFICIAL_MS = 20900.0    # official R50 (non-light), 800x1216, 2 threads, idle machine (README_measurements.md)
+VARIANTS = {
+    "official-like": {"conv_impl": "direct", "channels_last": False, "fast_topk": 0},
+    "direct-cl": {"conv_impl": "direct", "channels_last": True, "fast_topk": 0},
+    "default": {},
+    "fast-top20": {"fast_topk": 20},
+}
+
+
+def set_variant(model, base: dict, changes: dict) -> None:
+    for k, v in {**base, **changes}.items():
+        setattr(model.cfg, k, v)
+    for st in model.kpt_stages:
+        st.conv_impl = model.cfg.conv_impl
+
+
+def scene(h: int, w: int, people: int, seed: int) -> np.ndarray:
+    """An RGB scene with exactly ``people`` labelled people: synthetic one-person renders tiled on a grid."""
+    from regpose.data.synthetic import render_image
+
+    rng = np.random.default_rng(seed)
+    if people <= 1:
+        img, _ = render_image(rng, size=(w, h), max_people=1)
+        return img
+    rows = int(np.floor(np.sqrt(people * h / w)))
+    cols = int(np.ceil(people / rows))
+    canvas = np.zeros((h, w, 3), np.uint8)
+    import cv2
+
+    ch, cw = h // rows, w // cols
+    for i in range(people):
+        tile, _ = render_image(rng, size=(max(cw, 32), max(ch, 32)), max_people=1)
+        r, c = divmod(i, cols)
+        canvas[r * ch:(r + 1) * ch, c * cw:(c + 1) * cw] = cv2.resize(tile, (cw, ch))
+    return canvas
+
+
+def make_batch(model, img: np.ndarray) -> dict:
+    h, w = img.shape[:2]
+    mean = torch.tensor(model.cfg.pixel_mean).view(3, 1, 1)
+    std = torch.tensor(model.cfg.pixel_std).view(3, 1, 1)
+    x = (torch.from_numpy(img).permute(2, 0, 1).float() - mean) / std
+    ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
+    images = torch.zeros(1, 3, ph, pw)
+    images[0, :, :h, :w] = x
+    meta = {"image_id": 0, "sample_index": 0, "file_name": "scene", "orig_size": (h, w), "input_size": (h, w),
+            "inverse": np.array([[1.0, 0, 0], [0, 1.0, 0]])}
+    return {"images": images, "metas": [meta]}
+
+
+def timed(fn) -> tuple[float, float]:
+    c0, t0 = time.process_time(), time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000
+
+
+def breakdown(model, batch) -> dict:
+    """Milliseconds spent in the backbone + neck, box stages, keypoint stages and the rest (one run)."""
+    acc = {"backbone+neck": 0.0, "box decoder": 0.0, "keypoint decoder": 0.0}
+    orig = {name: getattr(model, attr) for name, attr in
+            (("backbone+neck", "features"), ("box decoder", "box_stage"), ("keypoint decoder", "kpt_stage"))}
+    attrs = {"backbone+neck": "features", "box decoder": "box_stage", "keypoint decoder": "kpt_stage"}
+
+    def wrap(name, fn):
+        def inner(*a, **k):
+            t0 = time.perf_counter()
+            out = fn(*a, **k)
+            acc[name] += (time.perf_counter() - t0) * 1000
+            return out
+        return inner
+
+    for name, fn in orig.items():
+        setattr(model, attrs[name], wrap(name, fn))
+    try:
+        total, _ = timed(lambda: model.predict(batch, TestConfig()))
+    finally:
+        for name in orig:
+            delattr(model, attrs[name])
+    acc["rest (post-processing, glue)"] = total - sum(acc.values())
+    acc["total"] = total
+    return {k: round(v, 1) for k, v in acc.items()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default=str(REPO / "configs" / "querypose" / "querypose_r50_coco.yaml"))
+    ap.add_argument("--size", type=int, nargs=2, default=[800, 1216], metavar=("H", "W"))
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--weights", default="", help="optional checkpoint (ours or converted); random init otherwise")
+    ap.add_argument("--out", default=str(REPO / "runs" / "bench_querypose_speed"))
+    ap.add_argument("--quick", action="store_true", help="reduced model and input: wiring check only")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    overrides = list(args.overrides)
+    h, w = args.size
+    if args.quick:
+        overrides += ["model.num_stages=2", "model.num_proposals=20"]
+        h, w = 512, 768
+        args.runs, args.warmup = min(args.runs, 2), min(args.warmup, 1)
+    cfg = load_config(args.config, overrides)
+    from regpose.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    if args.weights:
+        from regpose.engine.checkpoint import load_model_weights
+        load_model_weights(model, args.weights, strict=False)
+    base = {k: getattr(cfg.model, k) for k in ("conv_impl", "channels_last", "fast_topk")}
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    for v in variants:
+        if v not in VARIANTS:
+            ap.error(f"unknown variant {v!r}; choose from {list(VARIANTS)}")
+
+    imgs = {1: scene(h, w, 1, seed=1), 30: scene(h, w, 30, seed=2)}
+    batches = {k: make_batch(model, im) for k, im in imgs.items()}
+    print(f"QueryPose {Path(args.config).name} {'(quick) ' if args.quick else ''}at {h}x{w}, "
+          f"{args.threads} threads, torch {torch.__version__}", flush=True)
+
+    # ---- agreement between variants (network outputs on the 30-person scene)
+    outs = {}
+    with torch.inference_mode():
+        for v in variants:
+            set_variant(model, base, VARIANTS[v])
+            sizes = torch.tensor([[h, w]])
+            outs[v] = model(batches[30]["images"], image_sizes=sizes)
+    agree = {}
+    ref = outs.get("official-like") or outs[variants[0]]
+    for v, o in outs.items():
+        if "proposal_index" in o:      # fast mode: compare its people with the same proposals of the reference
+            idx = o["proposal_index"][0]
+            diff = {k: float((o[k][0] - ref[k][0][idx]).abs().max()) for k in ("scores", "keypoints", "boxes")}
+        else:
+            diff = {k: float((o[k] - ref[k]).abs().max()) for k in ("scores", "keypoints", "boxes")}
+        agree[v] = diff
+        print(f"  max |{v} - {variants[0]}|: scores {diff['scores']:.2e}, keypoints {diff['keypoints']:.2e} px, "
+              f"boxes {diff['boxes']:.2e} px", flush=True)
+
+    # ---- latency: variants interleaved run by run
+    wall = {v: [] for v in variants}
+    cpu = {v: [] for v in variants}
+    with torch.inference_mode():
+        for r in range(args.warmup + args.runs):
+            for v in variants:
+                set_variant(model, base, VARIANTS[v])
+                t, c = timed(lambda: model.predict(batches[1], TestConfig()))
+                if r >= args.warmup:
+                    wall[v].append(t)
+                    cpu[v].append(c)
+            if r >= args.warmup:
+                print(f"  run {r + 1 - args.warmup}/{args.runs}: " +
+                      ", ".join(f"{v} {wall[v][-1]:.0f} ms" for v in variants), flush=True)
+    summary = {}
+    for v in variants:
+        med = statistics.median(wall[v])
+        summary[v] = {"median_ms": round(med, 1), "min_ms": round(min(wall[v]), 1), "max_ms": round(max(wall[v]), 1),
+                      "cpu_ms_median": round(statistics.median(cpu[v]), 1),
+                      "vs_official_anchor": round(med / OFFICIAL_MS, 3)}
+
+    # ---- 1 vs 30 people (default variant)
+    scaling = {}
+    with torch.inference_mode():
+        set_variant(model, base, {})
+        for people in (1, 30):
+            model.predict(batches[people], TestConfig())
+        times = {1: [], 30: []}
+        for _ in range(max(args.runs, 2)):
+            for people in (1, 30):
+                times[people].append(timed(lambda: model.predict(batches[people], TestConfig()))[0])
+        m1, m30 = statistics.median(times[1]), statistics.median(times[30])
+        scaling = {"1_person_ms": round(m1, 1), "30_people_ms": round(m30, 1), "growth": round(m30 / m1 - 1, 4)}
+        bd = breakdown(model, batches[1])
+
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\n{'variant':<14} {'median ms':>10} {'min':>8} {'max':>8} {'cpu ms':>8} {'/ official 20.9 s':>18}")
+    for v, s in summary.items():
+        print(f"{v:<14} {s['median_ms']:>10.0f} {s['min_ms']:>8.0f} {s['max_ms']:>8.0f} {s['cpu_ms_median']:>8.0f} "
+              f"{s['vs_official_anchor']:>18.3f}")
+    if "official-like" in summary:
+        for v in variants:
+            print(f"  {v}: {summary[v]['median_ms'] / summary['official-like']['median_ms']:.3f} x official-like "
+                  f"(same process)")
+    print(f"1 person {scaling['1_person_ms']:.0f} ms, 30 people {scaling['30_people_ms']:.0f} ms: "
+          f"{100 * scaling['growth']:+.1f}% (must be < +10%)")
+    print("breakdown (default, one run, ms):", bd)
+    print(f"peak RSS {peak_mb:.0f} MB")
+    out = Path(args.out) / ("quick" if args.quick else "full")
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"config": str(Path(args.config).resolve().relative_to(REPO)) if Path(args.config).resolve().is_relative_to(REPO)
+              else args.config, "size": [h, w], "threads": args.threads, "runs": args.runs, "quick": args.quick,
+              "torch": torch.__version__, "official_anchor_ms": OFFICIAL_MS, "variants": summary,
+              "agreement_vs_first": agree, "people_scaling": scaling, "breakdown_ms": bd, "peak_rss_mb": round(peak_mb),
+              "target_0.8x_met": bool(summary.get("default", {}).get("vs_official_anchor", 9) <= 0.8),
+              "scaling_under_10pct": bool(scaling["growth"] < 0.10)}
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    print(f"written: {out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
