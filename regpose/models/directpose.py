@@ -886,7 +886,8 @@ class DirectPoseSample:
         image = to_tensor_normalize(s["image"], self.mean, self.std)
         h, w = image.shape[-2:]
         boxes = np.asarray(s["boxes"], dtype=np.float32).reshape(-1, 4)
-        kp = np.asarray(s["keypoints"], dtype=np.float32).reshape(len(boxes), -1, 3).copy()
+        kp = np.array(s["keypoints"], dtype=np.float32)      # (M, K, 3); M may be 0 (pictures without labels)
+        kp = kp.reshape(len(boxes), kp.shape[-2] if kp.ndim == 3 else -1, 3)
         labelled = kp[..., 2] > 0
         kp[..., :2] = np.where(labelled[..., None], kp[..., :2] + 0.5, 0.0)
         target = {"boxes": torch.from_numpy(boxes), "keypoints": torch.from_numpy(kp),
