@@ -29,7 +29,7 @@ from ..structures import PoseResult
 from .base import PoseModel
 from .layers.deform_attn import MultiScaleDeformableAttention
 from .layers.position import sine_grid_encoding, sine_point_encoding
-from .layers.rle import RealNVP, rle_loss
+from .layers.rle import RealNVP, rle_loss, rle_terms
 from .registry import MethodSpec, register_method
 from .rle_regression import (CoarseRLEHead, FlipFusion, KeypointScore, PlainLinear, TopDownRegressionTransform,
                              build_backbone, flip_back, fuse_flip, keypoint_scores, topdown_regression_transform,
@@ -334,10 +334,14 @@ class Poseur(PoseModel):
         any_visible = bool(weight.sum() > 0)
         losses = {"loss_coarse": rle_loss(out["coarse_mu"], out["coarse_sigma"], target, weight, self.coarse_flow,
                                           B * K if any_visible else None)}
+        # every decoder layer shares the decoder flow: one flow evaluation over all layers, summed per layer
         tg, wg = target.repeat(1, groups, 1), weight.repeat(1, groups, 1)
-        for i, (mu, sigma) in enumerate(zip(out["mu"], out["sigma"])):
-            losses[f"loss_dec{i}"] = rle_loss(mu, sigma, tg, wg, self.decoder_flow,
-                                              B * K * groups if any_visible else None)
+        terms = rle_terms(torch.stack(out["mu"]), torch.stack(out["sigma"]), tg, wg, self.decoder_flow)
+        per_layer = terms.flatten(1).sum(1)
+        if any_visible:
+            per_layer = per_layer / (B * K * groups)
+        for i in range(len(out["mu"])):
+            losses[f"loss_dec{i}"] = per_layer[i]
         return losses
 
     @torch.no_grad()

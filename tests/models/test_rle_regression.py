@@ -152,3 +152,20 @@ def test_rle_method_trains_and_predicts():
               "scale": [0.3, 0.4]} for _ in range(4)]
     res = model.predict({"images": images, "metas": metas}, type("T", (), {"flip": True})())
     assert len(res) == 4 and res[0].keypoints.shape == (1, 17, 3)
+
+
+def test_poseur_losses_equal_official_case():
+    """Poseur's loss wiring (coarse + per-layer RLE, both flows, group-counting divisors) on the official case."""
+    from regpose.compat.poseur import build_reference_model
+
+    model, _ = build_reference_model(CASE)
+    case = np.load(CASE / "rle_loss_case.npz")
+    t = {k: torch.from_numpy(case[k]) for k in case.files}
+    out = {"coarse_mu": t["enc_mu"], "coarse_sigma": t["enc_sigma"], "mu": list(t["dec_mu"]),
+           "sigma": list(t["dec_sigma"])}
+    with torch.no_grad():
+        losses = model.losses(out, t["target"], t["target_weight"], groups=4)
+    assert abs(losses["loss_coarse"].item() - float(case["loss_enc"])) <= 1e-5 * max(1.0, float(case["loss_enc"]))
+    for i in range(2):
+        assert abs(losses[f"loss_dec{i}"].item() - float(case["loss_dec"][i])) <= 1e-5 * float(case["loss_dec"][i])
+    assert abs(sum(v.item() for v in losses.values()) - float(case["loss_total"])) <= 1e-5 * float(case["loss_total"])
