@@ -7,7 +7,9 @@ so they share the machine's conditions:
   official-like  plain NCHW convolutions everywhere (how the official detectron2 code executes)
   direct-cl      plain convolutions, backbone in channels-last memory, SPEGM BatchNorm folded (same numbers)
   default        the config as shipped: Winograd F(4x4, 3x3) keypoint-decoder convolutions with oneDNN GEMMs,
-                 channels-last backbone, folded BatchNorm (same numbers up to fp32 rounding)
+                 channels-last backbone, folded BatchNorm, keypoint chains decoded proposal-chunk-wise in
+                 worker threads (same numbers up to fp32 rounding)
+  default-omp    default, but the keypoint decoder parallelised by intra-op (OpenMP) threads instead
   fast-top20     default + ``model.fast_topk=20`` (optional mode, off by default): keypoints decoded only for
                  proposals that can reach the top 20 (COCO keeps 20 per image), exact for those 20
 
@@ -42,9 +44,10 @@ from regpose.config import TestConfig, load_config  # noqa: E402
 
 OFFICIAL_MS = 20900.0    # official R50 (non-light), 800x1216, 2 threads, idle machine (README_measurements.md)
 VARIANTS = {
-    "official-like": {"conv_impl": "direct", "channels_last": False, "fast_topk": 0},
-    "direct-cl": {"conv_impl": "direct", "channels_last": True, "fast_topk": 0},
+    "official-like": {"conv_impl": "direct", "channels_last": False, "fast_topk": 0, "parallel_chunks": False},
+    "direct-cl": {"conv_impl": "direct", "channels_last": True, "fast_topk": 0, "parallel_chunks": False},
     "default": {},
+    "default-omp": {"parallel_chunks": False},
     "fast-top20": {"fast_topk": 20},
 }
 
@@ -152,7 +155,7 @@ def main(argv=None) -> int:
     if args.weights:
         from regpose.engine.checkpoint import load_model_weights
         load_model_weights(model, args.weights, strict=False)
-    base = {k: getattr(cfg.model, k) for k in ("conv_impl", "channels_last", "fast_topk")}
+    base = {k: getattr(cfg.model, k) for k in ("conv_impl", "channels_last", "fast_topk", "parallel_chunks")}
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for v in variants:
         if v not in VARIANTS:
@@ -181,6 +184,25 @@ def main(argv=None) -> int:
         agree[v] = diff
         print(f"  max |{v} - {variants[0]}|: scores {diff['scores']:.2e}, keypoints {diff['keypoints']:.2e} px, "
               f"boxes {diff['boxes']:.2e} px", flush=True)
+
+    # ---- Winograd vs plain convolutions on the same RoI features (what the Winograd path changes). Final
+    # outputs of a randomly initialised decoder amplify any rounding difference chaotically, so the
+    # end-to-end agreement above is only meaningful with trained weights (--weights).
+    with torch.inference_mode():
+        set_variant(model, base, {})
+        feats = model.features(batches[30]["images"])
+        from regpose.models.querypose import _rois
+        boxes = model.initial_boxes(torch.tensor([[h, w]]))
+        query = model.init_proposal_features.weight[None]
+        _, boxes, _ = model.box_stage(0, feats, boxes, query)
+        roi = model.kpt_pooler([feats[0]], _rois(boxes))
+        stage = model.kpt_stages[0]
+        u_w = stage.roi_convs(roi)
+        stage.conv_impl = "direct"
+        u_d = stage.roi_convs(roi)
+        stage.conv_impl = model.cfg.conv_impl
+        tower_err = float((u_w - u_d).abs().max() / u_d.abs().max().clamp(min=1e-12))
+    print(f"  keypoint-decoder conv tower, Winograd vs direct: max |diff| / max |value| = {tower_err:.2e}", flush=True)
 
     # ---- latency: variants interleaved run by run
     wall = {v: [] for v in variants}
@@ -235,7 +257,7 @@ def main(argv=None) -> int:
     result = {"config": str(Path(args.config).resolve().relative_to(REPO)) if Path(args.config).resolve().is_relative_to(REPO)
               else args.config, "size": [h, w], "threads": args.threads, "runs": args.runs, "quick": args.quick,
               "torch": torch.__version__, "official_anchor_ms": OFFICIAL_MS, "variants": summary,
-              "agreement_vs_first": agree, "people_scaling": scaling, "breakdown_ms": bd, "peak_rss_mb": round(peak_mb),
+              "agreement_vs_first": agree, "tower_rel_err_winograd_vs_direct": tower_err, "people_scaling": scaling, "breakdown_ms": bd, "peak_rss_mb": round(peak_mb),
               "target_0.8x_met": bool(summary.get("default", {}).get("vs_official_anchor", 9) <= 0.8),
               "scaling_under_10pct": bool(scaling["growth"] < 0.10)}
     (out / "results.json").write_text(json.dumps(result, indent=1))

@@ -106,6 +106,9 @@ class QueryPoseConfig:
     conv_impl: Literal["direct", "winograd"] = "winograd"
     #   keypoint-decoder 3x3 convs at inference: winograd = exact F(4x4, 3x3) Winograd transform (~3x fewer
     #   multiplies, same result up to fp32 rounding); direct = plain conv2d. Training always uses conv2d.
+    parallel_chunks: bool = True
+    #   eager CPU inference decodes keypoints proposal-chunk-wise in torch.get_num_threads() worker threads
+    #   (single-threaded ops each) instead of intra-op OpenMP threads (same numbers)
     channels_last: bool = True
     #   eager CPU inference runs the backbone / neck in channels-last memory (same numbers, faster convolutions)
     fast_topk: int = 0
@@ -337,10 +340,10 @@ class WinogradConv3x3:
         return torch.bmm(v, self.weight36)
 
 
-def winograd_conv_relu_tower(x: torch.Tensor, layers: Sequence[WinogradConv3x3], chunk: int = 12) -> torch.Tensor:
+def winograd_conv_relu_tower(x: torch.Tensor, layers: Sequence[WinogradConv3x3], chunk: int = 16) -> torch.Tensor:
     """A stack of (3x3 conv, padding 1) + ReLU via Winograd F(4x4, 3x3) (eager inference; no autograd).
 
-    RoIs go through the whole stack ``chunk`` at a time so each layer's working set (~36 x 192 tiles x 512
+    RoIs go through the whole stack ``chunk`` at a time so each layer's working set (~36 x 256 tiles x 512
     channels) stays in the last-level cache; the transforms are memory-bound and this halves their cost.
     The activations stay in one zero-bordered NHWC buffer between layers. Per layer: gather the overlapping 6x6
     tiles tap-major (36, tiles*C), input transform B^T d B (two small matmuls), the 36 per-tap channel GEMMs,
@@ -382,6 +385,22 @@ def _winograd_tower(x: torch.Tensor, layers: Sequence[WinogradConv3x3]) -> torch
         nxt[:, :, w + 1:].zero_()
         buf, c = nxt, o
     return buf[:, 1:h + 1, 1:w + 1].permute(0, 3, 1, 2)
+
+
+_POOL: tuple[int, "object"] | None = None
+
+
+def _worker_pool(threads: int):
+    """A process-wide pool of ``threads`` workers, each running torch ops single-threaded."""
+    global _POOL
+    if _POOL is None or _POOL[0] != threads:
+        from concurrent.futures import ThreadPoolExecutor
+
+        if _POOL is not None:
+            _POOL[1].shutdown(wait=False)
+        _POOL = (threads, ThreadPoolExecutor(threads, thread_name_prefix="querypose",
+                                             initializer=torch.set_num_threads, initargs=(1,)))
+    return _POOL[1]
 
 
 # ==========================================================================================================
@@ -820,30 +839,97 @@ class QueryPose(PoseModel):
     # ---- inference ---------------------------------------------------------------------------------------
     def decode(self, images: torch.Tensor, image_sizes: torch.Tensor, keep_stages: bool = False) -> dict:
         """Eval-mode decoder over all B*N proposals. Returns final (B, N, ...) tensors and, with
-        ``keep_stages``, per-stage lists (logits, boxes, mu, sigma, queries, part queries)."""
+        ``keep_stages``, per-stage lists (logits, boxes, mu, sigma, queries, part queries).
+
+        Official code (spec 0.2): at inference the keypoint decoder's refined instance query stays inside it,
+        so the box decoder never reads the keypoint decoder and each proposal's keypoint chain (stage 1..S)
+        depends only on its own boxes and queries. We therefore run the S box stages first and then the S
+        keypoint stages proposal-chunk by proposal-chunk (in parallel threads on CPU): the same computation
+        as the official stage-interleaved order, with coarse-grained parallelism. ``query_handoff='serial'``
+        (non-light) needs the interleaved order and takes it.
+        """
         feats = self.features(images)
-        b = images.shape[0]
-        n = self.cfg.num_proposals
+        b, n = images.shape[0], self.cfg.num_proposals
         boxes = self.initial_boxes(image_sizes)
         query = self.init_proposal_features.weight[None].expand(b, -1, -1)
-        part_q = self.part_query.weight[None]                              # (1, P, dp): shared in stage 1
-        serial = self.cfg.query_handoff == "serial" and not self.cfg.light
+        if self.cfg.query_handoff == "serial" and not self.cfg.light:
+            return self._decode_serial(feats, boxes, query, keep_stages)
+        stage_logits, stage_boxes, stage_queries = [], [], []
+        for s in range(self.cfg.num_stages):
+            logits, boxes, query = self.box_stage(s, feats, boxes, query)
+            stage_logits.append(logits)
+            stage_boxes.append(boxes)
+            stage_queries.append(query)
+        flat = torch.arange(b * n, device=images.device)
+        kp = self._keypoint_chains(feats[0], stage_boxes, stage_queries, flat, keep_stages)
+        out = self._final_outputs(logits, boxes, kp["mu"].view(b, n, -1, 2), kp["sigma"].view(b, n, -1, 2))
+        if keep_stages:
+            out["stages"] = {"logits": stage_logits, "boxes": stage_boxes, "query": stage_queries,
+                             "mu": [m.view(b, n, -1, 2) for m in kp["stage_mu"]],
+                             "sigma": [m.view(b, n, -1, 2) for m in kp["stage_sigma"]],
+                             "part_query": [q.view(b, n, *q.shape[1:]) for q in kp["stage_part_query"]]}
+        return out
+
+    def _decode_serial(self, feats, boxes, query, keep_stages: bool) -> dict:
+        """Stage-interleaved decoding where the keypoint decoder's refined query feeds the next box stage."""
+        b, n = boxes.shape[:2]
+        part_q = self.part_query.weight[None]
         stages: dict[str, list] = {k: [] for k in ("logits", "boxes", "mu", "sigma", "query", "part_query")}
         logits = mu = sigma = None
         for s in range(self.cfg.num_stages):
             logits, boxes, query = self.box_stage(s, feats, boxes, query)
-            # Official code (spec 0.2): at inference the keypoint decoder's refined query stays inside it.
             mu, sigma, part_q, q_ref = self.kpt_stage(s, feats[0], _rois(boxes), query.reshape(b * n, -1), part_q)
             if keep_stages:
                 for k, v in (("logits", logits), ("boxes", boxes), ("mu", mu.view(b, n, -1, 2)),
                              ("sigma", sigma.view(b, n, -1, 2)), ("query", query),
                              ("part_query", part_q.view(b, n, *part_q.shape[1:]))):
                     stages[k].append(v)
-            if serial:
-                query = q_ref.view(b, n, -1)
+            query = q_ref.view(b, n, -1)
         out = self._final_outputs(logits, boxes, mu.view(b, n, -1, 2), sigma.view(b, n, -1, 2))
         if keep_stages:
             out["stages"] = stages
+        return out
+
+    def _keypoint_chain(self, p2, stage_boxes, stage_queries, flat: torch.Tensor, keep_stages: bool) -> dict:
+        """Keypoint stages 1..S for the proposals ``flat`` (indices into B*N): final and per-stage outputs."""
+        n = self.cfg.num_proposals
+        batch_idx = torch.div(flat, n, rounding_mode="floor").to(stage_boxes[0].dtype)
+        part_q = self.part_query.weight[None]
+        out: dict[str, list] = {"stage_mu": [], "stage_sigma": [], "stage_part_query": []}
+        mu = sigma = None
+        for s in range(self.cfg.num_stages):
+            boxes = stage_boxes[s].reshape(-1, 4)[flat]
+            q = stage_queries[s].reshape(-1, stage_queries[s].shape[-1])[flat]
+            rois = torch.cat([batch_idx[:, None], boxes], dim=1)
+            mu, sigma, part_q, _ = self.kpt_stage(s, p2, rois, q, part_q)
+            if keep_stages:
+                out["stage_mu"].append(mu)
+                out["stage_sigma"].append(sigma)
+                out["stage_part_query"].append(part_q)
+        return {"mu": mu, "sigma": sigma, **out}
+
+    def _keypoint_chains(self, p2, stage_boxes, stage_queries, flat: torch.Tensor, keep_stages: bool) -> dict:
+        """:meth:`_keypoint_chain` over proposal chunks. Eager CPU inference splits the proposals into chunks
+        (about four per thread) and runs them in ``torch.get_num_threads()`` worker threads, each with one
+        intra-op thread: per-proposal work needs no synchronisation, whereas thousands of small OpenMP
+        parallel regions stall whenever another process takes a core. Results are identical to one chunk."""
+        threads = torch.get_num_threads()
+        eager_cpu = (p2.device.type == "cpu" and not torch.is_grad_enabled()
+                     and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()))
+        m = int(flat.numel())
+        chunked = self.cfg.conv_impl == "winograd" or (self.cfg.parallel_chunks and threads > 1)
+        if not eager_cpu or not chunked or m <= 8:
+            return self._keypoint_chain(p2, stage_boxes, stage_queries, flat, keep_stages)
+        size = max(4, min(16, -(-m // (4 * threads))))
+        chunks = list(flat.split(size))
+        work = lambda c: self._keypoint_chain(p2, stage_boxes, stage_queries, c, keep_stages)  # noqa: E731
+        if threads > 1 and self.cfg.parallel_chunks:
+            parts = list(_worker_pool(threads).map(work, chunks))
+        else:
+            parts = [work(c) for c in chunks]
+        out = {k: torch.cat([p[k] for p in parts]) for k in ("mu", "sigma")}
+        for k in ("stage_mu", "stage_sigma", "stage_part_query"):
+            out[k] = [torch.cat([p[k][s] for p in parts]) for s in range(len(parts[0][k]))]
         return out
 
     @staticmethod
@@ -1037,14 +1123,10 @@ class QueryPose(PoseModel):
         b, m = sel.shape
         n = self.cfg.num_proposals
         flat = (sel + torch.arange(b, device=sel.device)[:, None] * n).reshape(-1)
-        part_q = self.part_query.weight[None]
-        mu = sigma = None
-        for s in range(self.cfg.num_stages):
-            boxes = stage_boxes[s].reshape(b * n, 4)[flat].view(b, m, 4)
-            q = stage_queries[s].reshape(b * n, -1)[flat]
-            mu, sigma, part_q, _ = self.kpt_stage(s, feats[0], _rois(boxes), q, part_q)
-        out = self._final_outputs(logits.gather(1, sel[..., None]), boxes, mu.view(b, m, -1, 2),
-                                  sigma.view(b, m, -1, 2))
+        kp = self._keypoint_chains(feats[0], stage_boxes, stage_queries, flat, False)
+        boxes = stage_boxes[-1].reshape(b * n, 4)[flat].view(b, m, 4)
+        out = self._final_outputs(logits.gather(1, sel[..., None]), boxes, kp["mu"].view(b, m, -1, 2),
+                                  kp["sigma"].view(b, m, -1, 2))
         out["proposal_index"] = sel
         return out
 
@@ -1133,7 +1215,8 @@ class QueryPoseSample:
         arr = s["image"] if s["image"].flags.writeable else np.array(s["image"])
         img = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1).to(torch.float32)
         h, w = img.shape[-2:]
-        kp = np.array(s["keypoints"], dtype=np.float32).reshape(len(s["boxes"]), -1, 3)
+        kp = np.array(s["keypoints"], dtype=np.float32)
+        kp = kp.reshape(len(s["boxes"]), kp.shape[-2] if kp.ndim == 3 else -1, 3)
         labelled = kp[..., 2] > 0
         kp[..., :2] = np.where(labelled[..., None], kp[..., :2] + 0.5, 0.0)   # detectron2 +0.5; unlabelled 0
         target = {"boxes": torch.from_numpy(np.asarray(s["boxes"], dtype=np.float32).reshape(-1, 4)),

@@ -322,11 +322,15 @@ def test_predict_postprocessing_maps_to_original_pixels(batch):
     assert [len(r) for r in flip] == [len(r) for r in results]
 
 
-def test_eval_forward_traces(batch):
-    torch.manual_seed(12)
-    model = QueryPose(tiny_cfg()).eval()
-    images, targets = batch
-    sizes = torch.stack([t["image_size"] for t in targets])
+def test_eval_forward_traces():
+    # the official tiny model (well-conditioned weights; random-init decoders amplify rounding chaotically)
+    from regpose.compat.querypose import _reference_batch, build_reference_model
+    from conftest import REFERENCE
+
+    folder = REFERENCE / "querypose" / "tiny"
+    model, _ = build_reference_model(folder)
+    batch = _reference_batch(folder, model)
+    sizes = torch.tensor([list(m["input_size"]) for m in batch["metas"]])
 
     class Wrapped(torch.nn.Module):
         def __init__(self, m):
@@ -339,7 +343,9 @@ def test_eval_forward_traces(batch):
 
     wrapped = Wrapped(model)
     with torch.no_grad():
-        traced = torch.jit.trace(wrapped, (images, sizes), check_trace=False)
-        other = (torch.randn(1, 3, 64, 96), torch.tensor([[60, 90]]))
-        for got, ref in zip(traced(*other), wrapped(*other)):
-            torch.testing.assert_close(got, ref)
+        traced = torch.jit.trace(wrapped, (batch["images"][:1], sizes[:1]), check_trace=False)
+        # another image size and batch: the trace generalises (no data-dependent Python control flow)
+        images, sz = batch["images"][1:, :, :, :160], torch.tensor([[181, 120]])
+        for got, ref in zip(traced(images, sz), wrapped(images, sz)):
+            # the trace holds the plain ops; eager inference takes the fused / Winograd paths (rounding only)
+            torch.testing.assert_close(got, ref, atol=1e-3, rtol=1e-4)
