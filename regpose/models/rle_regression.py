@@ -191,8 +191,9 @@ def build_backbone(name: str, out_indices, pretrained: str = "", kwargs: dict | 
     plain_resnet = name.startswith(("resnet", "resnext")) and not kwargs.get("stem_type")
     if stem_width is not None and not plain_resnet:
         kwargs["stem_width"] = stem_width
-    backbone = build_timm_backbone(name, tuple(out_indices), pretrained if stem_width is None else "", **kwargs)
-    if stem_width is not None and plain_resnet and stem_width != 64:
+    rebuild = stem_width is not None and plain_resnet and int(stem_width) != 64
+    backbone = build_timm_backbone(name, tuple(out_indices), "" if rebuild else pretrained, **kwargs)
+    if rebuild:
         _rebuild_plain_stem(backbone.body, int(stem_width), name, kwargs)
         if pretrained:
             from .backbones import load_backbone_weights

@@ -169,3 +169,17 @@ def test_poseur_losses_equal_official_case():
     for i in range(2):
         assert abs(losses[f"loss_dec{i}"].item() - float(case["loss_dec"][i])) <= 1e-5 * float(case["loss_dec"][i])
     assert abs(sum(v.item() for v in losses.values()) - float(case["loss_total"])) <= 1e-5 * float(case["loss_total"])
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"stem_width": 16, "channels": [16, 32, 64, 128]}])
+def test_backbone_loads_local_pretrained_weights(tmp_path, kwargs):
+    from regpose.models.rle_regression import build_backbone
+
+    src = build_backbone("resnet18", (1, 2, 3, 4), "", kwargs)
+    for p in src.parameters():
+        torch.nn.init.normal_(p)
+    path = tmp_path / "r18.pth"
+    torch.save(src.body.state_dict(), path)
+    dst = build_backbone("resnet18", (1, 2, 3, 4), str(path), kwargs)
+    for (n, a), (_, b) in zip(src.body.state_dict().items(), dst.body.state_dict().items()):
+        assert torch.equal(a, b), n
