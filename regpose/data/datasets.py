@@ -618,8 +618,11 @@ def build_dataset(cfg, split: Literal["train", "val"], transform: Callable | Non
             dets = load_detections(cfg.test.detections, cfg.test.det_score_threshold)
             return TopDownDataset(records, transform, boxes="detections", detections=dets,
                                   det_score_threshold=cfg.test.det_score_threshold)
-        raise ConfigError("test.boxes: 'model' boxes come from a detector at inference time "
-                          "(regpose.inference.topdown); a dataset needs 'gt' or 'detections'")
+        from ..inference.topdown import model_detections  # person boxes from a regpose detector model
+
+        dets = model_detections(cfg, records)
+        return TopDownDataset(records, transform, boxes="detections", detections=dets,
+                              det_score_threshold=cfg.test.det_score_threshold)
     if family not in ("bottomup", "onestage"):
         raise ConfigError(f"unknown method family {family!r}")
     if train:
