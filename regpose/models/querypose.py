@@ -704,18 +704,22 @@ class SwinFeatures(nn.Module):
 
 
 def _set_resnet_stem(body: nn.Module, stem: int) -> None:
-    """Give a timm bottleneck ResNet a stem of ``stem`` channels (timm fixes it at 64; detectron2's
-    STEM_OUT_CHANNELS does not): new conv1 / bn1 and a first res2 block taking ``stem`` inputs."""
-    from timm.models.resnet import Bottleneck
+    """Give a timm ResNet a stem of ``stem`` channels (timm fixes it at 64; detectron2's STEM_OUT_CHANNELS
+    does not): new conv1 / bn1 and a first res2 block taking ``stem`` inputs."""
+    from timm.models.resnet import BasicBlock, Bottleneck
 
     old = body.layer1[0]
     body.conv1 = nn.Conv2d(3, stem, 7, stride=2, padding=3, bias=False)
     body.bn1 = nn.BatchNorm2d(stem)
-    planes, out = old.conv1.out_channels, old.conv3.out_channels
-    down = None if stem == out else nn.Sequential(nn.Conv2d(stem, out, 1, bias=False), nn.BatchNorm2d(out))
-    new = Bottleneck(stem, out // Bottleneck.expansion, downsample=down,
-                     base_width=64 * planes // (out // Bottleneck.expansion))
-    body.layer1[0] = new
+    if isinstance(old, Bottleneck):
+        planes, out = old.conv1.out_channels, old.conv3.out_channels
+        down = None if stem == out else nn.Sequential(nn.Conv2d(stem, out, 1, bias=False), nn.BatchNorm2d(out))
+        body.layer1[0] = Bottleneck(stem, out // Bottleneck.expansion, downsample=down,
+                                    base_width=64 * planes // (out // Bottleneck.expansion))
+    else:
+        out = old.conv2.out_channels
+        down = None if stem == out else nn.Sequential(nn.Conv2d(stem, out, 1, bias=False), nn.BatchNorm2d(out))
+        body.layer1[0] = BasicBlock(stem, out, downsample=down)
 
 
 def _build_backbone(cfg: QueryPoseConfig) -> tuple[nn.Module, list[int]]:
