@@ -349,3 +349,71 @@ def test_eval_forward_traces():
         for got, ref in zip(traced(images, sz), wrapped(images, sz)):
             # the trace holds the plain ops; eager inference takes the fused / Winograd paths (rounding only)
             torch.testing.assert_close(got, ref, atol=1e-3, rtol=1e-4)
+
+
+def test_transform_targets_follow_detectron2_convention(real_dir):
+    """Test resize: keypoints in input pixels carry detectron2's +0.5 ((x + 0.5) * scale); ``inverse`` maps
+    predictions (after the -0.5) back onto the original annotation; train samples have consistent targets."""
+    from regpose.config import load_config
+    from regpose.data.datasets import build_dataset
+    from regpose.models import get_method
+
+    ann = real_dir / "coco" / "test_coco.json"
+    cfg = load_config({"method": "querypose", "data": {"format": "coco", "train": {"ann_files": [str(ann)]},
+                                                        "val": {"ann_files": [str(ann)]}}})
+    spec = get_method("querypose")
+    raw = build_dataset(cfg, "val", None, spec.family)
+    test = build_dataset(cfg, "val", spec.transform(cfg, False), spec.family)
+    for i in range(len(raw)):
+        r, s = raw[i], test[i]
+        h, w = s["meta"]["input_size"]
+        assert min(h, w) == 800 or max(h, w) == 1333
+        assert s["image"].shape == (3, h, w)
+        kp = s["target"]["keypoints"].numpy()
+        lab = kp[..., 2] > 0
+        scale = np.array([w / r["orig_size"][1], h / r["orig_size"][0]])
+        np.testing.assert_allclose(kp[..., :2][lab], ((r["keypoints"][..., :2] + 0.5) * scale)[lab], rtol=1e-5)
+        inv = s["meta"]["inverse"]
+        back = (kp[..., :2] - 0.5) @ inv[:, :2].T + inv[:, 2]
+        np.testing.assert_allclose(back[lab], r["keypoints"][..., :2][lab], atol=1e-3)
+    train = build_dataset(cfg, "train", spec.transform(cfg, True), spec.family)
+    s = train[0]
+    t = s["target"]
+    assert t["boxes"].shape[0] == t["keypoints"].shape[0] == t["labels"].shape[0]
+    assert t["image_size"].tolist() == list(s["meta"]["input_size"])
+    kp = t["keypoints"]
+    assert bool((kp[..., :2][kp[..., 2] == 0] == 0).all())          # unlabelled keypoints stay (0, 0, 0)
+
+
+def test_synthetic_config_trains_a_step():
+    from regpose.config import load_config
+    from regpose.data.collate import collate
+    from regpose.data.synthetic import render_image
+    from regpose.models import build_model, get_method
+    from conftest import REPO
+
+    cfg = load_config(REPO / "configs" / "querypose" / "querypose_r18_synthetic.yaml")
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    assert sum(p.numel() for p in model.parameters()) < 4_000_000
+    transform = get_method("querypose").transform(cfg, True)
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(2):
+        img, anns = render_image(rng, size=(256, 256), max_people=4)
+        anns = [a for a in anns if not a["iscrowd"]]
+        kp = np.array([a["keypoints"] for a in anns], np.float32).reshape(-1, 17, 3)
+        boxes = np.array([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2], a["bbox"][1] + a["bbox"][3]]
+                          for a in anns], np.float32).reshape(-1, 4)
+        samples.append(transform({"image": img, "image_id": i, "file_name": "x", "sample_index": i,
+                                  "orig_size": (256, 256), "keypoints": kp, "boxes": boxes,
+                                  "areas": np.ones(len(kp), np.float32), "iscrowd": np.zeros(len(kp), bool),
+                                  "num_keypoints": np.full(len(kp), 17), "ann_ids": np.arange(len(kp))}))
+    batch = collate(samples, model.size_divisibility)
+    losses = model(batch["images"], batch["targets"])
+    assert len(losses) == 4 * cfg.model.num_stages and all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad():
+        strict = model.predict(batch, EvalOptions(score_threshold=1.0))
+    assert all(len(r) == 0 and r.keypoints.shape == (0, 17, 3) for r in strict)
