@@ -15,7 +15,8 @@ Variants (each trained from the same seed):
 Budget: for each variant a short calibration times real training iterations (data loading included) and sets
 ``train.iters`` so that the cosine schedule ends inside the budget; ``train.max_minutes`` is the hard stop. Every
 variant gets the same wall-clock budget (a cheaper variant does more iterations); ``--same-iters`` instead gives every
-variant the iteration count planned for ``default``. Results: a table on stdout and ``summary.json``.
+variant the iteration count planned for ``default``. Each run is also evaluated half-way (AP@1/2: the convergence
+speed the paper's Fig. 5 shows for the auxiliary loss). Results: a table on stdout and ``summary.json``.
 Numbers are only meaningful on a quiet machine.
 """
 from __future__ import annotations
@@ -89,7 +90,8 @@ def run_variant(name: str, args, budget: float, iters: int | None) -> dict:
     cfg.train.iters = planned
     cfg.train.max_minutes = budget
     cfg.train.warmup_iters = min(cfg.train.warmup_iters, planned // 10)
-    cfg.train.eval_period = 0
+    # one extra evaluation half-way: the convergence-speed side of the auxiliary loss (paper Fig. 5)
+    cfg.train.eval_period = 0 if args.smoke else planned // 2
     cfg.train.log_period = max(1, min(cfg.train.log_period, planned // 20))
     print(f"[{name}] calibration {sec_per_iter:.3f} s/iteration ({cfg.train.batch_size} crops) -> {planned} "
           f"iterations in {budget:.1f} min", flush=True)
@@ -100,9 +102,11 @@ def run_variant(name: str, args, budget: float, iters: int | None) -> dict:
     train_rows = [r for r in log if r.get("split") == "train" and "loss" in r]
     last_layer = f"loss_coord_{cfg.model.num_decoder_layers - 1}"
     done = max((int(r["iter"]) for r in train_rows), default=0)
+    midway = [r for r in log if r.get("split") == "val" and int(r["iter"]) < done]
     save_config(cfg, out / "config_resolved.yaml")
     return {"AP": metrics.get("AP"), "AP50": metrics.get("AP50"), "AP75": metrics.get("AP75"),
             "APm": metrics.get("APm"), "APl": metrics.get("APl"), "AR": metrics.get("AR"),
+            "AP_halfway": midway[-1].get("AP") if midway else None,
             "iterations_planned": planned, "iterations_done": done or planned,
             "sec_per_iter_calibrated": round(sec_per_iter, 4), "minutes_with_eval": round(minutes, 2),
             "loss_first": train_rows[0]["loss"] if train_rows else None,
@@ -123,7 +127,8 @@ def main() -> None:
                     help=f"comma-separated subset of {', '.join(VARIANTS)}")
     ap.add_argument("--same-iters", action="store_true",
                     help="train every variant for the iteration count planned for the first one")
-    ap.add_argument("--threads", type=int, default=2)
+    # one compute thread + one data-loader worker fill the 2 cores without OpenMP oversubscription stalls
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--output-dir", default="runs/bench_tfpose_learning")
     ap.add_argument("--smoke", action="store_true", help="~3 minute end-to-end check (20 s of training per variant)")
     ap.add_argument("overrides", nargs="*", help="config overrides key=value, applied to every variant")
@@ -149,10 +154,10 @@ def main() -> None:
               + f"  ({r['iterations_done']} iterations, loss {_fmt(r['loss_first'])} -> {_fmt(r['loss_last'])})",
               flush=True)
 
-    print(f"\n{'variant':<9} {'AP':>7} {'AP50':>7} {'AP75':>7} {'APm':>7} {'APl':>7} {'AR':>7} {'iters':>7} "
-          f"{'s/it':>7}")
+    print(f"\n{'variant':<9} {'AP':>7} {'AP50':>7} {'AP75':>7} {'APm':>7} {'APl':>7} {'AR':>7} {'AP@1/2':>7} "
+          f"{'iters':>7} {'s/it':>7}")
     for name, r in results.items():
-        cells = " ".join(f"{_fmt(r[k]):>7}" for k in ("AP", "AP50", "AP75", "APm", "APl", "AR"))
+        cells = " ".join(f"{_fmt(r[k]):>7}" for k in ("AP", "AP50", "AP75", "APm", "APl", "AR", "AP_halfway"))
         print(f"{name:<9} {cells} {r['iterations_done']:>7d} {r['sec_per_iter_calibrated']:>7.3f}")
     summary = {"config": args.config, "budget_min_per_variant": budget, "threads": args.threads,
                "same_iters": args.same_iters, "total_minutes": round((time.time() - t_start) / 60, 2),
