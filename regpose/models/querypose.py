@@ -33,7 +33,7 @@ from torchvision.ops import generalized_box_iou_loss, roi_align, sigmoid_focal_l
 from ..structures import PoseResult
 from .backbones import TimmBackbone
 from .base import PoseModel
-from .layers.dynamic_conv import DynamicConv
+from .layers.dynamic_conv import DynamicConv, eager_cpu_inference
 from .layers.matcher import HungarianMatcher
 from .layers.rle import RealNVP, rle_loss
 from .necks import FPN, HRFPN, HRFPNv1
@@ -174,6 +174,13 @@ def apply_box_deltas(deltas: torch.Tensor, boxes: torch.Tensor, weights=(2.0, 2.
     w = torch.exp(dw) * widths
     h = torch.exp(dh) * heights
     return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=1)
+
+
+def _batched(weight: torch.Tensor, b: int | None = None) -> torch.Tensor:
+    """An embedding table as a (1 or b, ...) batch. Without autograd it is detached: a view of a parameter
+    taken under no_grad would still claim requires_grad, which confuses module hooks (e.g. FLOP counters)."""
+    w = weight if torch.is_grad_enabled() else weight.detach()
+    return w[None] if b is None else w[None].expand(b, *w.shape)
 
 
 def _rois(boxes: torch.Tensor) -> torch.Tensor:
@@ -429,8 +436,7 @@ class SPEGM(nn.Module):
         """Deconv -> BN -> ReLU. At eager inference the (eval-mode) BN is folded into the deconvolution: one
         pass less over the (n, d, 28, 28) map, the same numbers up to rounding."""
         deconv, bn = self.upsample[0], self.upsample[1]
-        if (self.training or bn.training or torch.is_grad_enabled() or torch.jit.is_tracing()
-                or torch.onnx.is_in_onnx_export()):
+        if self.training or bn.training or not eager_cpu_inference(u):
             return self.upsample(u)
         scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
         weight = deconv.weight * scale.view(1, -1, 1, 1)                   # (in, out, k, k): scale outputs
@@ -623,9 +629,7 @@ class KeypointDecoderStage(nn.Module):
         """Stacked 3x3 conv + ReLU on (n, d, r, r) RoI features -> U (n, d, r, r). Eager CPU inference with
         ``conv_impl='winograd'`` takes the Winograd tower (same result up to fp32 rounding); training, CUDA,
         tracing and ONNX export use plain convolutions."""
-        exporting = torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
-        if (self.conv_impl == "winograd" and not torch.is_grad_enabled() and not exporting and x.shape[0] > 0
-                and x.device.type == "cpu"):
+        if self.conv_impl == "winograd" and x.shape[0] > 0 and eager_cpu_inference(x):
             return winograd_conv_relu_tower(x, self._winograd_layers())
         for conv in self.convs:
             x = F.relu(conv(x))
@@ -816,8 +820,7 @@ class QueryPose(PoseModel):
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """P2-P5. Eager CPU inference with ``channels_last`` runs the backbone and neck in channels-last memory
         (oneDNN's faster layout; same numbers) and hands RoIAlign contiguous NCHW maps."""
-        fast = (self.cfg.channels_last and not torch.is_grad_enabled() and images.device.type == "cpu"
-                and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()))
+        fast = self.cfg.channels_last and eager_cpu_inference(images)
         if fast:
             images = images.contiguous(memory_format=torch.channels_last)
         feats = self.neck(self.backbone(images))[:4]
@@ -855,7 +858,7 @@ class QueryPose(PoseModel):
         feats = self.features(images)
         b, n = images.shape[0], self.cfg.num_proposals
         boxes = self.initial_boxes(image_sizes)
-        query = self.init_proposal_features.weight[None].expand(b, -1, -1)
+        query = _batched(self.init_proposal_features.weight, b)
         if self.cfg.query_handoff == "serial" and not self.cfg.light:
             return self._decode_serial(feats, boxes, query, keep_stages)
         stage_logits, stage_boxes, stage_queries = [], [], []
@@ -877,7 +880,7 @@ class QueryPose(PoseModel):
     def _decode_serial(self, feats, boxes, query, keep_stages: bool) -> dict:
         """Stage-interleaved decoding where the keypoint decoder's refined query feeds the next box stage."""
         b, n = boxes.shape[:2]
-        part_q = self.part_query.weight[None]
+        part_q = _batched(self.part_query.weight)
         stages: dict[str, list] = {k: [] for k in ("logits", "boxes", "mu", "sigma", "query", "part_query")}
         logits = mu = sigma = None
         for s in range(self.cfg.num_stages):
@@ -898,7 +901,7 @@ class QueryPose(PoseModel):
         """Keypoint stages 1..S for the proposals ``flat`` (indices into B*N): final and per-stage outputs."""
         n = self.cfg.num_proposals
         batch_idx = torch.div(flat, n, rounding_mode="floor").to(stage_boxes[0].dtype)
-        part_q = self.part_query.weight[None]
+        part_q = _batched(self.part_query.weight)
         out: dict[str, list] = {"stage_mu": [], "stage_sigma": [], "stage_part_query": []}
         mu = sigma = None
         for s in range(self.cfg.num_stages):
@@ -918,15 +921,20 @@ class QueryPose(PoseModel):
         intra-op thread: per-proposal work needs no synchronisation, whereas thousands of small OpenMP
         parallel regions stall whenever another process takes a core. Results are identical to one chunk."""
         threads = torch.get_num_threads()
-        eager_cpu = (p2.device.type == "cpu" and not torch.is_grad_enabled()
-                     and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()))
+        eager_cpu = eager_cpu_inference(p2)
         m = int(flat.numel())
         chunked = self.cfg.conv_impl == "winograd" or (self.cfg.parallel_chunks and threads > 1)
         if not eager_cpu or not chunked or m <= 8:
             return self._keypoint_chain(p2, stage_boxes, stage_queries, flat, keep_stages)
         size = max(4, min(16, -(-m // (4 * threads))))
         chunks = list(flat.split(size))
-        work = lambda c: self._keypoint_chain(p2, stage_boxes, stage_queries, c, keep_stages)  # noqa: E731
+        inference = torch.is_inference_mode_enabled()
+
+        def work(c):
+            # grad / inference mode are thread-local: the workers must run under the caller's
+            with torch.inference_mode(inference), torch.no_grad():
+                return self._keypoint_chain(p2, stage_boxes, stage_queries, c, keep_stages)
+
         if threads > 1 and self.cfg.parallel_chunks:
             parts = list(_worker_pool(threads).map(work, chunks))
         else:
@@ -987,8 +995,8 @@ class QueryPose(PoseModel):
         num_boxes = num_boxes.clamp(min=1.0)
 
         boxes = self.initial_boxes(image_sizes)
-        query = self.init_proposal_features.weight[None].expand(b, -1, -1)
-        part_q = self.part_query.weight[None]
+        query = _batched(self.init_proposal_features.weight, b)
+        part_q = _batched(self.part_query.weight)
         write_back = not cfg.light and cfg.query_handoff in ("official", "serial")
         losses: dict[str, torch.Tensor] = {}
         for s in range(cfg.num_stages):
@@ -1095,7 +1103,7 @@ class QueryPose(PoseModel):
         b, n = images.shape[0], self.cfg.num_proposals
         k = min(k, n)
         boxes = self.initial_boxes(image_sizes)
-        query = self.init_proposal_features.weight[None].expand(b, -1, -1)
+        query = _batched(self.init_proposal_features.weight, b)
         stage_boxes, stage_queries, logits = [], [], boxes.new_zeros(b, n, 1)
         for s in range(self.cfg.num_stages):
             logits, boxes, query = self.box_stage(s, feats, boxes, query)

@@ -11,14 +11,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DynamicConv", "fast_linear"]
+__all__ = ["DynamicConv", "fast_linear", "eager_cpu_inference"]
+
+
+def eager_cpu_inference(x: torch.Tensor) -> bool:
+    """True when ``x`` flows through plain eager CPU inference: no autograd, no tracing / ONNX export, no
+    active dispatch mode (FLOP counters, fake tensors). Only then may a module swap in an equivalent faster
+    execution path (fused / Winograd / oneDNN kernels, worker threads); everything else sees the plain ops."""
+    if x.device.type != "cpu" or torch.is_grad_enabled() or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return False
+    try:
+        from torch.utils._python_dispatch import _get_current_dispatch_mode_stack
+        return not _get_current_dispatch_mode_stack()
+    except ImportError:  # pragma: no cover - older torch
+        return True
 
 
 def fast_linear(x: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     """``layer(x)``; in eager CPU inference through oneDNN's matmul, which on CPUs where MKL's sgemm takes a
     slow path (e.g. AMD) is about twice as fast for these large, skinny layers. Same result up to rounding."""
-    if (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled() and x.dim() == 2
-            and not (torch.jit.is_tracing() or torch.onnx.is_in_onnx_export())
+    if (x.dtype == torch.float32 and x.dim() == 2 and eager_cpu_inference(x)
             and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
         return torch.ops.mkldnn._linear_pointwise(x.contiguous(), layer.weight, layer.bias, "none", [], "")
     return layer(x)
