@@ -417,3 +417,46 @@ def test_synthetic_config_trains_a_step():
     with torch.no_grad():
         strict = model.predict(batch, EvalOptions(score_threshold=1.0))
     assert all(len(r) == 0 and r.keypoints.shape == (0, 17, 3) for r in strict)
+
+
+def test_parallel_keypoint_chains_equal_sequential_and_use_winograd(monkeypatch):
+    import regpose.models.querypose as qp
+    from regpose.compat.querypose import _reference_batch, build_reference_model
+    from conftest import REFERENCE
+
+    folder = REFERENCE / "querypose" / "tiny"
+    model, _ = build_reference_model(folder)
+    batch = _reference_batch(folder, model)
+    sizes = torch.tensor([list(m["input_size"]) for m in batch["metas"]])
+    calls = []
+    real = qp.winograd_conv_relu_tower
+    monkeypatch.setattr(qp, "winograd_conv_relu_tower", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.inference_mode():
+        feats = model.features(batch["images"])
+        boxes = model.initial_boxes(sizes)
+        query = qp._batched(model.init_proposal_features.weight, 2)
+        stage_boxes, stage_queries = [], []
+        for s in range(model.cfg.num_stages):
+            _, boxes, query = model.box_stage(s, feats, boxes, query)
+            stage_boxes.append(boxes)
+            stage_queries.append(query)
+        flat = torch.arange(16)
+        seq = model._keypoint_chains(feats[0], stage_boxes, stage_queries, flat, True)    # 1 thread: in order
+        torch.set_num_threads(2)
+        par = model._keypoint_chains(feats[0], stage_boxes, stage_queries, flat, True)    # 2 worker threads
+    # 16 proposals in chunks of 4, S stages each, twice; worker threads inherit the caller's inference mode,
+    # so they take the Winograd path too
+    assert len(calls) == 2 * 4 * model.cfg.num_stages
+    for key in ("mu", "sigma"):
+        torch.testing.assert_close(par[key], seq[key], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(par["stage_part_query"][0], seq["stage_part_query"][0], atol=1e-5, rtol=1e-5)
+
+
+def test_flop_counter_sees_plain_ops():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = QueryPose(tiny_cfg()).eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(torch.randn(1, 3, 64, 96))
+    counts = counter.get_flop_counts()["Global"]
+    assert any("convolution" in str(op) for op in counts)       # plain convs under a dispatch mode (no Winograd)
