@@ -615,6 +615,11 @@ class KeypointDecoderStage(nn.Module):
         state["_wino_cache"] = None
         return state
 
+    def train(self, mode: bool = True):
+        if mode:
+            self._wino_cache = None     # transformed weights go stale while training; free their memory
+        return super().train(mode)
+
     # ---- RoI feature tower -------------------------------------------------------------------------------
     def _winograd_layers(self) -> list[WinogradConv3x3]:
         """Transformed (and pre-packed) weights of every conv, rebuilt when a parameter changes (in-place
@@ -1052,6 +1057,11 @@ class QueryPose(PoseModel):
     # ---- prediction --------------------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, batch: dict, test_cfg) -> list[PoseResult]:
+        scales = [float(x) for x in getattr(test_cfg, "scales", [1.0])]
+        if scales != [1.0]:
+            from ..config import ConfigError
+            raise ConfigError(f"test.scales: QueryPose predicts at one scale (the official code has no "
+                              f"multi-scale test); expected [1.0], got {scales}")
         images = batch["images"]
         metas = batch["metas"]
         sizes = torch.tensor([list(m["input_size"]) for m in metas], device=images.device)
