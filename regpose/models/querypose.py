@@ -127,30 +127,25 @@ class QueryPoseConfig:
 # ==========================================================================================================
 # Part divisions (paper Fig. 4)
 # ==========================================================================================================
-# Official 7-part scheme (c), output order inside each part as the official regressors emit it (spec 4.8).
-_COCO_PARTS = {
-    "a": [[k] for k in range(17)],
-    "b": [[0, 1, 2, 3, 4]] + [[k] for k in range(5, 17)],
-    "c": [[0, 1, 2, 3, 4], [5, 6], [7, 9], [8, 10], [11, 12], [13, 15], [14, 16]],
-    "d": [[0, 1, 2, 3, 4], [5, 7, 9], [6, 8, 10], [11, 13, 15], [12, 14, 16]],
-}
-# CrowdPose-14 (l/r shoulder, elbow, wrist, hip, knee, ankle, head, neck): the same divisions.
-_CROWDPOSE_PARTS = {
-    "a": [[k] for k in range(14)],
-    "b": [[12, 13]] + [[k] for k in range(12)],
-    "c": [[12, 13], [0, 1], [2, 4], [3, 5], [6, 7], [8, 10], [9, 11]],
-    "d": [[12, 13], [0, 2, 4], [1, 3, 5], [6, 8, 10], [7, 9, 11]],
-}
+_FORMAT_BY_KEYPOINTS = {17: "coco", 14: "crowdpose", 16: "mpii"}
+
+
+def _keypoint_meta(num_keypoints: int):
+    from ..data.keypoints import get_meta
+
+    if num_keypoints not in _FORMAT_BY_KEYPOINTS:
+        raise ValueError(f"QueryPose: no keypoint layout with {num_keypoints} keypoints "
+                         f"(known: {sorted(_FORMAT_BY_KEYPOINTS)})")
+    return get_meta(_FORMAT_BY_KEYPOINTS[num_keypoints])
 
 
 def part_groups(num_keypoints: int, scheme: str = "c", query_type: str = "part") -> list[list[int]]:
-    """Keypoint indices of each part query. ``query_type='instance'`` uses one query for all keypoints."""
+    """Keypoint indices of each part query (:mod:`regpose.data.keypoints`; scheme (c) is the official 7-part
+    division, keypoints inside a part in the official regressors' output order, spec 4.8).
+    ``query_type='instance'`` (Table 1 "IQ") uses one query for all keypoints."""
     if query_type == "instance":
         return [list(range(num_keypoints))]
-    table = {17: _COCO_PARTS, 14: _CROWDPOSE_PARTS}.get(num_keypoints)
-    if table is None:
-        return [[k] for k in range(num_keypoints)] if scheme == "a" else [list(range(num_keypoints))]
-    return [list(p) for p in table[scheme]]
+    return _keypoint_meta(num_keypoints).parts(scheme)
 
 
 # ==========================================================================================================
@@ -1195,24 +1190,16 @@ class QueryPose(PoseModel):
 # ==========================================================================================================
 # Keypoint flip pairs, build, data transform, registration
 # ==========================================================================================================
-_FLIP_PAIRS = {17: [(1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12), (13, 14), (15, 16)],
-               14: [(0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (10, 11)]}
-
-
 def flip_permutation(num_keypoints: int) -> torch.Tensor:
-    """Index permutation swapping left / right keypoints (COCO-17, CrowdPose-14)."""
-    perm = list(range(num_keypoints))
-    for a, b in _FLIP_PAIRS.get(num_keypoints, []):
-        perm[a], perm[b] = b, a
-    return torch.tensor(perm, dtype=torch.long)
-
-
-_NUM_KEYPOINTS = {"coco": 17, "ochuman": 17, "crowdpose": 14, "mpii": 16}
+    """Index permutation swapping left / right keypoints (the dataset's flip index)."""
+    return torch.as_tensor(np.asarray(_keypoint_meta(num_keypoints).flip_index), dtype=torch.long)
 
 
 def build_querypose(cfg) -> QueryPose:
     """Build from a full :class:`regpose.config.Config` (keypoint count from ``data.format``)."""
-    return QueryPose(cfg.model, num_keypoints=_NUM_KEYPOINTS[cfg.data.format])
+    from ..data.keypoints import get_meta
+
+    return QueryPose(cfg.model, num_keypoints=get_meta(cfg.data.format).num_keypoints)
 
 
 class QueryPoseSample:
