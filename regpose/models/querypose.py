@@ -629,7 +629,7 @@ class KeypointDecoderStage(nn.Module):
         """Stacked 3x3 conv + ReLU on (n, d, r, r) RoI features -> U (n, d, r, r). Eager CPU inference with
         ``conv_impl='winograd'`` takes the Winograd tower (same result up to fp32 rounding); training, CUDA,
         tracing and ONNX export use plain convolutions."""
-        if self.conv_impl == "winograd" and x.shape[0] > 0 and eager_cpu_inference(x):
+        if self.conv_impl == "winograd" and eager_cpu_inference(x) and x.shape[0] > 0:
             return winograd_conv_relu_tower(x, self._winograd_layers())
         for conv in self.convs:
             x = F.relu(conv(x))
@@ -922,11 +922,10 @@ class QueryPose(PoseModel):
         parallel regions stall whenever another process takes a core. Results are identical to one chunk."""
         threads = torch.get_num_threads()
         eager_cpu = eager_cpu_inference(p2)
-        m = int(flat.numel())
         chunked = self.cfg.conv_impl == "winograd" or (self.cfg.parallel_chunks and threads > 1)
-        if not eager_cpu or not chunked or m <= 8:
+        if not eager_cpu or not chunked or flat.numel() <= 8:
             return self._keypoint_chain(p2, stage_boxes, stage_queries, flat, keep_stages)
-        size = max(4, min(16, -(-m // (4 * threads))))
+        size = max(4, min(16, -(-flat.numel() // (4 * threads))))
         chunks = list(flat.split(size))
         inference = torch.is_inference_mode_enabled()
 
@@ -1192,7 +1191,7 @@ class QueryPose(PoseModel):
 # ==========================================================================================================
 def flip_permutation(num_keypoints: int) -> torch.Tensor:
     """Index permutation swapping left / right keypoints (the dataset's flip index)."""
-    return torch.as_tensor(np.asarray(_keypoint_meta(num_keypoints).flip_index), dtype=torch.long)
+    return torch.tensor(np.array(_keypoint_meta(num_keypoints).flip_index), dtype=torch.long)
 
 
 def build_querypose(cfg) -> QueryPose:
