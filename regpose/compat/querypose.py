@@ -8,6 +8,7 @@ Keys the official model holds but never uses are listed in ``UNUSED_*`` and drop
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -77,6 +78,19 @@ def _swin_key(k: str) -> str:
     return f"body.body.{k}"
 
 
+def _check_relative_position_index(key: str, value: torch.Tensor) -> None:
+    """Swin's relative-position index is a fixed table that our (timm) blocks rebuild; make sure the
+    checkpoint's equals it (window size from its shape) instead of silently ignoring it."""
+    if not key.endswith("relative_position_index") or value.device.type == "meta":
+        return
+    ws = int(round(math.sqrt(value.shape[0])))
+    coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(1)
+    rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (ws - 1)
+    expected = rel[..., 0] * (2 * ws - 1) + rel[..., 1]
+    if tuple(value.shape) != tuple(expected.shape) or not torch.equal(value.long(), expected):
+        raise CheckpointError(f"{key}: not the standard Swin relative-position index for window {ws}")
+
+
 def convert_neck_state_dict(official: dict, keep_unused: bool = True) -> tuple[dict, list[str]]:
     """Official neck keys (``backbone.`` prefix removed: ``fpn_lateral2.*``, ``reduction_conv.0.*``, ...)
     -> our ``neck.`` keys (without prefix). Returns (converted, dropped-unused keys)."""
@@ -129,6 +143,7 @@ def convert_state_dict(official: dict, keep_unused: bool = True, return_dropped:
             "swin" if any(k.startswith("patch_embed.") for k in bottom) else "hrnet")
     for k, v in bottom.items():
         if any(re.search(p, k) for p in DERIVED_KEY_PATTERNS):
+            _check_relative_position_index("backbone.bottom_up." + k, v)
             dropped.append("backbone.bottom_up." + k)
             continue
         if kind == "resnet":
