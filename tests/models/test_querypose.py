@@ -460,3 +460,34 @@ def test_flop_counter_sees_plain_ops():
         model(torch.randn(1, 3, 64, 96))
     counts = counter.get_flop_counts()["Global"]
     assert any("convolution" in str(op) for op in counts)       # plain convs under a dispatch mode (no Winograd)
+
+
+def test_swin_backbone_follows_detectron2_swin():
+    """Swin for detection pads each map to whole windows *then* rolls (timm rolls then pads), shifts windows
+    in every odd block and normalises each output level."""
+    import types
+
+    import torch.nn.functional as F
+    from timm.models.swin_transformer import SwinTransformerBlock, window_partition, window_reverse
+
+    from regpose.models.querypose import SwinFeatures
+
+    torch.manual_seed(0)
+    swin = SwinFeatures("swin_tiny_patch4_window7_224").eval()
+    blocks = [m for m in swin.modules() if isinstance(m, SwinTransformerBlock)]
+    assert all(any(b.shift_size) == (i % 2 == 1) for i, b in enumerate(blocks[:2]))
+    assert any(blocks[-1].shift_size)                        # shifted even where the map is one window wide
+    block = blocks[1]
+    x = torch.randn(1, 10, 13, block.norm1.normalized_shape[0])
+    with torch.no_grad():
+        ws, ss = block.window_size, block.shift_size
+        xp = F.pad(x, (0, 0, 0, 1, 0, 4))                   # pad 10x13 -> 14x14 first ...
+        xr = torch.roll(xp, (-ss[0], -ss[1]), (1, 2))       # ... then roll
+        win = window_partition(xr, ws).view(-1, ws[0] * ws[1], x.shape[-1])
+        out = block.attn(win, mask=block.get_attn_mask(xr)).view(-1, ws[0], ws[1], x.shape[-1])
+        ref = torch.roll(window_reverse(out, ws, 14, 14), ss, (1, 2))[:, :10, :13]
+        torch.testing.assert_close(block._attn(x), ref)
+        timm_order = types.MethodType(SwinTransformerBlock._attn, block)(x)
+    assert not torch.allclose(timm_order, ref)                 # the orders really differ on padded maps
+    feats = swin(torch.randn(1, 3, 64, 96))
+    assert [f.shape[1] for f in feats] == [96, 192, 384, 768] and feats[0].shape[-2:] == (16, 24)
