@@ -91,7 +91,7 @@ def run_variant(name: str, args, budget: float, iters: int | None) -> dict:
     cfg.train.max_minutes = budget
     cfg.train.warmup_iters = min(cfg.train.warmup_iters, planned // 10)
     # one extra evaluation half-way: the convergence-speed side of the auxiliary loss (paper Fig. 5)
-    cfg.train.eval_period = 0 if args.smoke else planned // 2
+    cfg.train.eval_period = 0 if args.smoke else (planned + 1) // 2        # never again at the last iteration
     cfg.train.log_period = max(1, min(cfg.train.log_period, planned // 20))
     print(f"[{name}] calibration {sec_per_iter:.3f} s/iteration ({cfg.train.batch_size} crops) -> {planned} "
           f"iterations in {budget:.1f} min", flush=True)
@@ -106,7 +106,7 @@ def run_variant(name: str, args, budget: float, iters: int | None) -> dict:
     save_config(cfg, out / "config_resolved.yaml")
     return {"AP": metrics.get("AP"), "AP50": metrics.get("AP50"), "AP75": metrics.get("AP75"),
             "APm": metrics.get("APm"), "APl": metrics.get("APl"), "AR": metrics.get("AR"),
-            "AP_halfway": midway[-1].get("AP") if midway else None,
+            "AP_halfway": midway[0].get("AP") if midway else None,
             "iterations_planned": planned, "iterations_done": done or planned,
             "sec_per_iter_calibrated": round(sec_per_iter, 4), "minutes_with_eval": round(minutes, 2),
             "loss_first": train_rows[0]["loss"] if train_rows else None,
