@@ -190,9 +190,11 @@ def extra_checks(cfg, run_dir: Path, out: Path, person_threshold: float) -> dict
         "images": len(empty), "score_threshold": thr,
         "people_above_threshold": int(sum(len(r) for r in empty)),   # predict already applies the threshold
         "max_score": max(max_scores) if max_scores else 0.0}
+    cfg.test.score_threshold = 0.0
     crowd = predict_images(cfg, model, [crowd_scene(cfg.model.num_proposals + 10, 512, seed=7)])[0]
     report["more_people_than_queries"] = {"people_in_scene": cfg.model.num_proposals + 10,
-                                          "queries": cfg.model.num_proposals, "returned": len(crowd)}
+                                          "queries": cfg.model.num_proposals, "returned": len(crowd),
+                                          "above_threshold": int((crowd.scores >= thr).sum())}
     return report
 
 
