@@ -99,6 +99,7 @@ class BenchResult:
     flops_by_op: dict
     threads: int
     device: str
+    extra_flops: dict = field(default_factory=dict)  # work flop_counter cannot see, from model.extra_flops()
     latency: dict = field(default_factory=dict)   # batch size -> latency dict (+ throughput)
     peak_rss_mib: float = 0.0
     peak_cuda_mib: float = 0.0
@@ -142,6 +143,8 @@ def run_bench(cfg, input_hw: tuple[int, int] | None = None, batch_sizes=(1,), wa
     if flops:
         total, by_op = count_flops(make_batch(1))
         result.gflops, result.gmacs, result.flops_by_op = total / 1e9, total / 2e9, by_op
+        if hasattr(model, "extra_flops"):  # e.g. deformable sampling through embedding_bag / grid_sample
+            result.extra_flops = {k: int(v) for k, v in model.extra_flops(tuple(input_hw), 1).items()}
     sync = torch.cuda.synchronize if dev.type == "cuda" else None
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -160,6 +163,10 @@ def format_bench(r: BenchResult) -> str:
              f"threads {r.threads}  torch {r.torch}",
              f"params {r.params:,}  GFLOPs {r.gflops:.3f}  GMACs {r.gmacs:.3f} (batch 1; conv/matmul/attention "
              f"+ deform_conv2d + roi_align; see regpose.engine.bench)"]
+    if r.extra_flops:
+        extra = sum(r.extra_flops.values())
+        parts = ", ".join(f"{k} {v / 2e9:.3f}" for k, v in r.extra_flops.items())
+        lines.append(f"not seen by flop_counter: {parts} GMACs -> total {r.gmacs + extra / 2e9:.3f} GMACs")
     lines.append(f"{'batch':>5} {'median ms':>10} {'p25':>9} {'p75':>9} {'min':>9} {'cpu ms':>9} {'img/s':>8}")
     for b, lat in r.latency.items():
         lines.append(f"{b:>5} {lat['median_ms']:>10.1f} {lat['p25_ms']:>9.1f} {lat['p75_ms']:>9.1f} "
