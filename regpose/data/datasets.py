@@ -23,7 +23,6 @@ continuous (pixel i covers [i, i+1)).
 """
 from __future__ import annotations
 
-import gc
 import hashlib
 import json
 import logging
@@ -40,6 +39,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from ..errors import DataError
+from ..jsonio import read_json
 from .keypoints import get_meta
 
 __all__ = ["ImageRecord", "read_image", "load_records", "load_annotation_file", "ensure_synthetic", "ignore_mask",
@@ -128,23 +128,6 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 # ==========================================================================================================
 # Annotation files
 # ==========================================================================================================
-def _load_json(path: Path):
-    if not path.is_file():
-        raise DataError(f"annotation file not found: {path}")
-    gc_was_on = gc.isenabled()
-    gc.disable()  # parsing allocates millions of objects; cyclic GC passes over a large heap dominate otherwise
-    try:
-        with open(path, "rb") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a text JSON file") from None
-    finally:
-        if gc_was_on:
-            gc.enable()
-
-
 def _image_dir(ann_file: Path, image_dir: str) -> Path:
     if image_dir:
         return Path(image_dir).expanduser().resolve()
@@ -287,7 +270,7 @@ def _read_mpii(path: Path, data, image_dir: Path) -> list[ImageRecord]:
 def load_annotation_file(path: str | os.PathLike, fmt: str, image_dir: str = "") -> list[ImageRecord]:
     """Read one annotation file of format ``fmt`` into records."""
     p = Path(path).expanduser().resolve()
-    data = _load_json(p)
+    data = read_json(p)
     idir = _image_dir(p, image_dir)
     if fmt == "mpii":
         return _read_mpii(p, data, idir)
@@ -417,7 +400,7 @@ def load_detections(path: str | os.PathLike, score_threshold: float = 0.0) -> di
     """Person detections in COCO results format -> ``{image_id: (M, 5) float64 x, y, w, h, score}`` (file order,
     person class only, ``score >= score_threshold``)."""
     p = Path(path).expanduser().resolve()
-    data = _load_json(p)
+    data = read_json(p, "detections")
     if not isinstance(data, list):
         raise DataError(f"{p}: expected a COCO results list of {{image_id, category_id, bbox, score}}")
     out: dict[int, list] = {}
@@ -638,7 +621,7 @@ def evaluation_gt(cfg, split: str = "val") -> str:
     key = hashlib.sha1("|".join(f"{p}:{p.stat().st_mtime_ns}" for p in paths).encode()).hexdigest()[:16]
     out = Path(tempfile.gettempdir()) / f"regpose_merged_gt_{key}.json"
     if not out.is_file():
-        datas = [_load_json(p) for p in paths]
+        datas = [read_json(p) for p in paths]
         if cfg.data.format == "mpii":
             merged = [e for d in datas for e in d]
         else:

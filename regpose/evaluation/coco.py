@@ -16,7 +16,6 @@ settings, and the result area taken from the box when the first result has one (
 """
 from __future__ import annotations
 
-import gc
 import json
 import os
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..jsonio import read_json
 from ..data.keypoints import COCO_SIGMAS, CROWDPOSE_SIGMAS
 from .oks import oks_core
 
@@ -64,28 +64,11 @@ PROTOCOLS = {
 # ==========================================================================================================
 # Loading and validation
 # ==========================================================================================================
-def _read_json(path: Path, what: str):
-    if not path.is_file():
-        raise DataError(f"{what} file not found: {path}")
-    gc_was_on = gc.isenabled()
-    gc.disable()  # parsing allocates millions of objects; cyclic GC passes over a large heap dominate otherwise
-    try:
-        with open(path, "rb") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}: invalid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
-    except UnicodeDecodeError:
-        raise DataError(f"{path}: not a text JSON file") from None
-    finally:
-        if gc_was_on:
-            gc.enable()
-
-
 def load_gt(gt) -> tuple[dict, str]:
     """Ground truth as a COCO dict and a name for messages (path or '<ground truth>')."""
     if isinstance(gt, (str, os.PathLike)):
         p = Path(gt).expanduser()
-        data, name = _read_json(p, "ground-truth"), str(p)
+        data, name = read_json(p, "ground-truth"), str(p)
     else:
         data, name = gt, "<ground truth>"
     if not isinstance(data, dict) or "images" not in data:
@@ -98,7 +81,7 @@ def load_gt(gt) -> tuple[dict, str]:
 def load_results(results) -> tuple[list, str]:
     if isinstance(results, (str, os.PathLike)):
         p = Path(results).expanduser()
-        data, name = _read_json(p, "results"), str(p)
+        data, name = read_json(p, "results"), str(p)
     else:
         data, name = results, "<results>"
     if not isinstance(data, list):
