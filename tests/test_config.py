@@ -11,7 +11,7 @@ import yaml
 from regpose.config import ConfigError, load_config, parse_overrides, save_config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "engine"))
-import tiny_method  # noqa: E402,F401 - registers the "tiny" method
+import tiny_method  # noqa: E402,F401 - importing registers the "tiny" method
 
 
 def _write(path: Path, data: dict) -> Path:

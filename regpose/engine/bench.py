@@ -42,7 +42,7 @@ def _roi_align_flop(input_shape, rois_shape, *args, out_shape=None, **kwargs) ->
 def _custom_mapping() -> dict:
     mapping = {}
     try:
-        import torchvision  # noqa: F401 - registers the ops
+        import torchvision  # noqa: F401 - importing registers the torchvision:: ops
 
         mapping[torch.ops.torchvision.deform_conv2d.default] = _deform_conv2d_flop
         mapping[torch.ops.torchvision.roi_align.default] = _roi_align_flop

@@ -6,7 +6,6 @@ One *iteration* is one optimizer step; with ``train.accum_steps = A`` it consume
 from __future__ import annotations
 
 import math
-import os
 import random
 import re
 import time

@@ -16,7 +16,6 @@ settings, and the result area taken from the box when the first result has one (
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,7 +283,6 @@ class KeypointEvaluator:
                       match_ig):
         gt, proto = self.gt, self.proto
         u_n = len(units)
-        k = len(var)
         # Padded index tables (-1 = padding).
         gi = g_start[units][:, None] + np.arange(gsize)[None]                     # (U, G) positions in sorted gts
         gvalid = np.arange(gsize)[None] < g_cnt[units][:, None]

@@ -19,7 +19,6 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from ..errors import DataError
 from ..structures import PoseResult, to_coco_results
 
 __all__ = ["rescore", "oks_matrix", "oks_nms", "topdown_finalize", "BoxSource", "GroundTruthBoxes",

@@ -634,7 +634,6 @@ class DirectPose(PoseModel):
     def _network(self, images: torch.Tensor, with_heatmap: bool) -> dict:
         """Raw per-location outputs, levels concatenated (P3 first, row-major within a level)."""
         feats = self.fpn(self.backbone(images)[-3:])
-        n = images.shape[0]
         cls_t = [self.cls_tower(f) for f in feats]
         kpt_t, offsets, bases, vis = self.kpt_head(feats, self.scales)
         ctr_src = cls_t if self.cfg.ctr_on == "cls" else kpt_t

@@ -25,15 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..structures import PoseResult
 from .base import PoseModel
 from .layers.deform_attn import MultiScaleDeformableAttention
 from .layers.position import sine_grid_encoding, sine_point_encoding
 from .layers.rle import RealNVP, rle_loss, rle_terms
 from .registry import MethodSpec, register_method
-from .rle_regression import (CoarseRLEHead, FlipFusion, KeypointScore, PlainLinear, TopDownRegressionTransform,
-                             build_backbone, flip_back, fuse_flip, keypoint_scores, topdown_regression_transform,
-                             topdown_results)
+from .rle_regression import (CoarseRLEHead, FlipFusion, KeypointScore, PlainLinear, RLETopDownInference,
+                             TopDownRegressionTransform, build_backbone, keypoint_meta_for,
+                             topdown_regression_transform)
 
 __all__ = ["PoseurConfig", "Poseur", "ChannelMapper", "PoseurDecoderLayer", "build_poseur", "poseur_transform",
            "topdown_regression_transform", "TopDownRegressionTransform", "inverse_sigmoid"]
@@ -161,7 +160,7 @@ class PoseurDecoderLayer(nn.Module):
 # ----------------------------------------------------------------------------------------------------------
 # The model
 # ----------------------------------------------------------------------------------------------------------
-class Poseur(PoseModel):
+class Poseur(RLETopDownInference, PoseModel):
     """Backbone + neck + coarse RLE head + keypoint encoder + query decoder (see the module docstring)."""
 
     def __init__(self, cfg: PoseurConfig, flip_pairs=(), sigmas=None):
@@ -344,35 +343,12 @@ class Poseur(PoseModel):
             losses[f"loss_dec{i}"] = per_layer[i]
         return losses
 
-    @torch.no_grad()
-    def predict(self, batch: dict, test_cfg) -> list[PoseResult]:
-        images = batch["images"]
-        c = self.cfg
-        mu, sigma = self(images)
-        if getattr(test_cfg, "flip", False):
-            mu_f, sigma_f = flip_back(*self(images.flip(3)), self.flip_pairs)
-            mu, score = fuse_flip(mu, sigma, mu_f, sigma_f, c.flip_fusion, c.keypoint_score, c.uncertainty_a,
-                                  c.uncertainty_scale)
-        else:
-            score = keypoint_scores(sigma, c.keypoint_score, c.uncertainty_a, c.uncertainty_scale)
-        return topdown_results(mu, score, batch["metas"], tuple(images.shape[-2:]), {"sigma": sigma})
-
-    def finalize(self, result: PoseResult, meta: dict) -> PoseResult:
-        from ..inference.topdown import topdown_finalize
-        return topdown_finalize(result, self.sigmas, self.cfg.oks_nms_threshold, self.cfg.rescore)
-
 
 # ----------------------------------------------------------------------------------------------------------
 # Builder, data transform, registration
 # ----------------------------------------------------------------------------------------------------------
 def build_poseur(cfg) -> Poseur:
-    from ..config import ConfigError
-    from ..data.keypoints import get_meta
-
-    info = get_meta(cfg.data.format)
-    if cfg.model.num_keypoints != info.num_keypoints:
-        raise ConfigError(f"model.num_keypoints: {cfg.model.num_keypoints} does not match data.format "
-                          f"'{cfg.data.format}' ({info.num_keypoints} keypoints)")
+    info = keypoint_meta_for(cfg)
     return Poseur(cfg.model, info.flip_pairs, info.sigmas)
 
 

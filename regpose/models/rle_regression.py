@@ -9,7 +9,6 @@ Coordinates inside the network are normalised crop coordinates u = (x_crop / W_i
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -241,7 +240,42 @@ class RLEConfig:
     rescore: bool = True                     # instance score = box score + mean + max of keypoint scores
 
 
-class RLERegression(PoseModel):
+class RLETopDownInference:
+    """Inference shared by the top-down RLE models (the baseline and Poseur): eval ``forward(images)`` gives
+    (mu, sigma) per keypoint in normalised crop coordinates; flip test with the configured fusion (Poseur spec
+    1.5), keypoint scores from sigma, crop -> image pixels; per image the official rescoring and OKS-NMS."""
+
+    @torch.no_grad()
+    def predict(self, batch: dict, test_cfg) -> list[PoseResult]:
+        images = batch["images"]
+        c = self.cfg
+        mu, sigma = self(images)
+        if getattr(test_cfg, "flip", False):
+            mu_f, sigma_f = flip_back(*self(images.flip(3)), self.flip_pairs)
+            mu, score = fuse_flip(mu, sigma, mu_f, sigma_f, c.flip_fusion, c.keypoint_score, c.uncertainty_a,
+                                  c.uncertainty_scale)
+        else:
+            score = keypoint_scores(sigma, c.keypoint_score, c.uncertainty_a, c.uncertainty_scale)
+        return topdown_results(mu, score, batch["metas"], tuple(images.shape[-2:]), {"sigma": sigma})
+
+    def finalize(self, result: PoseResult, meta: dict) -> PoseResult:
+        from ..inference.topdown import topdown_finalize
+        return topdown_finalize(result, self.sigmas, self.cfg.oks_nms_threshold, self.cfg.rescore)
+
+
+def keypoint_meta_for(cfg):
+    """The data format's keypoint metadata, after checking the model predicts that many keypoints."""
+    from ..config import ConfigError
+    from ..data.keypoints import get_meta
+
+    info = get_meta(cfg.data.format)
+    if cfg.model.num_keypoints != info.num_keypoints:
+        raise ConfigError(f"model.num_keypoints: {cfg.model.num_keypoints} does not match data.format "
+                          f"'{cfg.data.format}' ({info.num_keypoints} keypoints)")
+    return info
+
+
+class RLERegression(RLETopDownInference, PoseModel):
     """Backbone -> last level -> :class:`CoarseRLEHead`; RLE loss with a RealNVP flow in training."""
 
     def __init__(self, cfg: RLEConfig, flip_pairs: torch.Tensor, sigmas: np.ndarray):
@@ -268,32 +302,9 @@ class RLERegression(PoseModel):
         loss = rle_loss(mu, sigma, target, weight, self.flow, divisor if weight.sum() > 0 else None)
         return {"loss_rle": loss}
 
-    @torch.no_grad()
-    def predict(self, batch: dict, test_cfg) -> list[PoseResult]:
-        images = batch["images"]
-        mu, sigma = self(images)
-        c = self.cfg
-        if getattr(test_cfg, "flip", False):
-            mu_f, sigma_f = flip_back(*self(images.flip(3)), self.flip_pairs)
-            mu, score = fuse_flip(mu, sigma, mu_f, sigma_f, c.flip_fusion, c.keypoint_score, c.uncertainty_a,
-                                  c.uncertainty_scale)
-        else:
-            score = keypoint_scores(sigma, c.keypoint_score, c.uncertainty_a, c.uncertainty_scale)
-        return topdown_results(mu, score, batch["metas"], tuple(images.shape[-2:]))
-
-    def finalize(self, result: PoseResult, meta: dict) -> PoseResult:
-        from ..inference.topdown import topdown_finalize
-        return topdown_finalize(result, self.sigmas, self.cfg.oks_nms_threshold, self.cfg.rescore)
-
 
 def build_rle(cfg) -> RLERegression:
-    from ..config import ConfigError
-    from ..data.keypoints import get_meta
-
-    info = get_meta(cfg.data.format)
-    if cfg.model.num_keypoints != info.num_keypoints:
-        raise ConfigError(f"model.num_keypoints: {cfg.model.num_keypoints} does not match data.format "
-                          f"'{cfg.data.format}' ({info.num_keypoints} keypoints)")
+    info = keypoint_meta_for(cfg)
     return RLERegression(cfg.model, info.flip_pairs, info.sigmas)
 
 

@@ -104,7 +104,6 @@ def test_unknown_official_key_is_a_clear_error():
 
 
 def test_swin_relative_position_index_is_checked():
-    good = cq.convert_state_dict  # noqa: F841 - the check runs inside the converter
     ws = 7
     coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(1)
     rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + ws - 1

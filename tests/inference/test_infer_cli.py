@@ -5,7 +5,6 @@ without either."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import cv2
 import numpy as np

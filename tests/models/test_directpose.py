@@ -11,7 +11,7 @@ import torch
 from regpose.config import ConfigError
 from regpose.config import TestConfig as EvalConfig
 from regpose.models.directpose import (
-    COCO_KPALIGN_GROUPS, NUM_LEVELS, DirectPose, DirectPoseConfig, KPAlignHead, centerness_target,
+    COCO_KPALIGN_GROUPS, DirectPose, DirectPoseConfig, KPAlignHead, centerness_target,
     compute_locations, decode_candidates, fcos_assign, heatmap_targets, keypoint_loss, resolve_keypoint_groups,
 )
 

@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from regpose.config import TestConfig as EvalOptions
-from regpose.models.layers.rle import RealNVP
 from regpose.models.querypose import (QueryPose, QueryPoseConfig, WinogradConv3x3, flip_permutation, part_groups,
                                       winograd_conv3x3, winograd_conv_relu_tower, winograd_weight)
 
