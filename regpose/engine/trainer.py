@@ -240,7 +240,7 @@ class Trainer:
                     if self.world > 1:
                         torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
                     if finite.item() < 1:
-                        bad = {k: float(v) for k, v in losses.items() if torch.is_tensor(v) and v.numel() == 1}
+                        bad = {k: float(v.detach()) for k, v in losses.items() if torch.is_tensor(v) and v.numel() == 1}
                         shown = ", ".join(f"{k}={v:.4g}" for k, v in bad.items())
                         keep = f"last good checkpoint: {last_good}" if last_good.is_file() else "no checkpoint yet"
                         raise TrainingError(f"non-finite loss at iteration {it} ({shown}); stopped, {keep}")
