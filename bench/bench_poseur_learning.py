@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from regpose.config import load_config, save_config  # noqa: E402
+from regpose.engine.budget import fit_schedule_to_budget, seconds_per_iteration, set_schedule_length  # noqa: E402
 
 VARIANTS = {  # name: (flip, keypoint_score, flip_fusion)
     "none": (False, "none", "type2"),
@@ -37,37 +38,6 @@ VARIANTS = {  # name: (flip, keypoint_score, flip_fusion)
     "flip_type2": (True, "rle", "type2"),
     "flip_type2_none": (True, "none", "type2"),
 }
-
-
-def calibrate(cfg, iters: int = 6) -> float:
-    """Seconds per training iteration on this machine (model + real data loading), after 2 warm-up iterations."""
-    from regpose.data.collate import Collate
-    from regpose.data.datasets import build_dataset, ensure_synthetic
-    from regpose.models import build_model
-    from regpose.models.registry import get_method
-
-    for split in (cfg.data.train, cfg.data.val):
-        if split.synthetic.num_images > 0:
-            ensure_synthetic(split, cfg.data.format)
-    spec = get_method(cfg.method)
-    ds = build_dataset(cfg, "train", spec.transform(cfg, True), spec.family)
-    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True, num_workers=0,
-                                         collate_fn=Collate(1))
-    torch.manual_seed(0)
-    model = build_model(cfg).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    times = []
-    it = iter(loader)
-    for i in range(iters + 2):
-        t0 = time.perf_counter()
-        batch = next(it)
-        loss = sum(v for k, v in model(batch["images"], batch["targets"]).items() if k.startswith("loss"))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 def evaluate_variants(cfg, weights: Path, out: Path, names: list[str]) -> dict:
@@ -113,15 +83,13 @@ def main() -> None:
     t_start = time.time()
     if args.iters:
         sec_per_iter, iters = float("nan"), args.iters
+        set_schedule_length(cfg, iters)
+        cfg.train.max_minutes = budget
     else:
-        sec_per_iter = calibrate(cfg, 3 if args.smoke else 6)
+        sec_per_iter = seconds_per_iteration(cfg, steps=3 if args.smoke else 6)
         # The real loop loads data in a worker process and skips the calibration's first-batch costs: plan 92 %.
-        iters = max(20, int(0.92 * budget * 60 / sec_per_iter))
-    cfg.train.iters = iters
-    cfg.train.max_minutes = budget
-    cfg.train.warmup_iters = min(cfg.train.warmup_iters, iters // 10)
+        iters = fit_schedule_to_budget(cfg, budget, sec_per_iter)
     cfg.train.eval_period = 0
-    cfg.train.log_period = max(1, min(cfg.train.log_period, iters // 20))
     print(f"calibration: {sec_per_iter:.3f} s/iteration ({cfg.train.batch_size} crops) -> {iters} iterations "
           f"in {budget:.1f} min", flush=True)
 

@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from regpose.config import load_config, save_config  # noqa: E402
+from regpose.engine.budget import fit_schedule_to_budget, seconds_per_iteration, set_schedule_length  # noqa: E402
 
 VARIANTS = {
     "default": [],
@@ -40,37 +41,6 @@ VARIANTS = {
     "no_q2q": ["model.q2q_attention=false"],
 }
 TARGET_AP = 0.6
-
-
-def calibrate(cfg, iters: int = 6) -> float:
-    """Median seconds per training iteration on this machine (model + real data loading) after 2 warm-ups."""
-    from regpose.data.collate import Collate
-    from regpose.data.datasets import build_dataset, ensure_synthetic
-    from regpose.models import build_model
-    from regpose.models.registry import get_method
-
-    for split in (cfg.data.train, cfg.data.val):
-        if split.synthetic.num_images > 0:
-            ensure_synthetic(split, cfg.data.format)
-    spec = get_method(cfg.method)
-    ds = build_dataset(cfg, "train", spec.transform(cfg, True), spec.family)
-    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.train.batch_size, shuffle=True, num_workers=0,
-                                         collate_fn=Collate(32), generator=torch.Generator().manual_seed(0))
-    torch.manual_seed(0)
-    model = build_model(cfg).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    times = []
-    it = iter(loader)
-    for i in range(iters + 2):
-        t0 = time.perf_counter()
-        batch = next(it)
-        loss = sum(v for k, v in model(batch["images"], batch["targets"]).items() if k.startswith("loss"))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if i >= 2:
-            times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 def read_log(out: Path) -> list[dict]:
@@ -85,14 +55,15 @@ def run_variant(name: str, args, budget: float, iters: int | None) -> dict:
 
     out = Path(args.output_dir) / name
     cfg = load_config(args.config, [f"output_dir={out}", *args.overrides, *VARIANTS[name]])
-    sec_per_iter = calibrate(cfg)
-    planned = iters if iters is not None else max(50, int(0.92 * budget * 60 / sec_per_iter))
-    cfg.train.iters = planned
-    cfg.train.max_minutes = budget
-    cfg.train.warmup_iters = min(cfg.train.warmup_iters, planned // 10)
+    sec_per_iter = seconds_per_iteration(cfg)
+    if iters is None:
+        planned = fit_schedule_to_budget(cfg, budget, sec_per_iter, min_iters=50)
+    else:
+        planned = iters
+        set_schedule_length(cfg, planned)
+        cfg.train.max_minutes = budget
     # one extra evaluation half-way: the convergence-speed side of the auxiliary loss (paper Fig. 5)
     cfg.train.eval_period = 0 if args.smoke else (planned + 1) // 2        # never again at the last iteration
-    cfg.train.log_period = max(1, min(cfg.train.log_period, planned // 20))
     print(f"[{name}] calibration {sec_per_iter:.3f} s/iteration ({cfg.train.batch_size} crops) -> {planned} "
           f"iterations in {budget:.1f} min", flush=True)
     t0 = time.time()

@@ -149,7 +149,8 @@ def cmd_train_rescore(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(method=args.method, minutes=args.minutes, out=args.out)
+    kw = {k: v for k, v in (("method", args.method), ("minutes", args.minutes)) if v is not None}
+    return run_demo(out=args.out, **kw)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -242,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_train_rescore)
 
     s = sub.add_parser("demo", help="synthetic data -> train a few CPU minutes -> evaluate -> rendered predictions")
-    s.add_argument("--method", default="querypose")
-    s.add_argument("--minutes", type=float, default=4.0)
+    s.add_argument("--method", default=None, help="method to train (default: the demo's default method)")
+    s.add_argument("--minutes", type=float, default=None, help="training budget in minutes (default: the demo's)")
     s.add_argument("--out", default="runs/demo")
     s.set_defaults(fn=cmd_demo)
 
