@@ -39,3 +39,13 @@ def reference_dir() -> Path:
 @pytest.fixture
 def real_dir() -> Path:
     return REAL
+
+
+@pytest.fixture
+def single_thread():
+    """Small models run fastest on one thread, and stay robust when other jobs share the cores. Modules opt in
+    with ``pytestmark = pytest.mark.usefixtures("single_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -28,13 +28,7 @@ MANIFESTS = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Small models: one thread is fastest, and robust when other jobs share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _fake_official(manifest: str) -> dict[str, torch.Tensor]:

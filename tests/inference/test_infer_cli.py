@@ -9,7 +9,6 @@ import json
 import cv2
 import numpy as np
 import pytest
-import torch
 
 from regpose import Predictor
 from regpose.cli import main
@@ -21,12 +20,7 @@ IMAGES = sorted(COCO.glob("*.jpg"))
 DETS = COCO / "test_coco_det_AP_H_56.json"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,7 @@ COCO = REAL / "coco"
 IMAGE = COCO / "000000196141.jpg"
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _transform(cfg):

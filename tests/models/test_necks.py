@@ -13,13 +13,7 @@ from conftest import REFERENCE
 NECKS = REFERENCE / "querypose" / "necks_hrnet" / "necks.npz"
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Small models: one thread is fastest, and robust when other jobs share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 @pytest.mark.parametrize("prefix,cls", [("hrfpn", HRFPN), ("hrfpn_v1", HRFPNv1)])

@@ -13,13 +13,7 @@ from regpose.models.querypose import (QueryPose, QueryPoseConfig, WinogradConv3x
                                       winograd_conv3x3, winograd_conv_relu_tower, winograd_weight)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Small models: one thread is fastest, and robust when other jobs share the cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_cfg(**kw) -> QueryPoseConfig:

@@ -17,13 +17,7 @@ from regpose.models.tfpose import (TFPose, TFPoseConfig, coordinate_l1_loss, def
 FLIP_PAIRS = [[1, 2], [3, 4]]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is as fast and does not collapse when other test processes share the cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_cfg(**kw) -> TFPoseConfig:

@@ -22,12 +22,7 @@ TINY_MODEL = dict(backbone="resnet18", backbone_kwargs={"channels": [16, 32, 64,
                   num_points=2, num_encoder_layers=1, num_decoder_layers=2, aux_channels=16)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def make_cfg(udp: bool = True, **model):
