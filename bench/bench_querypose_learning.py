@@ -26,7 +26,6 @@ a few iterations); its numbers mean nothing. Target (issue 6): full AP >= 0.4.
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
@@ -40,6 +39,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _ablation import common_overrides, parse_args, report, schedule_overrides  # noqa: E402
 from regpose.config import load_config  # noqa: E402
 
 CONFIG = REPO / "configs" / "querypose" / "querypose_r18_synthetic.yaml"
@@ -49,35 +49,6 @@ VARIANTS = {
     "baseline": ["model.interaction=gap", "model.iteration=none"],
 }
 METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR")
-
-
-def time_train_step(cfg, steps: int = 6, warmup: int = 2) -> float:
-    """Seconds per training iteration of ``cfg``'s model on real transformed batches: the fastest of ``steps``
-    after ``warmup`` (multi-scale batches create new oneDNN kernels the first time a shape appears, and other
-    jobs on the machine only ever slow a step down)."""
-    from regpose.data.collate import collate
-    from regpose.data.datasets import build_dataset, ensure_synthetic
-    from regpose.engine.schedule import build_optimizer
-    from regpose.models import build_model, get_method
-
-    spec = get_method(cfg.method)
-    ensure_synthetic(cfg.data.train, cfg.data.format)
-    ds = build_dataset(cfg, "train", spec.transform(cfg, True), spec.family)
-    torch.manual_seed(0)
-    model = build_model(cfg).train()
-    opt = build_optimizer(model, cfg.train)
-    bs = cfg.train.batch_size
-    times = []
-    for i in range(steps + warmup):
-        batch = collate([ds[(i * bs + j) % len(ds)] for j in range(bs)], model.size_divisibility)
-        t0 = time.perf_counter()
-        losses = model(batch["images"], batch["targets"])
-        sum(v for k, v in losses.items() if k.startswith("loss")).backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def box_ap(gt_json: str, results_json: Path) -> float | None:
@@ -201,64 +172,21 @@ def extra_checks(cfg, run_dir: Path, out: Path, person_threshold: float) -> dict
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--minutes", type=float, default=20.0, help="wall budget per variant, evaluation included")
-    ap.add_argument("--eval-minutes", type=float, default=1.5, help="part of the budget kept for evaluation")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--iters", type=int, default=0, help="fixed iteration count (skips the calibration)")
-    ap.add_argument("--out", default=str(REPO / "runs" / "bench_querypose_learning"))
-    ap.add_argument("--smoke", action="store_true", help="tiny data and a few iterations: wiring check only")
-    ap.add_argument("overrides", nargs="*", help="config overrides for every variant (key=value)")
-    args = ap.parse_args(argv)
-
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
-    unknown = [v for v in variants if v not in VARIANTS]
-    if unknown:
-        ap.error(f"unknown variant(s) {unknown}; choose from {list(VARIANTS)}")
-    common = list(args.overrides)
-    if args.smoke:
-        out = out / "smoke"
-        data = out / "data"
-        common += [f"data.train.root={data / 'train_s0_n32'}", "data.train.synthetic.num_images=32",
-                   f"data.val.root={data / 'val_s1_n8'}", "data.val.synthetic.num_images=8",
-                   "train.batch_size=4", "train.warmup_iters=2", "train.log_period=2", "test.batch_size=4",
-                   "train.num_workers=0"]
-        args.minutes, args.eval_minutes = min(args.minutes, 0.5), 0.25
-        args.iters = args.iters or 3
-    else:
-        base = load_config(CONFIG)
-        for split in ("train", "val"):
-            root = Path(getattr(base.data, split).root)
-            if not root.is_absolute():
-                common.append(f"data.{split}.root={REPO / root}")
-
+    args = parse_args(__doc__, VARIANTS, "bench_querypose_learning", argv)
+    common = common_overrides(args, CONFIG, smoke=(32, 8, 0.5, 3))
     cfg = load_config(CONFIG, common)
     # AP as the official protocol computes it: every prediction (up to max_people) goes to COCOeval; the
     # config's score threshold (what `regpose infer` reports) is applied in the people-free check only
     person_threshold = cfg.test.score_threshold
     common.append("test.score_threshold=0.0")
     cfg = load_config(CONFIG, common)
-    train_minutes = max(args.minutes - args.eval_minutes, 0.1)
-    iters, t_iter = args.iters, None
-    if not iters:
-        t_iter = time_train_step(cfg)
-        # 0.9: data loading shares the two cores with the step; logging, checkpoints.
-        iters = max(10, int(train_minutes * 60 * 0.9 / t_iter))
-        print(f"calibration: {t_iter:.2f} s/iteration (batch {cfg.train.batch_size}) -> {iters} iterations",
-              flush=True)
-    sched = [f"train.iters={iters}", f"train.max_minutes={train_minutes}",
-             f"train.warmup_iters={min(cfg.train.warmup_iters, max(iters // 10, 1))}"]
-    if cfg.train.schedule == "step":
-        sched.append(f"train.steps=[{int(iters * 0.75)},{int(iters * 0.92)}]")
+    iters, t_iter, sched = schedule_overrides(args, cfg, steps=6, warmup=2)
 
     from regpose.engine.trainer import train
 
     results = {}
-    for name in variants:
-        run_dir = out / name
+    for name in args.variants:
+        run_dir = args.out / name
         vcfg = load_config(CONFIG, common + sched + VARIANTS[name] + [f"output_dir={run_dir}"])
         print(f"\n=== {name}: {' '.join(VARIANTS[name]) or '(paper default)'}; {iters} iterations", flush=True)
         t0 = time.time()
@@ -277,24 +205,8 @@ def main(argv=None) -> int:
             results[name]["checks"] = extra_checks(vcfg, run_dir, run_dir / "checks", person_threshold)
             print("full-model checks:", json.dumps(results[name]["checks"]), flush=True)
 
-    summary = {"config": str(CONFIG.relative_to(REPO)), "overrides": common, "iterations_budget": iters,
-               "seconds_per_iteration_full": t_iter, "minutes_budget": args.minutes, "threads": args.threads,
-               "smoke": args.smoke, "torch": torch.__version__, "results": results}
-    if "full" in results and results["full"]["AP"] is not None:
-        summary["target_AP_0.4_met"] = bool(results["full"]["AP"] >= 0.4)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(summary, indent=1))
-
-    print(f"\n{'variant':<10} {'iters':>6} {'min':>6} " + " ".join(f"{k:>6}" for k in METRICS) + f" {'boxAP':>6}")
-    for name, r in results.items():
-        vals = " ".join(f"{r[k]:>6.3f}" if isinstance(r[k], float) and not math.isnan(r[k]) else f"{'-':>6}"
-                        for k in METRICS + ("box_AP",))
-        print(f"{name:<10} {r['iterations']:>6} {r['minutes']:>6.1f} {vals}")
-    if "full" in results:
-        for other, what in (("no_sim", "SIM"), ("baseline", "SPEGM + SIM")):
-            if other in results and results["full"]["AP"] is not None and results[other]["AP"] is not None:
-                print(f"effect of {what}: {results['full']['AP'] - results[other]['AP']:+.3f} AP")
-    print(f"written: {out / 'results.json'}")
+    report(args, CONFIG, common, iters, t_iter, results, METRICS + ("box_AP",),
+           effects=(("no_sim", "SIM"), ("baseline", "SPEGM + SIM")), target=0.4)
     return 0
 
 

@@ -33,6 +33,11 @@ def test_epoch_schedules_are_refused(tmp_path):
 
 
 def test_seconds_per_iteration_times_real_steps(tmp_path):
-    sec = seconds_per_iteration(_cfg(tmp_path), steps=2, warmup=1)
+    cfg = _cfg(tmp_path)
+    sec = seconds_per_iteration(cfg, steps=2, warmup=1)
     assert 0.0 < sec < 30.0
+    fastest = seconds_per_iteration(cfg, steps=3, warmup=1, statistic="min")
+    assert 0.0 < fastest < 30.0
+    with pytest.raises(ValueError, match="statistic"):
+        seconds_per_iteration(cfg, statistic="mean")
     assert (tmp_path / "train" / "annotations.json").is_file()   # the synthetic split was generated
