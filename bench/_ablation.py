@@ -7,6 +7,7 @@ import argparse
 import json
 import math
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -80,6 +81,26 @@ def schedule_overrides(args, cfg, steps: int, warmup: int) -> tuple[int, float |
     if cfg.train.schedule == "step":
         sched.append(f"train.steps=[{int(iters * 0.75)},{int(iters * 0.92)}]")
     return iters, t_iter, sched
+
+
+def train_variant(args, config: Path, common: list[str], sched: list[str], name: str, overrides: list[str],
+                  metrics: tuple[str, ...]):
+    """Train one variant into ``<out>/<name>`` and return (its config, run folder, result row with the
+    overrides, iterations done, minutes and ``metrics`` of the final evaluation)."""
+    from regpose.engine.trainer import train
+
+    run_dir = args.out / name
+    vcfg = load_config(config, common + sched + overrides + [f"output_dir={run_dir}"])
+    print(f"\n=== {name}: {' '.join(overrides) or '(paper default)'}; {vcfg.train.iters} iterations", flush=True)
+    t0 = time.time()
+    final = train(vcfg) or {}
+    minutes = (time.time() - t0) / 60
+    weights = run_dir / "model_final.pth"
+    done = int(torch.load(weights, map_location="cpu", weights_only=True).get("iteration", -1)) \
+        if weights.is_file() else -1
+    row = {"overrides": overrides, "iterations": done, "minutes": round(minutes, 2),
+           **{k: final.get(k) for k in metrics}}
+    return vcfg, run_dir, row
 
 
 def report(args, config: Path, common: list[str], iters: int, t_iter, results: dict, metrics: tuple[str, ...],

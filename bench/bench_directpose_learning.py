@@ -23,15 +23,12 @@ config overrides applied to every variant (e.g. ``train.lr=1e-3``).
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
-
-import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _ablation import common_overrides, parse_args, report, schedule_overrides  # noqa: E402
+from _ablation import common_overrides, parse_args, report, schedule_overrides, train_variant  # noqa: E402
 from regpose.config import load_config  # noqa: E402
 
 CONFIG = REPO / "configs" / "directpose" / "directpose_r18_synthetic.yaml"
@@ -43,32 +40,18 @@ VARIANTS = {
 METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR")
 
 
-def final_iteration(out_dir: Path) -> int:
-    p = out_dir / "model_final.pth"
-    if not p.is_file():
-        return -1
-    return int(torch.load(p, map_location="cpu", weights_only=True).get("iteration", -1))
-
-
 def main(argv=None) -> int:
     args = parse_args(__doc__, VARIANTS, "bench_directpose_learning", argv)
     common = common_overrides(args, CONFIG, smoke=(48, 16, 1.0, 4))
     cfg = load_config(CONFIG, common)
     iters, t_iter, sched = schedule_overrides(args, cfg, steps=3, warmup=1)
 
-    from regpose.engine.trainer import train
-
     results = {}
     for name in args.variants:
-        run_dir = args.out / name
-        vcfg = load_config(CONFIG, common + sched + VARIANTS[name] + [f"output_dir={run_dir}"])
-        print(f"\n=== {name}: {' '.join(VARIANTS[name]) or '(paper default)'}; {iters} iterations", flush=True)
-        t0 = time.time()
-        metrics = train(vcfg) or {}
-        minutes = (time.time() - t0) / 60
-        results[name] = {"overrides": VARIANTS[name], "iterations": final_iteration(run_dir),
-                         "minutes": round(minutes, 2), **{k: metrics.get(k) for k in METRICS}}
-        print(f"{name}: AP {metrics.get('AP', float('nan')):.4f} in {minutes:.1f} min", flush=True)
+        _, _, results[name] = train_variant(args, CONFIG, common, sched, name, VARIANTS[name], METRICS)
+        r = results[name]
+        print(f"{name}: AP {r['AP'] if r['AP'] is not None else float('nan'):.4f} in {r['minutes']:.1f} min",
+              flush=True)
 
     report(args, CONFIG, common, iters, t_iter, results, METRICS,
            effects=(("no_kpalign", "KPAlign"), ("no_heatmap", "the heatmap auxiliary task")), target=0.4)

@@ -30,7 +30,6 @@ import copy
 import json
 import math
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from _ablation import common_overrides, parse_args, report, schedule_overrides  # noqa: E402
+from _ablation import common_overrides, parse_args, report, schedule_overrides, train_variant  # noqa: E402
 from regpose.config import load_config  # noqa: E402
 
 CONFIG = REPO / "configs" / "querypose" / "querypose_r18_synthetic.yaml"
@@ -182,25 +181,16 @@ def main(argv=None) -> int:
     cfg = load_config(CONFIG, common)
     iters, t_iter, sched = schedule_overrides(args, cfg, steps=6, warmup=2)
 
-    from regpose.engine.trainer import train
+    from regpose.data.datasets import evaluation_gt
 
     results = {}
     for name in args.variants:
-        run_dir = args.out / name
-        vcfg = load_config(CONFIG, common + sched + VARIANTS[name] + [f"output_dir={run_dir}"])
-        print(f"\n=== {name}: {' '.join(VARIANTS[name]) or '(paper default)'}; {iters} iterations", flush=True)
-        t0 = time.time()
-        metrics = train(vcfg) or {}
-        minutes = (time.time() - t0) / 60
-        from regpose.data.datasets import evaluation_gt
-
+        vcfg, run_dir, results[name] = train_variant(args, CONFIG, common, sched, name, VARIANTS[name], METRICS)
         res_json = run_dir / "results_val.json"
-        results[name] = {"overrides": VARIANTS[name], "minutes": round(minutes, 2),
-                         **{k: metrics.get(k) for k in METRICS},
-                         "box_AP": box_ap(evaluation_gt(vcfg, "val"), res_json) if res_json.is_file() else None}
-        _, results[name]["iterations"] = load_trained(vcfg, run_dir)
-        print(f"{name}: AP {metrics.get('AP', float('nan')):.4f}, box AP {results[name]['box_AP']} in "
-              f"{minutes:.1f} min", flush=True)
+        results[name]["box_AP"] = box_ap(evaluation_gt(vcfg, "val"), res_json) if res_json.is_file() else None
+        ap = results[name]["AP"] if results[name]["AP"] is not None else float("nan")
+        print(f"{name}: AP {ap:.4f}, box AP {results[name]['box_AP']} in {results[name]['minutes']:.1f} min",
+              flush=True)
         if name == "full":
             results[name]["checks"] = extra_checks(vcfg, run_dir, run_dir / "checks", person_threshold)
             print("full-model checks:", json.dumps(results[name]["checks"]), flush=True)

@@ -53,7 +53,7 @@ def run_demo(method: str = DEFAULT_METHOD, minutes: float = DEFAULT_MINUTES, out
     log = get_logger()
     out = Path(out) / method
     cfg = load_config(configs_dir() / SYNTHETIC_CONFIGS[method],
-                      [f"output_dir={out}", f"train.max_minutes={minutes}", *(overrides or [])])
+                      [f"output_dir={out}", *(overrides or [])])
     t0 = time.time()
     log.info("[1/4] synthetic data (%s format): %s, %s", cfg.data.format, cfg.data.train.root, cfg.data.val.root)
     for split in (cfg.data.train, cfg.data.val):
