@@ -60,6 +60,17 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_analyze(args) -> int:
+    from .evaluation.analysis import analyse_keypoint_errors, format_analysis
+
+    report = analyse_keypoint_errors(args.gt, args.results, dataset=args.dataset)
+    print(format_analysis(report))
+    if args.json_out:
+        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json_out).write_text(json.dumps(report, indent=1))
+    return 0
+
+
 def cmd_show_data(args) -> int:
     from .data.show import show_data
 
@@ -176,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dataset", choices=["coco", "crowdpose", "ochuman", "mpii"], default="coco")
     s.add_argument("--json-out", help="also write the metrics as JSON")
     s.set_defaults(fn=cmd_evaluate)
+
+    s = sub.add_parser("analyze", help="where keypoint AP is lost: per-joint errors, strata, oracle AP ceilings")
+    s.add_argument("--gt", required=True, help="ground-truth annotation json")
+    s.add_argument("--results", required=True, help="COCO keypoint results json")
+    s.add_argument("--dataset", choices=["coco", "crowdpose", "ochuman"], default="coco")
+    s.add_argument("--json-out", help="also write the report as JSON")
+    s.set_defaults(fn=cmd_analyze)
 
     s = sub.add_parser("show-data", help="render augmented training samples with their targets")
     s.add_argument("config")

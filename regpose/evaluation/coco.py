@@ -192,6 +192,7 @@ class _DT:
         keep = np.isin(cat, gt.cat_ids)
         if proto.drop_zero_score:
             keep &= (self.kpts[..., 2] > 0).any(1)
+        self.index = np.nonzero(keep)[0]          # row -> entry of the results list (error analysis edits them)
         self.kpts, self.area, self.score = self.kpts[keep], self.area[keep], score[keep]
         self.img = np.searchsorted(gt.img_ids, img[keep])
         self.cat = np.searchsorted(gt.cat_ids, cat[keep])
