@@ -28,7 +28,7 @@ from torch import nn
 from .base import PoseModel
 from .layers.deform_attn import MultiScaleDeformableAttention
 from .layers.position import sine_grid_encoding, sine_point_encoding
-from .layers.rle import RealNVP, rle_loss, rle_terms
+from .layers.rle import RealNVP, rle_loss, rle_terms, saturated_fraction
 from .registry import MethodSpec, register_method
 from .rle_regression import (CoarseRLEHead, FlipFusion, KeypointScore, PlainLinear, RLETopDownInference,
                              TopDownRegressionTransform, build_backbone, keypoint_meta_for,
@@ -328,7 +328,7 @@ class Poseur(RLETopDownInference, PoseModel):
 
     def losses(self, out: dict, target: torch.Tensor, weight: torch.Tensor, groups: int) -> dict:
         """Coarse RLE loss + one RLE loss per decoder layer, every weight 1 (spec 3.1). The decoder divisor counts
-        every query group (B * K * G)."""
+        every query group (B * K * G). Also ``sigma_saturated``, a logged diagnostic that is not part of the loss."""
         B, K, _ = target.shape
         any_visible = bool(weight.sum() > 0)
         losses = {"loss_coarse": rle_loss(out["coarse_mu"], out["coarse_sigma"], target, weight, self.coarse_flow,
@@ -341,6 +341,10 @@ class Poseur(RLETopDownInference, PoseModel):
             per_layer = per_layer / (B * K * groups)
         for i in range(len(out["mu"])):
             losses[f"loss_dec{i}"] = per_layer[i]
+        # diagnostic, not a loss: the worst head's share of saturated sigmas (see saturated_fraction)
+        losses["sigma_saturated"] = torch.stack(
+            [saturated_fraction(out["coarse_sigma"], weight)]
+            + [saturated_fraction(sig, wg) for sig in out["sigma"]]).max()
         return losses
 
 

@@ -69,8 +69,9 @@ def test_training_forward_has_noise_groups_and_every_parameter_gets_gradients():
     assert changed.sum(1).tolist() == [12, 12] and torch.equal(changed[0], changed[1])
     assert ref.min() >= -0.7 and ref.max() <= 1.7
     losses = model(images, _targets(2))
-    assert set(losses) == {"loss_coarse", "loss_dec0", "loss_dec1"}
-    sum(losses.values()).backward()
+    assert set(losses) == {"loss_coarse", "loss_dec0", "loss_dec1", "sigma_saturated"}
+    assert losses["sigma_saturated"].item() == 0.0 and not losses["sigma_saturated"].requires_grad
+    sum(v for k, v in losses.items() if k.startswith("loss")).backward()
     # timm zero-inits the last BN gamma of each residual block, so those blocks' inner convs get no gradient at
     # step 0; everything else (neck, transformer, heads, both flows) must.
     missing = [n for n, p in model.named_parameters()
@@ -102,6 +103,20 @@ def test_decoder_loss_divisor_counts_groups():
     assert all(v.item() == 0.0 for v in zero.values())
 
 
+def test_saturated_sigma_head_is_reported():
+    """A last-layer sigma head pushed into sigmoid saturation shows up in the logged diagnostic (and only there:
+    the loss terms stay finite)."""
+    model = Poseur(_tiny(num_noise_groups=1), COCO_PAIRS).train()
+    images, targets = torch.randn(2, 3, 64, 48), _targets(2)
+    with torch.no_grad():
+        model.sigma_branches[-1][-1].linear.bias.fill_(30.0)
+    losses = model(images, targets)
+    assert losses["sigma_saturated"].item() == 1.0
+    assert all(torch.isfinite(v) for k, v in losses.items() if k.startswith("loss"))
+    zero = {"coords": targets[0]["coords"], "coord_weights": torch.zeros_like(targets[0]["coord_weights"])}
+    assert model(images[:1], [zero])["sigma_saturated"].item() == 0.0
+
+
 def test_short_training_run_lowers_the_loss():
     torch.manual_seed(0)
     model = Poseur(_tiny(num_noise_groups=1, dropout=0.0), COCO_PAIRS).train()
@@ -109,7 +124,7 @@ def test_short_training_run_lowers_the_loss():
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     losses = []
     for _ in range(12):
-        loss = sum(model(images, targets).values())
+        loss = sum(v for k, v in model(images, targets).items() if k.startswith("loss"))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -129,8 +144,8 @@ def test_ablation_switches_run(kw):
     model = Poseur(_tiny(**kw), COCO_PAIRS).train()
     images = torch.randn(2, 3, 64, 48)
     losses = model(images, _targets(2))
-    assert len(losses) == 1 + model.cfg.num_decoder_layers
-    sum(losses.values()).backward()
+    assert len([k for k in losses if k.startswith("loss")]) == 1 + model.cfg.num_decoder_layers
+    sum(v for k, v in losses.items() if k.startswith("loss")).backward()
     model.eval()
     mu, sigma = model(images)
     assert mu.shape == sigma.shape == (2, 17, 2)

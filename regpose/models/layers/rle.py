@@ -12,7 +12,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["RealNVP", "rle_loss", "rle_terms"]
+__all__ = ["RealNVP", "rle_loss", "rle_terms", "saturated_fraction"]
 
 _LOG_2PI = math.log(2 * math.pi)
 _SQRT_2PI = math.sqrt(2 * math.pi)
@@ -88,3 +88,16 @@ def rle_loss(mu: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor, weight
     """
     total = rle_terms(mu, sigma, target, weight, flow).sum()
     return total if divisor is None else total / divisor
+
+
+@torch.no_grad()
+def saturated_fraction(sigma: torch.Tensor, weight: torch.Tensor, threshold: float = 0.999) -> torch.Tensor:
+    """Share of the supervised (weight > 0) coordinates whose sigmoid sigma is above ``threshold`` (0 if none).
+
+    A training diagnostic: a sigma head whose sigmoid saturates at 1 gets no gradient and cannot recover, while
+    the RLE loss can stay low (the flow absorbs the scale); every keypoint score built from sigma is then constant
+    and instances can no longer be ranked. Seen once in a 60-minute synthetic Poseur run (last decoder layer)."""
+    m = weight > 0
+    if not bool(m.any()):
+        return sigma.new_zeros(())
+    return (sigma[m] > threshold).float().mean()
