@@ -335,16 +335,16 @@ class Poseur(RLETopDownInference, PoseModel):
                                           B * K if any_visible else None)}
         # every decoder layer shares the decoder flow: one flow evaluation over all layers, summed per layer
         tg, wg = target.repeat(1, groups, 1), weight.repeat(1, groups, 1)
-        terms = rle_terms(torch.stack(out["mu"]), torch.stack(out["sigma"]), tg, wg, self.decoder_flow)
+        sigmas = torch.stack(out["sigma"])
+        terms = rle_terms(torch.stack(out["mu"]), sigmas, tg, wg, self.decoder_flow)
         per_layer = terms.flatten(1).sum(1)
         if any_visible:
             per_layer = per_layer / (B * K * groups)
         for i in range(len(out["mu"])):
             losses[f"loss_dec{i}"] = per_layer[i]
         # diagnostic, not a loss: the worst head's share of saturated sigmas (see saturated_fraction)
-        losses["sigma_saturated"] = torch.stack(
-            [saturated_fraction(out["coarse_sigma"], weight)]
-            + [saturated_fraction(sig, wg) for sig in out["sigma"]]).max()
+        losses["sigma_saturated"] = torch.maximum(saturated_fraction(out["coarse_sigma"], weight),
+                                                  saturated_fraction(sigmas, wg).max())
         return losses
 
 

@@ -92,12 +92,13 @@ def rle_loss(mu: torch.Tensor, sigma: torch.Tensor, target: torch.Tensor, weight
 
 @torch.no_grad()
 def saturated_fraction(sigma: torch.Tensor, weight: torch.Tensor, threshold: float = 0.999) -> torch.Tensor:
-    """Share of the supervised (weight > 0) coordinates whose sigmoid sigma is above ``threshold`` (0 if none).
+    """Share of the supervised (weight > 0) coordinates whose sigmoid sigma is above ``threshold`` (0 if none);
+    one value per leading index when ``sigma`` has more dimensions than ``weight`` (e.g. stacked decoder layers).
 
     A training diagnostic: a sigma head whose sigmoid saturates at 1 gets no gradient and cannot recover, while
     the RLE loss can stay low (the flow absorbs the scale); every keypoint score built from sigma is then constant
-    and instances can no longer be ranked. Seen once in a 60-minute synthetic Poseur run (last decoder layer)."""
-    m = weight > 0
-    if not bool(m.any()):
-        return sigma.new_zeros(())
-    return (sigma[m] > threshold).float().mean()
+    and instances can no longer be ranked. Seen once in a 60-minute synthetic Poseur run (last decoder layer).
+    No data-dependent branch, so no device synchronisation on the training path."""
+    supervised = (weight > 0).expand_as(sigma)
+    dims = tuple(range(sigma.dim() - weight.dim(), sigma.dim()))
+    return ((sigma > threshold) & supervised).sum(dims) / supervised.sum(dims).clamp(min=1)
