@@ -38,6 +38,7 @@ def calibrate(cfg, steps: int = 5) -> tuple[float, float]:
     from regpose.data.collate import collate
     from regpose.data.datasets import build_dataset, ensure_synthetic
     from regpose.models import build_model, get_method
+    from regpose.models.base import total_loss
 
     spec = get_method(cfg.method)
     for split in (cfg.data.train, cfg.data.val):
@@ -50,7 +51,7 @@ def calibrate(cfg, steps: int = 5) -> tuple[float, float]:
     times = []
     for i in range(steps + 1):
         t0 = time.perf_counter()
-        loss = sum(v for k, v in model(batch["images"], batch["targets"]).items() if k.startswith("loss"))
+        loss = total_loss(model(batch["images"], batch["targets"]))
         opt.zero_grad()
         loss.backward()
         opt.step()

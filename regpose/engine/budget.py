@@ -20,6 +20,7 @@ def seconds_per_iteration(cfg, steps: int = 6, warmup: int = 2, statistic: str =
     from ..data.collate import Collate
     from ..data.datasets import build_dataset, ensure_synthetic
     from ..models import build_model
+    from ..models.base import total_loss
     from ..models.registry import get_method
 
     for split in (cfg.data.train, cfg.data.val):
@@ -39,7 +40,7 @@ def seconds_per_iteration(cfg, steps: int = 6, warmup: int = 2, statistic: str =
         batch = next(batches)
         losses = model(batch["images"], batch["targets"])
         opt.zero_grad(set_to_none=True)
-        sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+        total_loss(losses).backward()
         opt.step()
         if i >= warmup:
             times.append(time.perf_counter() - t0)

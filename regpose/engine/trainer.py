@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ..config import Config, save_config, to_dict
 from ..errors import RegposeError
+from ..models.base import total_loss
 from . import dist
 from .checkpoint import atomic_save, load_checkpoint, load_model_weights
 from .ema import ModelEMA
@@ -235,7 +236,7 @@ class Trainer:
                 with ctx:
                     with torch.autocast("cuda", dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                         losses = self.ddp(images, targets)
-                    loss = sum(v for k, v in losses.items() if k.startswith("loss"))
+                    loss = total_loss(losses)
                     finite = torch.isfinite(loss.detach()).float()
                     if self.world > 1:
                         torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
@@ -258,7 +259,7 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update(self.model)
 
-            terms["loss"] = sum(v for k, v in terms.items() if k.startswith("loss"))
+            terms["loss"] = total_loss(terms)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + v
             count += 1

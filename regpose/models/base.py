@@ -26,7 +26,13 @@ from torch import nn
 
 from ..structures import PoseResult
 
-__all__ = ["PoseModel"]
+__all__ = ["PoseModel", "total_loss"]
+
+
+def total_loss(losses: dict):
+    """The training objective of a loss dict: the sum of its ``loss*`` entries (other entries are logged
+    diagnostics, e.g. Poseur's ``sigma_saturated``). Works on tensors and on logged floats alike."""
+    return sum(v for k, v in losses.items() if k.startswith("loss"))
 
 
 class PoseModel(nn.Module):

@@ -10,6 +10,7 @@ import torch
 
 from regpose.config import ConfigError
 from regpose.config import TestConfig as EvalConfig
+from regpose.models.base import total_loss
 from regpose.models.directpose import (
     COCO_KPALIGN_GROUPS, DirectPose, DirectPoseConfig, KPAlignHead, centerness_target,
     compute_locations, decode_candidates, fcos_assign, heatmap_targets, keypoint_loss, resolve_keypoint_groups,
@@ -498,7 +499,7 @@ def _step(m, x, tg):
     m.train()
     opt = torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=0.01)
     losses = m(x, tg)
-    total = sum(v for k, v in losses.items() if k.startswith("loss"))
+    total = total_loss(losses)
     opt.zero_grad()
     total.backward()
     opt.step()
@@ -558,7 +559,7 @@ def test_gradients_reach_every_parameter():
     levels = torch.log2(raw["strides"][m.assign(raw, tg, (128, 128))["pos"][0]] / 8).long()
     assert levels.unique().tolist() == [0, 1, 2, 3, 4]
     losses = m.losses(raw, tg, (128, 128))
-    sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+    total_loss(losses).backward()
     dead = [n for n, p in m.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
     assert dead == []
 
@@ -569,7 +570,7 @@ def test_images_without_people_train_and_keep_graph():
     m.train()
     losses = m(torch.randn(1, 3, 64, 64), make_targets([[]]))
     assert losses["loss_kpt"].item() == 0 and losses["loss_ctr"].item() == 0 and losses["num_pos"].item() == 0
-    sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+    total_loss(losses).backward()
     assert m.kpt_head.predictors[0].weight.grad is not None          # connected (DDP needs every parameter)
 
 
@@ -582,14 +583,13 @@ def test_short_training_run_reduces_loss():
     hist = []
     for _ in range(15):
         losses = m(x, tg)
-        total = sum(v for k, v in losses.items() if k.startswith("loss"))
+        total = total_loss(losses)
         opt.zero_grad()
         total.backward()
         opt.step()
         hist.append({k: v.item() for k, v in losses.items()})
     first, last = hist[0], hist[-1]
-    assert sum(v for k, v in last.items() if k.startswith("loss")) < 0.6 * sum(
-        v for k, v in first.items() if k.startswith("loss"))
+    assert total_loss(last) < 0.6 * total_loss(first)
     assert last["loss_kpt"] < 0.8 * first["loss_kpt"]
 
 

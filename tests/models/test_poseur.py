@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from regpose.models.base import total_loss
 from regpose.models.poseur import Poseur, PoseurConfig, inverse_sigmoid
 from conftest import REFERENCE
 
@@ -71,7 +72,7 @@ def test_training_forward_has_noise_groups_and_every_parameter_gets_gradients():
     losses = model(images, _targets(2))
     assert set(losses) == {"loss_coarse", "loss_dec0", "loss_dec1", "sigma_saturated"}
     assert losses["sigma_saturated"].item() == 0.0 and not losses["sigma_saturated"].requires_grad
-    sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+    total_loss(losses).backward()
     # timm zero-inits the last BN gamma of each residual block, so those blocks' inner convs get no gradient at
     # step 0; everything else (neck, transformer, heads, both flows) must.
     missing = [n for n, p in model.named_parameters()
@@ -124,7 +125,7 @@ def test_short_training_run_lowers_the_loss():
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     losses = []
     for _ in range(12):
-        loss = sum(v for k, v in model(images, targets).items() if k.startswith("loss"))
+        loss = total_loss(model(images, targets))
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -145,7 +146,7 @@ def test_ablation_switches_run(kw):
     images = torch.randn(2, 3, 64, 48)
     losses = model(images, _targets(2))
     assert len([k for k in losses if k.startswith("loss")]) == 1 + model.cfg.num_decoder_layers
-    sum(v for k, v in losses.items() if k.startswith("loss")).backward()
+    total_loss(losses).backward()
     model.eval()
     mu, sigma = model(images)
     assert mu.shape == sigma.shape == (2, 17, 2)
