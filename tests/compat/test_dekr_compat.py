@@ -108,6 +108,7 @@ def test_reference_check_tiny_passes():
         assert key in names or f"{key}[xy]" in names, key
     bad = [(n, e, t) for n, e, t in rows if not e <= t]
     assert not bad, bad
-    # heatmaps reproduce bit-exactly, offsets within float noise
+    # raw outputs within the reference README's suggested tolerance (atol 1e-4): it measured 3.8e-6 / 1.9e-5 between
+    # thread counts on one machine, and another CPU gives 8.4e-6 on the heatmaps
     errs = {n: e for n, e, _ in rows}
-    assert errs["heatmap"] <= 1e-6 and errs["offset"] <= 5e-5
+    assert errs["heatmap"] <= 1e-4 and errs["offset"] <= 1e-4

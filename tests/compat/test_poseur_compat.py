@@ -58,7 +58,8 @@ def test_reference_check_passes_every_array():
     names = {n for n, _, _ in rows}
     for required in ("coarse_mu", "dec_mu", "dec_sigma", "dec_hidden", "inter_references", "flipped_dec_mu",
                      "preds_noflip[xy px]", "preds_flip_default[xy px]", "preds_flip_type1[score]",
-                     "preds_flip_type2[xy px]", "instance_score_rle_flip_type2"):
+                     "preds_flip_type2[xy px]", "instance_score_rle_flip_type2",
+                     "preds_noflip[xy px, crop made here]", "image (top-down crop + normalisation, one grey level)"):
         assert required in names
     failed = [(n, e, t) for n, e, t in rows if not e <= t]
     assert not failed, failed
