@@ -58,12 +58,31 @@ def test_wrong_types_and_values_are_rejected(tmp_path):
         parse_overrides(["train.lr"])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("train.batch_size=0", "train.batch_size: expected a value >= 1, got 0"),
+    ("train.batch_size=-1", "train.batch_size: expected a value >= 1, got -1"),
+    ("train.lr=nan", "train.lr: expected a finite number, got 'nan'"),
+    ("train.lr=.inf", "train.lr: expected a finite number, got inf"),
+    ("model.dropout=.nan", "model.dropout: expected a finite number, got nan"),   # every float, method's too
+    ("train.betas=[0.9, 1.0]", "train.betas[1]: expected a value >= 0 and < 1, got 1.0"),
+    ("test.scales=[1, 0]", "test.scales[1]: expected a value > 0, got 0.0"),
+    ("data.augment.topdown.flip_prob=1.5", "data.augment.topdown.flip_prob: expected a value >= 0 and <= 1, got 1.5"),
+    ("data.input_size=[0, 64]", "data.input_size[0]: expected a value >= 1, got 0"),
+])
+def test_numeric_fields_are_range_checked_and_finite(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config({"method": "tiny"}, [override])
+    assert str(e.value) == message
+    load_config({"method": "tiny"}, ["train.batch_size=1", "train.lr=0", "test.scales=[0.5]"])   # bounds included
+
+
 def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "regpose", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=120)
 
 
-@pytest.mark.parametrize("case", ["unknown_key", "wrong_type", "missing_file", "bad_checkpoint", "mismatch"])
+@pytest.mark.parametrize("case", ["unknown_key", "wrong_type", "nan_value", "missing_file", "bad_checkpoint",
+                                  "mismatch"])
 def test_cli_errors_are_one_line_without_traceback(tmp_path, case):
     import torch
 
@@ -77,6 +96,10 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, case):
         _write(cfg, base)
         r = _cli("train", str(cfg), "train.lr=fast")
         expect = "train.lr: expected float, got str 'fast'"
+    elif case == "nan_value":
+        _write(cfg, base)
+        r = _cli("train", str(cfg), "train.lr=nan")
+        expect = "train.lr: expected a finite number, got 'nan'"
     elif case == "missing_file":
         r = _cli("train", str(tmp_path / "missing.yaml"))
         expect = "config file not found"
