@@ -112,3 +112,6 @@ class DataConfig:
     # Whole-image training keeps images whose people have at least this many labelled keypoints in total
     # (DirectPose / FCPose drop images without any; 0 keeps the family's official filter only).
     train_min_keypoints: NonNegativeInt = 0
+    # Annotations with a NaN / infinite / null labelled keypoint, box or area: "error" stops at the first one
+    # (naming file and annotation id); "skip" drops them with a counted warning.
+    invalid_annotations: Literal["error", "skip"] = "error"

@@ -44,7 +44,7 @@ from .keypoints import get_meta
 
 __all__ = ["ImageRecord", "read_image", "load_records", "load_annotation_file", "ensure_synthetic", "ignore_mask",
            "load_detections", "ImageDataset", "TopDownDataset", "build_dataset", "evaluation_gt",
-           "filter_records", "clean_gt_boxes", "annotation_paths"]
+           "filter_records", "clean_gt_boxes", "annotation_paths", "check_finite"]
 
 log = logging.getLogger("regpose.data")
 
@@ -156,51 +156,107 @@ def _read_coco_like(path: Path, data: dict, fmt: str, image_dir: Path) -> list[I
     cat_ids = _person_category_ids(data, path)
     per_image: dict[int, list] = {}
     for i, a in enumerate(data.get("annotations") or []):
+        if not isinstance(a, dict):
+            raise DataError(f"{path}: annotation entry {i} is not an object ({a!r:.60})")
         if a.get("category_id", 1) not in cat_ids:
             continue
         kp = a.get("keypoints")
         if kp is None:
             kp = [0.0] * (3 * k)
-        if len(kp) != 3 * k:
-            raise DataError(f"{path}: annotation {a.get('id', i)} has {len(kp)} keypoint values, expected {3 * k} "
+        if not isinstance(kp, list) or len(kp) != 3 * k:
+            got = f"{len(kp)} keypoint values" if isinstance(kp, list) else f"'keypoints' {kp!r:.40}"
+            raise DataError(f"{path}: annotation {a.get('id', i)} has {got}, expected {3 * k} numbers "
                             f"({k} keypoints x 3) for format {fmt!r}")
-        if "bbox" not in a or len(a["bbox"]) != 4:
+        if not isinstance(a.get("bbox"), list) or len(a["bbox"]) != 4:
             raise DataError(f"{path}: annotation {a.get('id', i)} has no valid 'bbox' [x, y, w, h]")
         per_image.setdefault(a.get("image_id"), []).append(a)
 
     records = []
     for img in data["images"]:
-        iid = img.get("id")
-        if iid is None or "file_name" not in img:
+        if not isinstance(img, dict) or img.get("id") is None or "file_name" not in img:
             raise DataError(f"{path}: image entry {img!r:.80} lacks 'id' or 'file_name'")
+        iid = img["id"]
         anns = per_image.pop(iid, [])
-        n = len(anns)
-        if n:
-            kps = np.asarray([a["keypoints"] if a.get("keypoints") is not None else [0.0] * (3 * k)
-                              for a in anns], dtype=np.float32).reshape(n, k, 3)
-            boxes = np.asarray([a["bbox"] for a in anns], dtype=np.float32).reshape(n, 4)
-            areas = np.asarray([a["area"] if "area" in a else b[2] * b[3] for a, b in zip(anns, boxes)],
-                               dtype=np.float32)
-            arrays = dict(
-                boxes=boxes, keypoints=kps, areas=areas,
-                iscrowd=np.asarray([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
-                num_keypoints=np.asarray([a["num_keypoints"] if "num_keypoints" in a
-                                          else int(np.count_nonzero(kp[:, 2] > 0)) for a, kp in zip(anns, kps)],
-                                         dtype=np.int64),
-                ann_ids=np.asarray([a.get("id", -1) for a in anns], dtype=np.int64))
-            segs = [a.get("segmentation") for a in anns]
-        else:
-            arrays, segs = _empty_arrays(k), []
-        ci = img.get("crowdIndex")
-        records.append(ImageRecord(
-            image_id=int(iid), file_name=str(image_dir / img["file_name"]), width=int(img.get("width", 0)),
-            height=int(img.get("height", 0)), segmentations=segs,
-            crowd_index=float(ci) if ci is not None else None, dataset=fmt, **arrays))
+        try:
+            arrays, segs = (_coco_arrays(anns, k), [a.get("segmentation") for a in anns]) if anns \
+                else (_empty_arrays(k), [])
+            ci = img.get("crowdIndex")
+            records.append(ImageRecord(
+                image_id=int(iid), file_name=str(image_dir / img["file_name"]), width=int(img.get("width", 0)),
+                height=int(img.get("height", 0)), segmentations=segs,
+                crowd_index=float(ci) if ci is not None else None, dataset=fmt, **arrays))
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: {_non_numeric_entry(img, anns, k)}: expected numbers") from None
     if per_image:
         iid = next(iter(per_image))
         raise DataError(f"{path}: annotation {per_image[iid][0].get('id')} refers to image_id {iid}, which is not "
                         f"in 'images'")
     return records
+
+
+def _coco_arrays(anns: list[dict], k: int) -> dict:
+    """The per-person arrays of one image's COCO annotations (raises TypeError / ValueError on non-numbers)."""
+    n = len(anns)
+    kps = np.asarray([a["keypoints"] if a.get("keypoints") is not None else [0.0] * (3 * k)
+                      for a in anns], dtype=np.float32).reshape(n, k, 3)
+    boxes = np.asarray([a["bbox"] for a in anns], dtype=np.float32).reshape(n, 4)
+    areas = np.asarray([a["area"] if "area" in a else b[2] * b[3] for a, b in zip(anns, boxes)], dtype=np.float32)
+    return dict(
+        boxes=boxes, keypoints=kps, areas=areas,
+        iscrowd=np.asarray([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
+        num_keypoints=np.asarray([a["num_keypoints"] if "num_keypoints" in a
+                                  else int(np.count_nonzero(kp[:, 2] > 0)) for a, kp in zip(anns, kps)],
+                                 dtype=np.int64),
+        ann_ids=np.asarray([a.get("id", -1) for a in anns], dtype=np.int64))
+
+
+def _non_numeric_entry(img: dict, anns: list[dict], k: int) -> str:
+    """Names the field of an image entry or one of its annotations that is not a number (for the error)."""
+    for key in ("id", "width", "height", "crowdIndex"):
+        try:
+            float(img.get(key) or 0)
+        except (TypeError, ValueError):
+            return f"image {img.get('id')!r:.40}: '{key}' is {img[key]!r:.40}"
+    for a in anns:
+        for key in ("keypoints", "bbox", "area", "num_keypoints", "id"):
+            try:
+                np.asarray(a.get(key) or 0, dtype=np.float64)
+            except (TypeError, ValueError):
+                return f"annotation {a.get('id')!r:.40} (image {img.get('id')!r:.40}): '{key}' is {a[key]!r:.60}"
+    return f"image {img.get('id')!r:.40}: an entry"
+
+
+def check_finite(records: list[ImageRecord], path: Path, policy: Literal["error", "skip"] = "error"
+                 ) -> list[ImageRecord]:
+    """Non-finite ground truth (NaN, infinity or null in a labelled keypoint, a box or an area) would train silently
+    on garbage or stop at a non-finite loss that names no annotation. ``policy='error'`` raises one line naming the
+    file and annotation; ``'skip'`` drops such annotations (counted in one warning). Coordinates of unlabelled
+    joints (v <= 0) carry no information and are set to 0."""
+    skipped, first, out = 0, None, []
+    for r in records:
+        kp = r.keypoints
+        unlabelled = kp[..., 2] <= 0       # False for a NaN visibility: that joint counts as labelled, not finite
+        kp[unlabelled] = np.nan_to_num(kp[unlabelled], nan=0.0, posinf=0.0, neginf=0.0)
+        finite_kp = np.isfinite(kp).all(-1)
+        ok = finite_kp.all(1) & np.isfinite(r.boxes).all(1) & np.isfinite(r.areas)
+        if ok.all():
+            out.append(r)
+            continue
+        i = int(np.argmin(ok))
+        if policy == "error":
+            names = get_meta(r.dataset).keypoint_names
+            what = (f"keypoint {names[int(np.argmin(finite_kp[i]))]!r}" if not finite_kp[i].all()
+                    else "center / scale" if r.dataset == "mpii" else "bbox" if not np.isfinite(r.boxes[i]).all()
+                    else "area")
+            raise DataError(f"{path}: annotation {int(r.ann_ids[i])} (image {r.image_id}): {what} is NaN, infinite "
+                            f"or null; fix the file, or set data.invalid_annotations=skip to drop such annotations")
+        skipped += int((~ok).sum())
+        first = int(r.ann_ids[i]) if first is None else first
+        out.append(r.select(ok))
+    if skipped:
+        log.warning("%s: skipped %d annotations with NaN, infinite or null values (first: annotation %d)", path,
+                    skipped, first)
+    return out
 
 
 def mpii_image_ids(names: list[str]) -> dict[str, int]:
@@ -267,14 +323,15 @@ def _read_mpii(path: Path, data, image_dir: Path) -> list[ImageRecord]:
     return records
 
 
-def load_annotation_file(path: str | os.PathLike, fmt: str, image_dir: str = "") -> list[ImageRecord]:
-    """Read one annotation file of format ``fmt`` into records."""
+def load_annotation_file(path: str | os.PathLike, fmt: str, image_dir: str = "",
+                         invalid: Literal["error", "skip"] = "error") -> list[ImageRecord]:
+    """Read one annotation file of format ``fmt`` into records; ``invalid`` says what happens to annotations with
+    non-finite values (:func:`check_finite`)."""
     p = Path(path).expanduser().resolve()
     data = read_json(p)
     idir = _image_dir(p, image_dir)
-    if fmt == "mpii":
-        return _read_mpii(p, data, idir)
-    return _read_coco_like(p, data, fmt, idir)
+    records = _read_mpii(p, data, idir) if fmt == "mpii" else _read_coco_like(p, data, fmt, idir)
+    return check_finite(records, p, invalid)
 
 
 def annotation_paths(split, fmt: str) -> list[Path]:
@@ -287,16 +344,16 @@ def annotation_paths(split, fmt: str) -> list[Path]:
     return [Path(a).expanduser().resolve() for a in split.ann_files]
 
 
-def load_records(split, fmt: str) -> list[ImageRecord]:
+def load_records(split, fmt: str, invalid: Literal["error", "skip"] = "error") -> list[ImageRecord]:
     """Every image of a split (:class:`regpose.data.config.SplitConfig`); several annotation files are
-    concatenated in order."""
+    concatenated in order. ``invalid``: see :func:`check_finite`."""
     get_meta(fmt)  # validates the format
     records: list[ImageRecord] = []
     image_dir = split.image_dir
     if split.synthetic.num_images > 0 and not split.ann_files and not image_dir:
         image_dir = str(Path(split.root) / "images")
     for p in annotation_paths(split, fmt):
-        records.extend(load_annotation_file(p, fmt, image_dir))
+        records.extend(load_annotation_file(p, fmt, image_dir, invalid))
     return records
 
 
@@ -589,12 +646,16 @@ def build_dataset(cfg, split: Literal["train", "val"], transform: Callable | Non
     if split not in ("train", "val"):
         raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
     fmt = cfg.data.format
-    records = load_records(getattr(cfg.data, split), fmt)
+    records = load_records(getattr(cfg.data, split), fmt, cfg.data.invalid_annotations)
     train = split == "train"
     skip = bool(train and getattr(cfg.train, "skip_corrupt_images", False))
     if family == "topdown":
         if train or cfg.test.boxes == "gt":
-            return TopDownDataset(records, transform, boxes="gt", skip_corrupt=skip)
+            dataset = TopDownDataset(records, transform, boxes="gt", skip_corrupt=skip)
+            if train:
+                _require_samples(dataset, records, cfg, "people with labelled keypoints, not crowd, and a box of "
+                                 "positive size inside the image")
+            return dataset
         if cfg.test.boxes == "detections":
             if not cfg.test.detections:
                 raise ConfigError("test.detections: a detections json is required when test.boxes is 'detections'")
@@ -608,9 +669,22 @@ def build_dataset(cfg, split: Literal["train", "val"], transform: Callable | Non
                               det_score_threshold=cfg.test.det_score_threshold)
     if family not in ("bottomup", "onestage"):
         raise ConfigError(f"unknown method family {family!r}")
-    if train:
-        records = filter_records(records, family, cfg.data.train_min_keypoints)
-    return ImageDataset(records, transform, skip_corrupt=skip)
+    if not train:
+        return ImageDataset(records, transform)
+    dataset = ImageDataset(filter_records(records, family, cfg.data.train_min_keypoints), transform, skip_corrupt=skip)
+    need = "images with a person who is not a crowd region" + (
+        f" and at least {cfg.data.train_min_keypoints} labelled keypoints" if cfg.data.train_min_keypoints else "")
+    _require_samples(dataset, records, cfg, need)
+    return dataset
+
+
+def _require_samples(dataset: Dataset, records: list[ImageRecord], cfg, need: str) -> None:
+    """An empty training set is a data problem: say which files hold what, instead of failing in the sampler."""
+    if len(dataset) == 0:
+        files = ", ".join(str(p) for p in annotation_paths(cfg.data.train, cfg.data.format))
+        people = sum(r.num_people for r in records)
+        raise DataError(f"data.train ({files}): no training samples: {len(records)} images with {people} "
+                        f"annotations, none usable (training needs {need})")
 
 
 def evaluation_gt(cfg, split: str = "val") -> str:
