@@ -85,7 +85,7 @@ def cmd_train(args) -> int:
     from .evaluation import format_metrics
 
     cfg = _load_cfg(args)
-    metrics = train(cfg, resume=args.resume, device=args.device)
+    metrics = train(cfg, resume=args.resume, device=args.device, overwrite=args.overwrite)
     if metrics:
         print(format_metrics(metrics, cfg.data.format))
     return 0
@@ -98,11 +98,10 @@ def cmd_test(args) -> int:
     from .evaluation import format_metrics
     from .models import build_model
 
-    cfg = _load_cfg(args)
-    if args.flip:
-        cfg.test.flip = True
-    if args.scales:
-        cfg.test.scales = list(args.scales)
+    # the options become overrides, so they are checked like any config value (e.g. --scales 0)
+    options = ((["test.flip=true"] if args.flip else []) + ([f"test.scales={args.scales}"] if args.scales else [])
+               + (["test.strict=true"] if args.strict else []))
+    cfg = _load_cfg(args, list(args.overrides or []) + options)
     device = dist.init_distributed(args.device)
     model = build_model(cfg)
     load_model_weights(model, args.weights)
@@ -208,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config")
     s.add_argument("--output-dir", help="run folder (default: runs/<config name>)")
     s.add_argument("--resume", action="store_true", help="continue from <output-dir>/last.pth")
+    s.add_argument("--overwrite", action="store_true",
+                   help="remove the run already in <output-dir> (checkpoints, metrics) and start over")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
     s.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.lr=1e-4 model.num_queries=50")
     s.set_defaults(fn=cmd_train)
@@ -218,6 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="val", choices=["val", "train"])
     s.add_argument("--flip", action="store_true", help="flip test")
     s.add_argument("--scales", type=float, nargs="+", help="multi-scale test factors, e.g. 0.5 1 2")
+    s.add_argument("--strict", action="store_true",
+                   help="stop at the first unreadable image (default: report it, skip it, evaluate the rest)")
     s.add_argument("--output-dir")
     s.add_argument("--device", default="auto")
     s.add_argument("overrides", nargs="*")
@@ -280,6 +283,15 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _clear_progress_bars() -> None:
+    """Erase progress bars an error interrupted, so the error is one line of its own (not appended to a bar)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):   # the bars tqdm itself tracks for tqdm.write
+        bar.leave = False
+        bar.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Dotted overrides may come anywhere, also after options: `train CFG --resume train.lr=1e-4`.
@@ -295,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.fn(args) or 0)
     except RegposeError as e:
+        _clear_progress_bars()
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

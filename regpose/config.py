@@ -285,6 +285,7 @@ class TestConfig:
     det_score_threshold: float = 0.0
     detector_config: str = ""         # a one-stage regpose config giving boxes (boxes: model)
     detector_weights: str = ""
+    strict: bool = False              # evaluation stops at an unreadable image (default: skipped and counted)
 
 
 # Filled by regpose.data.config at import time (kept there so the data layer owns its own fields).

@@ -545,7 +545,8 @@ class _SkippingDataset(Dataset):
         self.skip_corrupt = skip_corrupt
         self.num_skipped = 0
 
-    def _record_of(self, index: int) -> ImageRecord:  # pragma: no cover - abstract
+    def record_of(self, index: int) -> ImageRecord:  # pragma: no cover - abstract
+        """The image record sample ``index`` comes from."""
         raise NotImplementedError
 
     def _make(self, index: int, image: np.ndarray) -> dict:  # pragma: no cover - abstract
@@ -556,7 +557,7 @@ class _SkippingDataset(Dataset):
         for attempt in range(n if self.skip_corrupt else 1):
             i = (index + attempt) % n
             try:
-                image = read_image(self._record_of(i).file_name)
+                image = read_image(self.record_of(i).file_name)
             except DataError as e:
                 if not self.skip_corrupt:
                     raise
@@ -579,7 +580,7 @@ class ImageDataset(_SkippingDataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _record_of(self, index: int) -> ImageRecord:
+    def record_of(self, index: int) -> ImageRecord:
         return self.records[index]
 
     def _make(self, index: int, image: np.ndarray) -> dict:
@@ -624,7 +625,7 @@ class TopDownDataset(_SkippingDataset):
     def __len__(self) -> int:
         return len(self._rec)
 
-    def _record_of(self, index: int) -> ImageRecord:
+    def record_of(self, index: int) -> ImageRecord:
         return self.records[self._rec[index]]
 
     def _make(self, index: int, image: np.ndarray) -> dict:

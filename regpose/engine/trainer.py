@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import random
 import re
+import shutil
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -20,10 +21,10 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..config import Config, save_config, to_dict
-from ..errors import RegposeError
+from ..errors import DataError, RegposeError
 from ..models.base import total_loss
 from . import dist
-from .checkpoint import atomic_save, load_checkpoint, load_model_weights
+from .checkpoint import atomic_save, load_checkpoint, load_model_weights, remove_stale_temporaries
 from .ema import ModelEMA
 from .logging import MetricWriter, format_seconds, get_logger
 from .samplers import SeededDataset, TrainBatchSampler
@@ -34,6 +35,10 @@ __all__ = ["Trainer", "train", "TrainingError", "seed_everything"]
 
 class TrainingError(RegposeError):
     """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+_CHECKPOINTS = r"last|best|model_final|model_\d{7}"      # the .pth files a run writes
+_RUN_FILES = re.compile(rf"(?:{_CHECKPOINTS})\.pth|metrics\.jsonl|results_.*\.json")
 
 
 def seed_everything(seed: int) -> None:
@@ -75,7 +80,7 @@ class Trainer:
     """Builds model, data, optimizer from a :class:`Config` and runs the loop; see :func:`train`."""
 
     def __init__(self, cfg: Config, resume: bool = False, device: str = "auto", train_dataset=None,
-                 val_dataset=None):
+                 val_dataset=None, overwrite: bool = False):
         from ..models import build_model
         from ..models.registry import get_method
 
@@ -85,6 +90,10 @@ class Trainer:
         self.main = self.rank == 0
         self.out = Path(cfg.output_dir)
         self.log = get_logger()
+        problem = self._claim_folder(resume, overwrite) if self.main else None
+        problem = dist.all_gather_object(problem)[0]
+        if problem:
+            raise TrainingError(problem)
         if self.tc.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.spec = get_method(cfg.method)
@@ -118,7 +127,11 @@ class Trainer:
                 if rx.search(name):
                     p.requires_grad_(False)
         if self.world > 1 and self.tc.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            if self.device.type == "cuda":
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            elif self.main:
+                self.log.warning("train.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only): on CPU "
+                                 "each of the %d processes normalises with its own batch statistics", self.world)
         self.model = model.to(self.device)
         # Independent random streams per process for whatever the model draws while training (dropout, noise).
         seed_everything(self.tc.seed + 1000 * self.rank)
@@ -132,11 +145,45 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=cuda and self.tc.amp == "fp16")
         self.ema = ModelEMA(self.model, self.tc.ema.decay, self.tc.ema.warmup) if self.tc.ema.enabled else None
         self.start_iter, self.best = 0, -math.inf
-        self.writer = MetricWriter(self.out, self.tc.tensorboard, enabled=self.main)
         if resume:
             self._resume()
         elif self.main:
+            if overwrite:
+                self._remove_previous_run()
             save_config(cfg, self.out / "config.yaml")
+        self.writer = MetricWriter(self.out, self.tc.tensorboard, enabled=self.main,
+                                   resume_from=self.start_iter if resume else None)
+        if self.writer.dropped:
+            self.log.info("metrics.jsonl: dropped %d records written after iteration %d by the interrupted run",
+                          self.writer.dropped, self.start_iter)
+
+    # ------------------------------------------------------------------------------------------------------
+    def _previous_run(self) -> list[str]:
+        return sorted(p.name for p in self.out.iterdir() if _RUN_FILES.fullmatch(p.name)) if self.out.is_dir() else []
+
+    def _claim_folder(self, resume: bool, overwrite: bool) -> str | None:
+        """Refuse to mix two runs in one folder (rank 0), then remove the temporaries of checkpoint writes a kill
+        interrupted. Returns the one-line problem, if any."""
+        if resume and overwrite:
+            return "--resume continues the run in the folder, --overwrite starts it over: choose one"
+        previous = self._previous_run()
+        if previous and not (resume or overwrite):
+            shown = ", ".join(previous[:3]) + (", ..." if len(previous) > 3 else "")
+            return (f"{self.out} already holds a training run ({shown}): continue it with --resume, start over with "
+                    f"--overwrite, or choose another --output-dir")
+        removed = remove_stale_temporaries(self.out, _CHECKPOINTS) if self.out.is_dir() else []
+        if removed:
+            self.log.info("removed %d temporary files left in %s by interrupted checkpoint writes", len(removed),
+                          self.out)
+        return None
+
+    def _remove_previous_run(self) -> None:
+        previous = self._previous_run()
+        for name in previous:
+            (self.out / name).unlink()
+        shutil.rmtree(self.out / "tensorboard", ignore_errors=True)
+        if previous:
+            self.log.info("--overwrite: removed the previous run's %s from %s", ", ".join(previous), self.out)
 
     # ------------------------------------------------------------------------------------------------------
     def _state(self, iteration: int) -> dict:
@@ -159,7 +206,8 @@ class Trainer:
     def _resume(self) -> None:
         path = self.out / "last.pth"
         if not path.is_file():
-            raise TrainingError(f"--resume: no checkpoint at {path} (train without --resume to start)")
+            start = "start over with --overwrite" if self._previous_run() else "train without --resume to start"
+            raise TrainingError(f"--resume: no checkpoint at {path} ({start})")
         state = load_checkpoint(path)
         load_model_weights(self.model, state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -175,13 +223,13 @@ class Trainer:
         self.log.info("resumed from %s at iteration %d", path, self.start_iter)
 
     def _loader(self) -> DataLoader:
-        from ..data.collate import Collate
+        from ..data.collate import CatchErrors, Collate
 
         sampler = TrainBatchSampler(len(self.train_dataset), self.tc.batch_size, self.rank, self.world,
                                     self.tc.seed, start=self.start_iter * self.tc.accum_steps,
                                     total=self.total_iters * self.tc.accum_steps)
         workers = self.tc.num_workers
-        return DataLoader(SeededDataset(self.train_dataset), batch_sampler=sampler, num_workers=workers,
+        return DataLoader(SeededDataset(CatchErrors(self.train_dataset)), batch_sampler=sampler, num_workers=workers,
                           collate_fn=Collate(getattr(self.model, "size_divisibility", 1)),
                           worker_init_fn=_worker_init if workers else None,
                           persistent_workers=workers > 0, pin_memory=self.device.type == "cuda",
@@ -229,6 +277,9 @@ class Trainer:
             for micro in range(tc.accum_steps):
                 t0 = time.time()
                 batch = next(loader_iter)
+                if batch["errors"]:  # one line, whether the sample failed in a loader worker or in this process
+                    raise DataError(f"{batch['errors'][0].message} (train.skip_corrupt_images=true skips unreadable "
+                                    f"training images)")
                 images, targets = self._to_device(batch)
                 data_time += time.time() - t0
                 sync = micro == tc.accum_steps - 1 or self.world == 1
@@ -317,10 +368,10 @@ class Trainer:
         return metrics
 
 
-def train(cfg: Config, resume: bool = False, device: str = "auto", **kw) -> dict | None:
-    """Train (or resume) the run a config describes; returns the final validation metrics on rank 0."""
-    trainer = Trainer(cfg, resume=resume, device=device, **kw)
+def train(cfg: Config, resume: bool = False, device: str = "auto", overwrite: bool = False, **kw) -> dict | None:
+    """Train (or resume) the run a config describes; returns the final validation metrics on rank 0. A folder that
+    already holds a run is refused unless ``resume`` (continue it) or ``overwrite`` (remove it and start over)."""
     try:
-        return trainer.train()
+        return Trainer(cfg, resume=resume, device=device, overwrite=overwrite, **kw).train()
     finally:
         dist.cleanup()
