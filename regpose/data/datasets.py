@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -114,15 +115,46 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"cannot read image {p}: {e.strerror or e}") from None
     if data.size == 0:
         raise DataError(f"empty image file: {p}")
-    if _IMREAD_RGB is not None:
-        img = cv2.imdecode(data, _IMREAD_RGB)
-    else:  # OpenCV < 5
-        img = cv2.imdecode(data, cv2.IMREAD_COLOR)
-        if img is not None:
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    with _DecoderMessages() as said:
+        img = cv2.imdecode(data, _IMREAD_RGB if _IMREAD_RGB is not None else cv2.IMREAD_COLOR)
     if img is None or img.size == 0:
         raise DataError(f"cannot decode image (corrupt or unsupported format): {p}")
+    if said.text and str(p) not in _warned:
+        _warned.add(str(p))
+        log.warning("%s: damaged image, used as decoded (%s)", p, said.text)
+    if _IMREAD_RGB is None:  # OpenCV < 5
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     return np.ascontiguousarray(img)
+
+
+_warned: set[str] = set()   # files already reported as damaged (once per process)
+
+
+class _DecoderMessages:
+    """Captures what libjpeg / libpng print straight to the process's stderr while decoding a damaged file (e.g.
+    "Corrupt JPEG data: premature end of data segment", a stray line naming no file), so that
+    :func:`read_image` reports it once, with the file name. Redirects file descriptor 2 to a per-process
+    temporary file for the duration of the decode."""
+    _sink: tuple[int, object] | None = None    # (pid, file): a forked loader worker opens its own
+
+    def __enter__(self) -> "_DecoderMessages":
+        if self._sink is None or self._sink[0] != os.getpid():
+            _DecoderMessages._sink = (os.getpid(), tempfile.TemporaryFile())
+        self.text = ""
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        os.dup2(self._sink[1].fileno(), 2)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        sink = self._sink[1]
+        if sink.tell():
+            sink.seek(0)
+            self.text = " ".join(sink.read().decode(errors="replace").split())[:200]
+            sink.seek(0)
+            sink.truncate()
 
 
 # ==========================================================================================================

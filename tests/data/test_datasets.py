@@ -115,6 +115,21 @@ def test_read_image_handles_odd_files(tmp_path):
         read_image(tmp_path / "missing.jpg")
 
 
+def test_a_damaged_jpeg_is_reported_once_with_its_name_not_as_a_stray_libjpeg_line(tmp_path):
+    img = (np.random.default_rng(0).uniform(0, 255, (64, 64, 3))).astype(np.uint8)
+    data = bytearray(cv2.imencode(".jpg", img)[1].tobytes())
+    for i in range(len(data) // 2, len(data) // 2 + 40, 7):      # garble the entropy-coded data
+        data[i] = 0xFF
+    path = tmp_path / "damaged.jpg"
+    path.write_bytes(bytes(data))
+    code = ("import sys; from regpose.data.datasets import read_image; "
+            f"print(read_image({str(path)!r}).shape, read_image({str(path)!r}).shape)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "(64, 64, 3) (64, 64, 3)"
+    assert r.stderr.strip().splitlines() == [f"{path}: damaged image, used as decoded (Corrupt JPEG data: "
+                                             f"premature end of data segment)"]
+
+
 def test_ignore_mask_blanks_crowd_and_unlabelled_people():
     rec = next(r for r in load_records(split(COCO), "coco") if r.image_id == 40083)
     i = int(np.nonzero(rec.num_keypoints == 0)[0][0])
