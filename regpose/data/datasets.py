@@ -500,13 +500,20 @@ def load_detections(path: str | os.PathLike, score_threshold: float = 0.0) -> di
             continue
         b = d["bbox"]
         s = d.get("score", 1.0)
-        if len(b) != 4:
-            raise DataError(f"{p}: entry {i}: 'bbox' has {len(b)} values, expected 4 (x, y, w, h)")
-        row = [float(v) for v in b] + [float(s)]
+        if not isinstance(b, list) or len(b) != 4:
+            got = f"{len(b)} values" if isinstance(b, list) else repr(b)[:40]
+            raise DataError(f"{p}: entry {i}: 'bbox' has {got}, expected 4 numbers (x, y, w, h)")
+        if any(v is None for v in b + [s]):
+            raise DataError(f"{p}: entry {i}: bbox/score contains null (finite numbers expected)")
+        try:
+            row = [float(v) for v in b] + [float(s)]
+            image_id = int(d["image_id"])
+        except (TypeError, ValueError):
+            raise DataError(f"{p}: entry {i}: image_id, bbox and score must be numbers") from None
         if not np.all(np.isfinite(row)):
-            raise DataError(f"{p}: entry {i}: bbox/score contains NaN or infinity")
+            raise DataError(f"{p}: entry {i}: bbox/score contains NaN or infinity (finite numbers expected)")
         if row[4] >= score_threshold:
-            out.setdefault(int(d["image_id"]), []).append(row)
+            out.setdefault(image_id, []).append(row)
     return {k: np.asarray(v, dtype=np.float64).reshape(-1, 5) for k, v in out.items()}
 
 

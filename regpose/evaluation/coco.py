@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..jsonio import read_json
+from ..jsonio import non_finite, read_json
 from ..data.keypoints import COCO_SIGMAS, CROWDPOSE_SIGMAS
 from .oks import oks_core
 
@@ -170,8 +170,9 @@ class _DT:
         bad = ~np.isfinite(kp).all(1) | ~np.isfinite(score)
         if bad.any():
             i = int(np.argmax(bad))
-            what = "keypoints" if not np.isfinite(kp[i]).all() else "score"
-            raise DataError(f"{name}: entry {i} (image_id {img[i]}): {what} contain NaN or infinity")
+            what = "keypoints contain" if not np.isfinite(kp[i]).all() else "score is"
+            raise DataError(f"{name}: entry {i} (image_id {img[i]}): {what} "
+                            f"{non_finite(res[i][what.split()[0]])} (finite numbers expected)")
         known = np.isin(img, gt.img_ids)
         if not known.all():
             i = int(np.argmin(known))

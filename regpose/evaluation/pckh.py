@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
+from ..jsonio import non_finite
 from ..data.keypoints import get_meta
 
 __all__ = ["evaluate_pckh", "format_pckh", "PCKH_GROUPS"]
@@ -89,7 +90,8 @@ def _predictions(res, name, joints, vis, size, img):
             raise DataError(f"{name}: entry {i} (image_id {r['image_id']}): expected 48 keypoint values "
                             f"(16 keypoints x 3) for mpii, got {kp.size}")
         if not np.isfinite(kp).all():
-            raise DataError(f"{name}: entry {i} (image_id {r['image_id']}): keypoints contain NaN or infinity")
+            raise DataError(f"{name}: entry {i} (image_id {r['image_id']}): keypoints contain "
+                            f"{non_finite(r['keypoints'])} (finite numbers expected)")
         if r["image_id"] not in known:
             raise DataError(f"{name}: entry {i}: image_id {r['image_id']} is not in the ground truth")
         if "ann_id" in r:

@@ -1,6 +1,7 @@
 """Readers, images, masks, detections and datasets on the real sample files."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -315,3 +316,18 @@ def test_non_numeric_annotation_values_are_one_line_errors(tmp_path):
     path.write_text(json.dumps(data))
     with pytest.raises(DataError, match="annotation entry 2 is not an object"):
         load_records(split(path), "coco")
+
+
+def test_detections_with_null_or_text_values_are_one_line_errors(tmp_path):
+    p = tmp_path / "det.json"
+    for entry, message in [({"image_id": 1, "bbox": [1, 2, 3, 4], "score": None}, "bbox/score contains null"),
+                           ({"image_id": 1, "bbox": [1, "2", 3, 4], "score": 0.5}, None),
+                           ({"image_id": 1, "bbox": [1, "b", 3, 4], "score": 0.5}, "must be numbers"),
+                           ({"image_id": "x", "bbox": [1, 2, 3, 4]}, "must be numbers"),
+                           ({"image_id": 1, "bbox": 7}, "'bbox' has 7, expected 4 numbers")]:
+        p.write_text(json.dumps([entry]))
+        if message is None:     # numbers written as text are still numbers
+            assert load_detections(p)[1].tolist() == [[1, 2, 3, 4, 0.5]]
+            continue
+        with pytest.raises(DataError, match=f"det.json: entry 0: .*{re.escape(message)}"):
+            load_detections(p)

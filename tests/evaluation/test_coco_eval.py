@@ -125,7 +125,12 @@ def test_bad_results_are_one_line_errors_naming_file_and_entry(tmp_path):
     good = {"image_id": 785, "category_id": 1, "score": 0.9, "keypoints": [1.0] * 51}
     cases = {
         "short.json": ([good, dict(good, keypoints=[1.0] * 42)], r"short\.json: entry 1 .*expected 51 keypoint values"),
-        "nan.json": ([good, good, dict(good, keypoints=[float("nan")] + [1.0] * 50)], r"nan\.json: entry 2 .*NaN"),
+        "nan.json": ([good, good, dict(good, keypoints=[float("nan")] + [1.0] * 50)],
+                     r"nan\.json: entry 2 \(image_id 785\): keypoints contain NaN or infinity \(finite numbers"),
+        "nullscore.json": ([good, dict(good, score=None)],
+                           r"nullscore\.json: entry 1 \(image_id 785\): score is null \(finite numbers expected\)$"),
+        "nullkp.json": ([dict(good, keypoints=[None] + [1.0] * 50)],
+                        r"nullkp\.json: entry 0 \(image_id 785\): keypoints contain null \(finite numbers expected"),
         "unknown.json": ([dict(good, image_id=12345)], r"unknown\.json: entry 0: image_id 12345 is not in"),
         "noscore.json": ([{k: v for k, v in good.items() if k != "score"}], r"noscore\.json: entry 0 lacks 'score'"),
         "notlist.json": ({"a": 1}, r"notlist\.json: expected a list"),
