@@ -177,8 +177,9 @@ def _read_coco_like(path: Path, data: dict, fmt: str, image_dir: Path) -> list[I
     """COCO / CrowdPose / OCHuman keypoint json (same schema; CrowdPose adds crowdIndex, omits area/segmentation)."""
     meta = get_meta(fmt)
     k = meta.num_keypoints
-    if not isinstance(data, dict) or "images" not in data:
-        raise DataError(f"{path}: expected a COCO-style keypoint json with 'images' and 'annotations' "
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("annotations") or [], list):
+        raise DataError(f"{path}: expected a COCO-style keypoint json with lists 'images' and 'annotations' "
                         f"(format {fmt!r})")
     for c in data.get("categories") or []:
         names = c.get("keypoints") if isinstance(c, dict) else None
@@ -203,11 +204,14 @@ def _read_coco_like(path: Path, data: dict, fmt: str, image_dir: Path) -> list[I
             raise DataError(f"{path}: annotation {a.get('id', i)} has no valid 'bbox' [x, y, w, h]")
         per_image.setdefault(a.get("image_id"), []).append(a)
 
-    records = []
+    records, seen = [], set()
     for img in data["images"]:
         if not isinstance(img, dict) or img.get("id") is None or "file_name" not in img:
             raise DataError(f"{path}: image entry {img!r:.80} lacks 'id' or 'file_name'")
         iid = img["id"]
+        if iid in seen:  # its people and predictions would be counted twice
+            raise DataError(f"{path}: image id {iid!r} appears twice in 'images'")
+        seen.add(iid)
         anns = per_image.pop(iid, [])
         try:
             arrays, segs = (_coco_arrays(anns, k), [a.get("segmentation") for a in anns]) if anns \

@@ -25,17 +25,32 @@ from . import dist
 from .logging import get_logger
 from .samplers import InferenceSampler
 
-__all__ = ["build_eval_loader", "run_inference", "collect_results", "evaluate_model", "has_annotations"]
+__all__ = ["build_eval_loader", "run_inference", "collect_results", "evaluate_model", "has_annotations",
+           "check_ground_truth", "evaluation_dataset"]
 
 
-def build_eval_loader(cfg, model, split: str = "val", dataset=None) -> DataLoader:
-    from ..data.collate import CatchErrors, Collate
+def evaluation_dataset(cfg, split: str = "val"):
+    """The dataset of an evaluation split, its ground truth checked first (:func:`check_ground_truth`); a split
+    with nothing to evaluate is an error, not an empty results file."""
     from ..data.datasets import build_dataset
     from ..models.registry import get_method
 
     spec = get_method(cfg.method)
+    gt = check_ground_truth(cfg, split)
+    dataset = build_dataset(cfg, split, spec.transform(cfg, False), spec.family)
+    if len(dataset) == 0:
+        hint = (" (top-down evaluation with test.boxes=gt crops the annotated people; for a split without them give "
+                "person boxes: test.boxes=detections or model)" if spec.family == "topdown" and cfg.test.boxes == "gt"
+                else "")
+        raise DataError(f"data.{split} ({gt}): nothing to evaluate, the split has no samples{hint}")
+    return dataset
+
+
+def build_eval_loader(cfg, model, split: str = "val", dataset=None) -> DataLoader:
+    from ..data.collate import CatchErrors, Collate
+
     if dataset is None:
-        dataset = build_dataset(cfg, split, spec.transform(cfg, False), spec.family)
+        dataset = evaluation_dataset(cfg, split)
     sampler = InferenceSampler(len(dataset), dist.get_rank(), dist.get_world_size())
     workers = min(cfg.train.num_workers, 4)
     return DataLoader(CatchErrors(dataset), batch_size=cfg.test.batch_size, sampler=sampler, num_workers=workers,
@@ -113,6 +128,19 @@ def has_annotations(gt: str | dict | list) -> bool:
     if isinstance(gt, list):
         return bool(gt)
     return bool(gt.get("annotations"))
+
+
+def check_ground_truth(cfg, split: str = "val") -> str:
+    """The split's evaluation ground truth, checked before anything is predicted: malformed or non-finite entries,
+    CrowdPose without crowdIndex... are reported up front, not after the whole split was predicted (or, while
+    training, at the first evaluation hours later). Returns its path."""
+    from ..data.datasets import evaluation_gt
+    from ..evaluation import evaluate
+
+    gt = evaluation_gt(cfg, split)
+    if has_annotations(gt):
+        evaluate(gt, [], dataset=cfg.data.format)   # scoring no results reads every field scoring needs
+    return gt
 
 
 def _without_skipped_images(gt_path: str, errors: list, fmt: str, num_samples: int) -> str | dict:

@@ -41,6 +41,14 @@ _CHECKPOINTS = r"last|best|model_final|model_\d{7}"      # the .pth files a run 
 _RUN_FILES = re.compile(rf"(?:{_CHECKPOINTS})\.pth|metrics\.jsonl|results_.*\.json")
 
 
+def _diff(old, new, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted key, old, new) of every value that differs between two nested config dicts."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new), key=str)
+                for d in _diff(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [(prefix.rstrip("."), old, new)]
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -111,6 +119,10 @@ class Trainer:
             if self.tc.skip_corrupt_images and hasattr(train_dataset, "skip_corrupt"):
                 train_dataset.skip_corrupt = True
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
+        if val_dataset is None and self._has_val():  # a bad validation split stops the run now, not at evaluation
+            from .evaluator import evaluation_dataset
+
+            self.val_dataset = evaluation_dataset(cfg, "val")
         steps_per_epoch = len(train_dataset) / (self.tc.batch_size * self.world * self.tc.accum_steps)
         self.total_iters = int(math.ceil(self.tc.epochs * steps_per_epoch)) if self.tc.epochs > 0 else self.tc.iters
         self.steps = ([int(round(e * steps_per_epoch)) for e in self.tc.step_epochs] if self.tc.step_epochs
@@ -209,8 +221,21 @@ class Trainer:
             start = "start over with --overwrite" if self._previous_run() else "train without --resume to start"
             raise TrainingError(f"--resume: no checkpoint at {path} ({start})")
         state = load_checkpoint(path)
+        missing = [k for k in ("model", "optimizer", "scaler", "iteration", "best", "rng") if k not in state]
+        if missing:
+            raise TrainingError(f"{path} is not a training checkpoint (it lacks {', '.join(missing)}); weights alone "
+                                f"(model_final.pth, converted checkpoints) start a new run through train.init_weights")
+        self._report_changes(state.get("config"))
+        before = (state.get("config") or {}).get("train", {}).get("optimizer", self.tc.optimizer)
+        if before != self.tc.optimizer:
+            raise TrainingError(f"{path}: train.optimizer was {before!r}, now {self.tc.optimizer!r}: that state cannot "
+                                f"be resumed (start a new run from the weights with train.init_weights)")
         load_model_weights(self.model, state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as e:
+            raise TrainingError(f"{path}: the optimizer state does not fit this config ({e}); train.lr_rules, "
+                                f"train.freeze or the model changed since the checkpoint") from None
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
@@ -221,6 +246,15 @@ class Trainer:
             self.log.warning("resuming with %d processes (checkpoint had %d): data order is kept, random "
                              "streams of the model are re-seeded", self.world, state.get("world_size"))
         self.log.info("resumed from %s at iteration %d", path, self.start_iter)
+
+    def _report_changes(self, saved: dict | None) -> None:
+        """Resuming with another config is allowed (e.g. more iterations) but never silent."""
+        if not self.main or not isinstance(saved, dict):
+            return
+        changed = [f"{k}: {old!r} -> {new!r}" for k, old, new in _diff(saved, to_dict(self.cfg))]
+        if changed:
+            self.log.warning("resuming with a config that differs from the checkpoint's: %s%s", "; ".join(changed[:6]),
+                             f"; ... (+{len(changed) - 6})" if len(changed) > 6 else "")
 
     def _loader(self) -> DataLoader:
         from ..data.collate import CatchErrors, Collate
@@ -353,6 +387,10 @@ class Trainer:
                     break
         bar.close()
         final = self.save("last.pth", end_iter)
+        if main:  # before the final evaluation: a failure there must not cost the trained weights
+            weights = self.ema.module.state_dict() if (self.ema and tc.ema.eval_with_ema) else self.model.state_dict()
+            atomic_save({"model": weights, "config": to_dict(self.cfg), "iteration": end_iter},
+                        self.out / "model_final.pth")
         if self._has_val():
             metrics = self.evaluate(end_iter)
             score = dist.all_gather_object((metrics or {}).get(tc.best_metric))[0]
@@ -360,9 +398,6 @@ class Trainer:
                 self.best = float(score)
                 self.save("best.pth", end_iter)
         if main:
-            weights = self.ema.module.state_dict() if (self.ema and tc.ema.eval_with_ema) else self.model.state_dict()
-            atomic_save({"model": weights, "config": to_dict(self.cfg), "iteration": end_iter},
-                        self.out / "model_final.pth")
             self.log.info("done: %s (final weights %s)", final, self.out / "model_final.pth")
         self.writer.close()
         return metrics

@@ -70,10 +70,15 @@ def load_gt(gt) -> tuple[dict, str]:
         data, name = read_json(p, "ground-truth"), str(p)
     else:
         data, name = gt, "<ground truth>"
-    if not isinstance(data, dict) or "images" not in data:
-        raise DataError(f"{name}: expected a COCO keypoint json with 'images' and 'annotations'")
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("annotations") or [], list):
+        raise DataError(f"{name}: expected a COCO keypoint json with lists 'images' and 'annotations'")
     if not data.get("annotations"):
         raise DataError(f"{name}: has no annotations to evaluate against (a test-dev file?)")
+    for what, key, entries in (("image", "id", data["images"]), ("annotation", "image_id", data["annotations"])):
+        bad = next((i for i, e in enumerate(entries) if not isinstance(e, dict) or key not in e), None)
+        if bad is not None:
+            raise DataError(f"{name}: {what} entry {bad} is not an object with '{key}' ({entries[bad]!r:.60})")
     return data, name
 
 
@@ -125,6 +130,16 @@ class _GT:
         box_area = self.bbox[:, 2] * self.bbox[:, 3] * 0.53
         has_area = np.asarray(["area" in a for a in anns], dtype=bool)
         ann_area = np.asarray([a.get("area", 0.0) for a in anns], dtype=np.float64)
+        labelled = ~(self.kpts[..., 2] <= 0)[..., None]     # NaN visibility counts as labelled
+        finite = (np.isfinite(self.kpts) | ~labelled).all((1, 2)) & np.isfinite(self.bbox).all(1) \
+            & np.isfinite(ann_area)
+        if not finite.all():  # such a person's OKS is NaN: silently never matched
+            i = int(np.argmin(finite))
+            bad_kp = ~(np.isfinite(self.kpts[i]) | ~labelled[i]).all(1)
+            what = (f"keypoint {int(np.argmax(bad_kp))}" if bad_kp.any()
+                    else "bbox" if not np.isfinite(self.bbox[i]).all() else "area")
+            raise DataError(f"{name}: annotation {anns[i].get('id', i)} (image {anns[i]['image_id']}): {what} is NaN, "
+                            f"infinite or null (ground truth must be finite to be scored)")
         if proto.use_area:
             self.oks_area = np.where(has_area, ann_area, box_area)
             self.rng_area = self.oks_area

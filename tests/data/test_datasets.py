@@ -331,3 +331,15 @@ def test_detections_with_null_or_text_values_are_one_line_errors(tmp_path):
             continue
         with pytest.raises(DataError, match=f"det.json: entry 0: .*{re.escape(message)}"):
             load_detections(p)
+
+
+def test_duplicate_image_ids_and_non_list_sections_are_one_line_errors(tmp_path):
+    data = json.loads(COCO.read_text())
+    data["images"].append(dict(data["images"][1]))
+    path = tmp_path / "dup.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=rf"dup.json: image id {data['images'][1]['id']} appears twice in 'images'"):
+        load_records(split(path), "coco")
+    path.write_text(json.dumps(dict(data, images={"a": 1})))
+    with pytest.raises(DataError, match="expected a COCO-style keypoint json with lists 'images' and 'annotations'"):
+        load_records(split(path), "coco")

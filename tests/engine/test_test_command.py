@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from regpose.config import load_config
@@ -88,3 +89,24 @@ def test_an_unreadable_validation_image_is_skipped_and_counted_unless_strict(tmp
     assert r.stderr.strip().splitlines()[-1] == (f"error: cannot decode image (corrupt or unsupported format): {bad} "
                                                  f"(test.strict=true: evaluation stops at an unreadable image)")
     assert "Traceback" not in r.stderr
+
+
+def test_a_split_with_nothing_to_evaluate_is_an_error_not_an_empty_submission(tmp_path):
+    """Top-down evaluation with ground-truth boxes on a split without people has no sample: saying so beats
+    writing an empty 'submission'."""
+    from regpose.engine.evaluator import evaluation_dataset
+    from regpose.errors import DataError
+
+    ann = Path(generate(tmp_path / "val", 2, seed=3, size=(96, 96), max_people=2, progress=False))
+    gt = json.loads(ann.read_text())
+    unlabelled = tmp_path / "unlabelled.json"
+    unlabelled.write_text(json.dumps(dict(gt, annotations=[])))
+    cfg = load_config(REPO / "configs" / "rle" / "rle_tiny_synthetic.yaml",
+                      [f"data.val.ann_files=[{unlabelled}]", f"data.val.image_dir={ann.parent / 'images'}"])
+    with pytest.raises(DataError) as e:
+        evaluation_dataset(cfg, "val")
+    assert str(e.value) == (f"data.val ({unlabelled}): nothing to evaluate, the split has no samples (top-down "
+                            f"evaluation with test.boxes=gt crops the annotated people; for a split without them give "
+                            f"person boxes: test.boxes=detections or model)")
+    cfg.data.val.ann_files = [str(ann)]
+    assert len(evaluation_dataset(cfg, "val")) == sum(a["num_keypoints"] > 0 for a in gt["annotations"])

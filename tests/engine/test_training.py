@@ -1,4 +1,5 @@
-"""Engine behaviour with the tiny method: DDP equivalence, exact resume after SIGKILL, NaN guard, accumulation."""
+"""Engine behaviour with the tiny method: DDP equivalence, exact resume after SIGKILLs (also inside checkpoint
+writes), NaN guard, accumulation, run folders, and one-line errors for bad data and unusable checkpoints."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import REAL
 from regpose.engine.checkpoint import load_checkpoint
 from regpose.engine.trainer import TrainingError, train
 from regpose.errors import DataError
@@ -208,3 +210,44 @@ def test_sync_bn_on_cpu_processes_trains_with_a_stated_fallback(tmp_path):
     assert "train.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only): on CPU each of the 2 " \
            "processes normalises with its own batch statistics" in r.stderr
     assert load_checkpoint(tmp_path / "model_final.pth")["iteration"] == 2
+
+
+def test_resume_refuses_checkpoints_it_cannot_continue_and_reports_config_changes(tmp_path, capfd):
+    train(tiny_config(tmp_path, iters=4), train_dataset=TinyDataset())
+    with pytest.raises(TrainingError, match=r"train.optimizer was 'adamw', now 'sgd': that state cannot be resumed"):
+        train(tiny_config(tmp_path, iters=6, optimizer="sgd"), resume=True, train_dataset=TinyDataset())
+    cfg = tiny_config(tmp_path, iters=6, lr_rules=[{"pattern": "^head", "lr_mult": 10.0}])
+    with pytest.raises(TrainingError, match=r"the optimizer state does not fit this config \(loaded state dict has a "
+                                            r"different number of parameter groups\); train.lr_rules"):
+        train(cfg, resume=True, train_dataset=TinyDataset())
+    train(tiny_config(tmp_path, iters=6, lr=0.02), resume=True, train_dataset=TinyDataset())   # longer, other lr
+    assert "resuming with a config that differs from the checkpoint's: train.iters: 4 -> 6; train.lr: 0.01 -> 0.02" \
+        in capfd.readouterr().err
+    (tmp_path / "last.pth").write_bytes((tmp_path / "model_final.pth").read_bytes())   # weights only
+    with pytest.raises(TrainingError, match=r"last.pth is not a training checkpoint \(it lacks optimizer, scaler, "
+                                            r"best, rng\); .*train.init_weights"):
+        train(tiny_config(tmp_path, iters=8), resume=True, train_dataset=TinyDataset())
+
+
+def test_a_bad_validation_split_stops_before_training_and_a_failing_final_evaluation_keeps_the_weights(tmp_path):
+    gt = json.loads((REAL / "coco" / "test_coco.json").read_text())
+    gt["annotations"][0]["bbox"][0] = float("nan")
+    bad = tmp_path / "val_nan.json"
+    bad.write_text(json.dumps(gt))
+    cfg = tiny_config(tmp_path / "a", iters=4)
+    cfg.data.val.ann_files = [str(bad)]
+    with pytest.raises(DataError, match=r"val_nan.json: annotation \d+ \(image \d+\): bbox is NaN"):
+        train(cfg, train_dataset=TinyDataset())
+    assert not (tmp_path / "a" / "last.pth").exists(), "the problem is found before any training"
+
+    class Unreadable(TinyDataset):   # the validation image 3 cannot be read, and the user asked for strictness
+        def __getitem__(self, i):
+            if i == 3:
+                raise DataError("cannot decode image (corrupt or unsupported format): /data/3.jpg")
+            return super().__getitem__(i)
+
+    cfg = tiny_config(tmp_path / "b", iters=4)
+    cfg.test.strict = True
+    with pytest.raises(DataError, match="test.strict=true"):
+        train(cfg, train_dataset=TinyDataset(), val_dataset=Unreadable(n=8))
+    assert load_checkpoint(tmp_path / "b" / "model_final.pth")["iteration"] == 4
