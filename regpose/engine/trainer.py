@@ -9,6 +9,8 @@ import math
 import random
 import re
 import shutil
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -77,11 +79,40 @@ def _set_rng_state(state: dict) -> None:
 def _worker_init(_):
     # Each loader worker computes on one thread: the main process owns the cores.
     torch.set_num_threads(1)
+    # Ctrl-C reaches the whole process group: the main process stops the run at the next iteration boundary and
+    # shuts the workers down; a worker dying first would end the run without that save. (SIGTERM keeps its default:
+    # multiprocessing stops workers with it at exit, so a worker ignoring it would hang the exit.)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import cv2
         cv2.setNumThreads(0)
     except ImportError:  # pragma: no cover
         pass
+
+
+class _StopRequest:
+    """While training, SIGINT (Ctrl-C) and SIGTERM (``kill``, torchrun stopping its processes) ask the loop to stop
+    after the current iteration with ``last.pth`` saved, so the run resumes exactly; a second signal stops at once.
+    (A SIGTERM sent to the whole process group also kills the loader workers, which ends the run unsaved.)"""
+
+    def __init__(self):
+        self.signal: str | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():  # handlers can only be set there
+            self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous = {}
 
 
 class Trainer:
@@ -98,6 +129,7 @@ class Trainer:
         self.main = self.rank == 0
         self.out = Path(cfg.output_dir)
         self.log = get_logger()
+        self._stop = _StopRequest()
         problem = self._claim_folder(resume, overwrite) if self.main else None
         problem = dist.all_gather_object(problem)[0]
         if problem:
@@ -293,7 +325,21 @@ class Trainer:
         return self.val_dataset is not None or bool(v.ann_files) or v.synthetic.num_images > 0
 
     # ------------------------------------------------------------------------------------------------------
+    def _should_stop(self, t_start: float) -> tuple[bool, bool]:
+        """(time budget spent, stop signal received), agreed by every process (so all stop at one iteration)."""
+        over = self.tc.max_minutes > 0 and time.time() - t_start > self.tc.max_minutes * 60
+        if self.world == 1:
+            return over, self._stop.signal is not None
+        flags = torch.tensor([float(over), float(self._stop.signal is not None)], device=self.device)
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        return bool(flags[0]), bool(flags[1])
+
     def train(self) -> dict | None:
+        """Run the loop; SIGINT / SIGTERM end it at the next iteration boundary with ``last.pth`` saved."""
+        with self._stop:
+            return self._loop()
+
+    def _loop(self) -> dict | None:
         tc, main = self.tc, self.main
         self.model.train()
         loader_iter = iter(self._loader())
@@ -376,11 +422,18 @@ class Trainer:
                 self.save("last.pth", done)
                 if periodic:
                     self.save(f"model_{done:07d}.pth", done)
-            if tc.max_minutes > 0 and done < self.total_iters:
-                over = torch.tensor(float(time.time() - t_start > tc.max_minutes * 60))
-                if self.world > 1:
-                    torch.distributed.all_reduce(over, op=torch.distributed.ReduceOp.MAX)
-                if over.item():
+            if done < self.total_iters:
+                over, stop = self._should_stop(t_start)
+                if stop:  # SIGINT / SIGTERM: the state between two iterations resumes exactly
+                    if not (periodic or evaluate):
+                        self.save("last.pth", done)
+                    if main:
+                        bar.leave = False
+                        bar.close()
+                        self.log.info("%s at iteration %d/%d: saved %s (continue with --resume)", self._stop.signal,
+                                      done, self.total_iters, last_good)
+                    raise KeyboardInterrupt
+                if over:
                     self.log.info("time budget of %.1f min reached at iteration %d/%d", tc.max_minutes, done,
                                   self.total_iters)
                     end_iter = done

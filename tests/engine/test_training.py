@@ -3,6 +3,7 @@ writes), NaN guard, accumulation, run folders, and one-line errors for bad data 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import signal
@@ -111,6 +112,35 @@ def test_sigkills_at_random_points_and_inside_checkpoint_writes_then_resume_equa
     assert _train_iters(killed) == _train_iters(straight) == list(range(2, 31, 2))
 
 
+def test_ctrl_c_or_sigterm_save_the_current_iteration_and_the_run_resumes_exactly(tmp_path):
+    """No periodic checkpoints: SIGTERM (`kill`) and then SIGINT (Ctrl-C, sent to the whole process group as a
+    terminal does, loader worker included) each stop the run after its current iteration with last.pth saved;
+    resuming twice ends where an uninterrupted run ends."""
+    common = ["train.iters=24", "train.batch_size=4", "model.dropout=0.3", "train.num_workers=1",
+              "train.log_period=2"]
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    _run(straight, *common)
+    iterations = []
+    for k, sig in enumerate((signal.SIGTERM, signal.SIGINT)):
+        proc = subprocess.Popen([PY, str(HERE / "run_tiny.py"), str(stopped), *(["--resume"] if k else []), *common,
+                                 "model.sleep_ms=40"], env=ENV, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
+        lines = len(_train_iters(stopped)) if k else 0
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline and (not (stopped / "metrics.jsonl").exists()
+                                                                 or len(_train_iters(stopped)) <= lines):
+            time.sleep(0.01)
+        (os.killpg if sig == signal.SIGINT else os.kill)(proc.pid, sig)
+        err = proc.communicate(timeout=60)[1]
+        assert proc.returncode != 0, "the run ended before it could be stopped"
+        done = load_checkpoint(stopped / "last.pth")["iteration"]
+        assert f"{sig.name} at iteration {done}/24: saved {stopped / 'last.pth'} (continue with --resume)" in err
+        iterations.append(done)
+    assert 0 < iterations[0] < iterations[1] < 24 and not (stopped / "model_final.pth").exists()
+    _run(stopped, *common, "--resume")
+    assert _max_diff(_weights(straight / "model_final.pth"), _weights(stopped / "model_final.pth")) <= 1e-6
+
+
 def test_gradient_accumulation_equals_larger_batch(tmp_path):
     cfg_a = tiny_config(tmp_path / "a", batch_size=8, iters=5)
     cfg_b = tiny_config(tmp_path / "b", batch_size=4, iters=5, accum_steps=2)
@@ -212,7 +242,7 @@ def test_sync_bn_on_cpu_processes_trains_with_a_stated_fallback(tmp_path):
     assert load_checkpoint(tmp_path / "model_final.pth")["iteration"] == 2
 
 
-def test_resume_refuses_checkpoints_it_cannot_continue_and_reports_config_changes(tmp_path, capfd):
+def test_resume_refuses_checkpoints_it_cannot_continue_and_reports_config_changes(tmp_path, caplog):
     train(tiny_config(tmp_path, iters=4), train_dataset=TinyDataset())
     with pytest.raises(TrainingError, match=r"train.optimizer was 'adamw', now 'sgd': that state cannot be resumed"):
         train(tiny_config(tmp_path, iters=6, optimizer="sgd"), resume=True, train_dataset=TinyDataset())
@@ -220,9 +250,14 @@ def test_resume_refuses_checkpoints_it_cannot_continue_and_reports_config_change
     with pytest.raises(TrainingError, match=r"the optimizer state does not fit this config \(loaded state dict has a "
                                             r"different number of parameter groups\); train.lr_rules"):
         train(cfg, resume=True, train_dataset=TinyDataset())
-    train(tiny_config(tmp_path, iters=6, lr=0.02), resume=True, train_dataset=TinyDataset())   # longer, other lr
+    logger = logging.getLogger("regpose")       # it does not propagate to the root logger caplog listens to
+    logger.addHandler(caplog.handler)
+    try:
+        train(tiny_config(tmp_path, iters=6, lr=0.02), resume=True, train_dataset=TinyDataset())   # longer, other lr
+    finally:
+        logger.removeHandler(caplog.handler)
     assert "resuming with a config that differs from the checkpoint's: train.iters: 4 -> 6; train.lr: 0.01 -> 0.02" \
-        in capfd.readouterr().err
+        in caplog.messages
     (tmp_path / "last.pth").write_bytes((tmp_path / "model_final.pth").read_bytes())   # weights only
     with pytest.raises(TrainingError, match=r"last.pth is not a training checkpoint \(it lacks optimizer, scaler, "
                                             r"best, rng\); .*train.init_weights"):
