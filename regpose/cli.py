@@ -311,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        _clear_progress_bars()
         print("interrupted", file=sys.stderr)
         return 130
 

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import yaml
 from .errors import RegposeError
 
 __all__ = [
-    "ConfigError", "Config", "TrainConfig", "TestConfig", "LrRule", "EmaConfig", "Range", "PositiveInt",
+    "ConfigError", "Config", "TrainConfig", "TestConfig", "LrRule", "EmaConfig", "Range", "Regex", "PositiveInt",
     "NonNegativeInt", "PositiveFloat", "NonNegativeFloat", "Fraction",
     "load_config", "from_dict", "to_dict", "save_config", "apply_overrides", "parse_overrides",
 ]
@@ -52,6 +53,20 @@ class Range:
             raise ConfigError(f"{key}: expected a value {self.describe()}, got {value!r}")
 
 
+@dataclass(frozen=True)
+class Regex:
+    """Marks a str field as a regular expression (``Annotated[str, Regex()]``): it must compile."""
+
+    def describe(self) -> str:
+        return "(a regular expression)"
+
+    def check(self, value: str, key: str) -> None:
+        try:
+            re.compile(value)
+        except re.error as e:
+            raise ConfigError(f"{key}: invalid regular expression {value!r} ({e})") from None
+
+
 PositiveInt = Annotated[int, Range(ge=1)]
 NonNegativeInt = Annotated[int, Range(ge=0)]
 PositiveFloat = Annotated[float, Range(gt=0)]
@@ -66,7 +81,7 @@ def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Annotated:
         base, *rules = typing.get_args(tp)
-        return " ".join([_type_name(base)] + [r.describe() for r in rules if isinstance(r, Range)])
+        return " ".join([_type_name(base)] + [r.describe() for r in rules if isinstance(r, (Range, Regex))])
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
@@ -99,7 +114,7 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if origin is Annotated:
         out = _convert(value, args[0], key)
         for rule in args[1:]:
-            if isinstance(rule, Range):
+            if isinstance(rule, (Range, Regex)):
                 rule.check(out, key)
         return out
     if origin in (Union, types.UnionType):
@@ -220,7 +235,7 @@ class LrRule:
     """Parameters whose name matches ``pattern`` (a regular expression, ``re.search``) get lr x ``lr_mult``
     and weight decay x ``decay_mult``. The first matching rule wins. Papers need these: QueryPose trains its
     flow at x10, Poseur / Deformable DETR sampling offsets at x0.1, detectors often scale the backbone."""
-    pattern: str
+    pattern: Annotated[str, Regex()]
     lr_mult: NonNegativeFloat = 1.0
     decay_mult: NonNegativeFloat = 1.0
 
@@ -269,7 +284,7 @@ class TrainConfig:
     tensorboard: bool = False
     skip_corrupt_images: bool = False  # skip unreadable training images with a counted warning
     init_weights: str = ""            # optional checkpoint to initialise from (ours or converted)
-    freeze: list[str] = field(default_factory=list)  # regex patterns of parameters kept frozen
+    freeze: list[Annotated[str, Regex()]] = field(default_factory=list)  # patterns of parameters kept frozen
 
 
 @dataclass

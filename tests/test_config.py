@@ -68,8 +68,12 @@ def test_wrong_types_and_values_are_rejected(tmp_path):
     ("test.scales=[1, 0]", "test.scales[1]: expected a value > 0, got 0.0"),
     ("data.augment.topdown.flip_prob=1.5", "data.augment.topdown.flip_prob: expected a value >= 0 and <= 1, got 1.5"),
     ("data.input_size=[0, 64]", "data.input_size[0]: expected a value >= 1, got 0"),
+    ("train.freeze=['backbone(']", "train.freeze[0]: invalid regular expression 'backbone(' (missing ), "
+                                   "unterminated subpattern at position 8)"),
+    ("train.lr_rules=[{pattern: '*x'}]", "train.lr_rules[0].pattern: invalid regular expression '*x' (nothing to "
+                                         "repeat at position 0)"),
 ])
-def test_numeric_fields_are_range_checked_and_finite(override, message):
+def test_numeric_fields_are_range_checked_and_finite_and_patterns_compile(override, message):
     with pytest.raises(ConfigError) as e:
         load_config({"method": "tiny"}, [override])
     assert str(e.value) == message

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..config import Config, save_config, to_dict
+from ..config import Config, ConfigError, save_config, to_dict
 from ..errors import DataError, RegposeError
 from ..models.base import total_loss
 from . import dist
@@ -165,11 +165,13 @@ class Trainer:
         model = build_model(cfg)
         if self.tc.init_weights:
             load_model_weights(model, self.tc.init_weights, strict=False)
-        for pattern in self.tc.freeze:
+        for i, pattern in enumerate(self.tc.freeze):
             rx = re.compile(pattern)
-            for name, p in model.named_parameters():
-                if rx.search(name):
-                    p.requires_grad_(False)
+            matched = [p.requires_grad_(False) for name, p in model.named_parameters() if rx.search(name)]
+            if not matched:
+                raise ConfigError(f"train.freeze[{i}]: pattern {pattern!r} matches no parameter of the model")
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ConfigError("train.freeze: every parameter is frozen, nothing would train")
         if self.world > 1 and self.tc.sync_bn:
             if self.device.type == "cuda":
                 model = nn.SyncBatchNorm.convert_sync_batchnorm(model)

@@ -169,6 +169,15 @@ def test_nan_loss_stops_with_clear_message_and_keeps_last_good_checkpoint(tmp_pa
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
 
+def test_freeze_patterns_must_match_and_leave_something_to_train(tmp_path):
+    from regpose.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"train.freeze\[1\]: pattern 'backbone' matches no parameter of the model"):
+        train(tiny_config(tmp_path, freeze=["^head", "backbone"]), train_dataset=TinyDataset())
+    with pytest.raises(ConfigError, match="train.freeze: every parameter is frozen, nothing would train"):
+        train(tiny_config(tmp_path, freeze=["."]), train_dataset=TinyDataset())
+
+
 def test_lr_rules_make_groups_and_unmatched_rule_is_an_error(tmp_path):
     from regpose.config import ConfigError, LrRule
     from regpose.engine.schedule import build_optimizer
