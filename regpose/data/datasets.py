@@ -162,7 +162,10 @@ class _DecoderMessages:
 # ==========================================================================================================
 def _image_dir(ann_file: Path, image_dir: str) -> Path:
     if image_dir:
-        return Path(image_dir).expanduser().resolve()
+        d = Path(image_dir).expanduser().resolve()
+        if not d.is_dir():  # else every image would be reported missing, one by one, once training has started
+            raise DataError(f"image folder not found: {d} (the image_dir given for {ann_file.name})")
+        return d
     d = ann_file.parent / "images"
     return (d if d.is_dir() else ann_file.parent).resolve()
 

@@ -75,6 +75,9 @@ def test_wrong_keypoint_count_and_missing_files_are_one_line_errors(tmp_path):
     assert "test_coco.json" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(DataError, match="annotation file not found"):
         load_records(split(tmp_path / "nope.json"), "coco")
+    with pytest.raises(DataError, match=rf"image folder not found: {tmp_path / 'imgs'} \(the image_dir given for "
+                                        rf"test_coco.json\)"):
+        load_records(split(COCO, image_dir=str(tmp_path / "imgs")), "coco")
     bad = tmp_path / "bad.json"
     bad.write_text("{ not json")
     with pytest.raises(DataError, match="invalid JSON"):
