@@ -79,10 +79,10 @@ def analyse_keypoint_errors(gt, results, dataset: str = "coco") -> dict:
         raise DataError(f"error analysis supports {', '.join(PROTOCOLS)}, got {dataset!r}")
     gt_data, gt_name = load_gt(gt)
     res, res_name = load_results(results)
-    base = evaluate_coco(gt_data, res, dataset)              # validates both files with one-line errors
     proto = PROTOCOLS[dataset]
-    g = _GT(gt_data, gt_name, proto)
+    g = _GT(gt_data, gt_name, proto)                         # validate both files, naming them, first
     d = _DT(res, res_name, g, proto)
+    base = evaluate_coco(gt_data, res, dataset)
     var = (proto.sigmas * 2) ** 2
     names = get_meta(_LAYOUT[dataset]).keypoint_names
     best_dt, best_oks, sim, d2, dt_gt, dt_oks = _best_matches(g, d, var)
