@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -24,9 +25,26 @@ EXAMPLES = """examples:
 def _size(text: str) -> tuple[int, int]:
     try:
         a, b = text.lower().split("x")
-        return int(a), int(b)
+        size = int(a), int(b)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected AxB (e.g. 256x256), got {text!r}") from None
+    if min(size) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive sizes AxB (e.g. 256x256), got {text!r}")
+    return size
+
+
+def _at_least(minimum: float, kind: type = int):
+    """An argparse type: a finite ``kind`` number >= ``minimum`` (so 0 runs, NaN minutes... are usage errors)."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") \
+                from None
+        if not (math.isfinite(value) and value >= minimum):
+            raise argparse.ArgumentTypeError(f"expected a number >= {minimum:g}, got {text!r}")
+        return value
+    return parse
 
 
 def _load_cfg(args, overrides: list[str] | None = None):
@@ -197,7 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show-data", help="render augmented training samples with their targets")
     s.add_argument("config")
     s.add_argument("--out", required=True)
-    s.add_argument("--num", type=int, default=8)
+    s.add_argument("--num", type=_at_least(1), default=8)
     s.add_argument("--split", choices=["train", "val"], default="train")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("overrides", nargs="*", help="dotted config overrides key=value")
@@ -229,10 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="params, GFLOPs, latency, throughput, peak memory")
     s.add_argument("config")
     s.add_argument("--input-size", type=_size, help="network input HxW (default: the config's)")
-    s.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
-    s.add_argument("--runs", type=int, default=10)
-    s.add_argument("--warmup", type=int, default=2)
-    s.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    s.add_argument("--batch-sizes", type=_at_least(1), nargs="+", default=[1])
+    s.add_argument("--runs", type=_at_least(1), default=10)
+    s.add_argument("--warmup", type=_at_least(0), default=2)
+    s.add_argument("--threads", type=_at_least(1), help="torch CPU threads (default: torch's)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--weights")
     s.add_argument("--mode", choices=["forward", "predict"], default="forward",
@@ -259,13 +277,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config")
     s.add_argument("--weights", required=True)
     s.add_argument("--out", required=True)
-    s.add_argument("--max-images", type=int)
+    s.add_argument("--max-images", type=_at_least(1))
     s.add_argument("overrides", nargs="*")
     s.set_defaults(fn=cmd_train_rescore)
 
     s = sub.add_parser("demo", help="synthetic data -> train a few CPU minutes -> evaluate -> rendered predictions")
     s.add_argument("--method", default=None, help="method to train (default: the demo's default method)")
-    s.add_argument("--minutes", type=float, default=None, help="training budget in minutes (default: the demo's)")
+    s.add_argument("--minutes", type=_at_least(0.1, float), default=None,
+                   help="training budget in minutes (default: the demo's)")
     s.add_argument("--out", default="runs/demo")
     s.set_defaults(fn=cmd_demo)
 
