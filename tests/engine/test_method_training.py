@@ -42,9 +42,14 @@ def _max_diff(a, b) -> float:
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
 
 
-def _train(out: Path, *args: str, nproc: int = 1, port: int = 29531) -> subprocess.CompletedProcess:
-    launcher = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={port}",
-                 "-m", "regpose"] if nproc > 1 else [sys.executable, "-m", "regpose"])
+def _launcher(nproc: int) -> list[str]:
+    """python, or torchrun on a free port (--standalone: suites running side by side do not collide)."""
+    return ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+            if nproc > 1 else [sys.executable])
+
+
+def _train(out: Path, *args: str, nproc: int = 1) -> subprocess.CompletedProcess:
+    launcher = [*_launcher(nproc), "-m", "regpose"]
     r = subprocess.run([*launcher, "train", CONFIG, "--output-dir", str(out), *args], env=ENV, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -125,9 +130,7 @@ def one_and_two_processes(tmp_path_factory) -> tuple[Path, Path]:
                                                       f"train.batch_size={GLOBAL_BATCH // nproc}"]}
                 for method, path in SYNTHETIC.items()]
         (root / f"jobs{nproc}.json").write_text(json.dumps(jobs))
-        launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-                    if nproc > 1 else [sys.executable])
-        r = subprocess.run([*launcher, str(HERE / "run_frozen_bn.py"), str(root / f"jobs{nproc}.json")], env=ENV,
+        r = subprocess.run([*_launcher(nproc), str(HERE / "run_frozen_bn.py"), str(root / f"jobs{nproc}.json")], env=ENV,
                            capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
         outs.append(out)
