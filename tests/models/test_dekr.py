@@ -97,6 +97,33 @@ def test_offset_loss_by_hand():
     assert offset_loss(pred, gt, torch.zeros_like(w)).item() == 0.0   # no positives: divides by 1
 
 
+def test_offset_loss_is_normalised_over_the_global_batch(tmp_path):
+    """Issue 18 item 8: 2 DDP processes x 2 images give the loss and gradient of 1 process x 4 images, although
+    the two halves supervise very different numbers of offsets (per-rank normalisation would not)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    sys.path.insert(0, str(here))
+    from ddp_offset_loss import Scale, offset_batch
+
+    out = tmp_path / "ddp.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+           str(here / "ddp_offset_loss.py"), str(out)]
+    r = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    two = torch.load(out, weights_only=True)
+    x, gt, weight = offset_batch()
+    model = Scale(x.shape[1:])
+    loss = offset_loss(model(x), gt, weight)
+    loss.backward()
+    assert (weight[:2] > 0).sum() > 10 * (weight[2:] > 0).sum()        # the halves are far from balanced
+    assert two["losses"].mean().item() == pytest.approx(loss.item(), rel=1e-6)
+    assert torch.allclose(two["grad"], model.theta.grad, rtol=1e-5, atol=1e-9)
+
+
 def test_train_targets_follow_the_spec():
     """Identity augmentation on a square image: heatmap peaks, window weights, center, asymmetric 8x8 offset window
     with weight 1/sqrt(area) (area = max_x^2 + max_y^2 from the origin, the official quirk)."""
