@@ -156,8 +156,8 @@ def dekr_offsets(joints: np.ndarray, area: np.ndarray, output_size, radius: int 
     """DEKR ``OffsetGenerator`` (spec §2.4) on joints at output resolution (P, K+1, 3) (last = centre) and the
     scaled areas (P,).
 
-    For a person whose centre has v >= 1 and truncated position (int(x), int(y)) inside the map, every labelled
-    joint inside the map writes target (px - x, py - y) and weight 1/sqrt(area) at the asymmetric 8x8 window
+    For a person whose centre has v >= 1 and truncated position (int(x), int(y)) inside the map (Official code:
+    int() truncates toward 0, so a centre at x in (-1, 0) passes), every labelled joint inside the map writes target (px - x, py - y) and weight 1/sqrt(area) at the asymmetric 8x8 window
     px in [cx - 4, cx + 4) (clipped). Conflicts follow the official sequential rule: a pixel that already holds a
     non-zero target for that joint keeps it when the per-pixel area (shared by all joints) is smaller than this
     person's area ("smaller person wins"). Returns (offsets (2K, H, W), weights (2K, H, W)) float32."""

@@ -840,6 +840,8 @@ class DEKRTrainTransform:
         sample = self.augment(sample, rng)
         layer = sample["outputs"][0]
         r = self.output_size
+        # Official code: the offset-weight area is scaled to INPUT pixels² (area_scale = (input / 200 s)²) while
+        # the offsets are in output pixels (README Q10)
         out = {"joints_raw": joints, "area_raw": area, "sample": sample, "joints": layer["keypoints"],
                "area": area * sample["area_scale"], "ignore_mask": layer["mask"]}
         out["heatmap"], out["heatmap_weight"] = dekr_heatmaps(out["joints"], r, m.sigma, m.center_sigma, m.bg_weight)

@@ -157,6 +157,34 @@ def test_train_targets_follow_the_spec():
     del cx, cy
 
 
+def test_crowdpose_targets_keep_the_official_quirks():
+    """CrowdPose path (reference README Q6/Q9, spec §2.1/§2.3): no area rule, so a keypoint-less non-crowd person
+    still gets a centre, at the transformed image origin, drawn with the keypoint sigma (index 14 < 17); the all-ones
+    mask still ignores the padding; the person has no offsets. The recorded augmentation is replayed."""
+    cfg = _real_cfg("crowdpose", size=64)
+    tf = get_method("dekr").transform(cfg, True)
+    kp = np.zeros((2, 14, 3))
+    kp[0, 0] = (20.0, 30.0, 2)
+    raw = {"image": np.zeros((64, 64, 3), np.uint8), "image_id": 1, "file_name": "x", "sample_index": 0,
+           "orig_size": (64, 64), "keypoints": kp, "boxes": np.zeros((2, 4)), "areas": np.array([500.0, 300.0]),
+           "iscrowd": np.array([False, False]), "num_keypoints": np.array([1, 0]), "ann_ids": np.array([1, 2]),
+           "augment": {"center": np.array([40.0, 40.0]), "scale": 0.64, "rotation": 0.0, "flip": False}}
+    a = tf.arrays(raw)
+    # x_out = 16 / 128 (x - 40) + 8: the origin maps to (3, 3), the image to output pixels [3, 11)
+    assert np.allclose(a["joints"][1, 14], [3.0, 3.0, 1.0])
+    assert a["heatmap"][14, 3, 3] == pytest.approx(1.0)
+    assert a["heatmap"][14, 3, 5] == pytest.approx(math.exp(-4 / (2 * 2.0 ** 2)))      # sigma 2, not 4
+    inside = np.zeros((16, 16), bool)
+    inside[3:11, 3:11] = True
+    assert np.array_equal(a["ignore_mask"] > 0, inside)
+    assert (a["mask"][:, ~inside] == 0).all()
+    assert a["sample"]["augment"]["scale"] == 0.64 and a["sample"]["augment"]["flip"] is False
+    # offsets only for person 0 (its centre is its single keypoint): none for the keypoint-less person
+    ys, xs = np.nonzero(a["offset_weight"][0])
+    assert np.allclose(a["offset"][0, ys, xs], xs - a["joints"][0, 0, 0])
+    assert (a["offset_weight"][2:] == 0).all()
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Network, gradients, training
 # ----------------------------------------------------------------------------------------------------------
