@@ -121,7 +121,8 @@ def _stages_from_official(stages: dict) -> dict:
         raise ConfigError(f"official config MODEL.SPEC.STAGES: NUM_STAGES {stages.get('NUM_STAGES')} / NUM_BRANCHES "
                           f"{stages.get('NUM_BRANCHES')}: only 3 stages of 2, 3, 4 branches (HRNet) are supported")
     if any(b != "BASIC" for b in stages.get("BLOCK", ["BASIC"] * 3)):
-        raise ConfigError(f"official config MODEL.SPEC.STAGES.BLOCK: {stages['BLOCK']}: only BASIC stages are supported")
+        raise ConfigError(f"official config MODEL.SPEC.STAGES.BLOCK: {stages['BLOCK']}: only BASIC stages are "
+                          f"supported")
     channels = [[int(c) for c in chs] for chs in stages["NUM_CHANNELS"]]
     blocks = [[int(b) for b in bl] for bl in stages.get("NUM_BLOCKS", [[4] * n for n in (2, 3, 4)])]
     for what, per_stage in (("NUM_CHANNELS", channels), ("NUM_BLOCKS", blocks)):
@@ -410,10 +411,11 @@ class _RecordedDraws:
 def _annotation_file(folder: Path, cfg_json: dict) -> Path:
     """config.json's ``_annotation_file`` ('shared/data/...'): relative to the folder holding the shared root."""
     rel = Path(cfg_json.get("_annotation_file", ""))
-    for parent in folder.resolve().parents:
-        for cand in (parent / rel, parent / Path(*rel.parts[1:])):
-            if rel.parts and cand.is_file():
-                return cand
+    if rel.parts:
+        for parent in folder.resolve().parents:
+            for cand in (parent / rel, parent / Path(*rel.parts[1:])):
+                if cand.is_file():
+                    return cand
     raise RegposeError(f"{folder / 'config.json'}: annotation file {rel} (_annotation_file) not found above {folder}")
 
 
@@ -429,7 +431,8 @@ class _Rows:
         else:
             self.rows[name] = [err, tol]
 
-    def abs(self, name: str, ours, ref, tol: float) -> None:
+    def atol(self, name: str, ours, ref, tol: float) -> None:
+        """max |ours - ref| against ``tol``."""
         ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
         if ours.shape != ref.shape:
             return self.add(f"{name} (shape {ours.shape} vs {ref.shape})", float("inf"), tol)
@@ -449,7 +452,7 @@ class _Rows:
         """max |ours - ref| / |ref| against ``rtol``."""
         self.ratio(f"{name} (rel)", ours, ref, np.abs(np.asarray(ref, dtype=np.float64)), rtol)
 
-    def list(self) -> list[tuple[str, float, float]]:
+    def table(self) -> list[tuple[str, float, float]]:
         return [(n, e, t) for n, (e, t) in self.rows.items()]
 
 
@@ -465,18 +468,18 @@ def _check_augmentation(rows: _Rows, transform, inputs, s: int, h: int, w: int) 
     params = affine.draw(h, w, draws)
     flipped = flip.draw(draws)
     bounds = inputs["rng_low_high"][mine][[i for i, f in enumerate(inputs["rng_fn"][mine]) if "randint" in f]]
-    rows.abs("aug_scale", params["scale"], inputs["aug_scale"][s], 1e-9)
-    rows.abs("aug_rotation_deg", params["rotation"], inputs["aug_rotation_deg"][s], 1e-9)
-    rows.abs("aug_translate_bounds", np.array(draws.asked_bounds), bounds, 0.0)
-    rows.abs("aug_translate_dxdy", params["center"] - (w / 2, h / 2), inputs["aug_translate_dxdy"][s], 0.0)
-    rows.abs("aug_center", params["center"], inputs["aug_center"][s], 1e-9)
-    rows.abs("aug_flip", flipped, inputs["aug_flip"][s], 0.0)
-    rows.abs("random draws left over", len(draws.values), 0, 0.0)
+    rows.atol("aug_scale", params["scale"], inputs["aug_scale"][s], 1e-9)
+    rows.atol("aug_rotation_deg", params["rotation"], inputs["aug_rotation_deg"][s], 1e-9)
+    rows.atol("aug_translate_bounds", np.array(draws.asked_bounds), bounds, 0.0)
+    rows.atol("aug_translate_dxdy", params["center"] - (w / 2, h / 2), inputs["aug_translate_dxdy"][s], 0.0)
+    rows.atol("aug_center", params["center"], inputs["aug_center"][s], 1e-9)
+    rows.atol("aug_flip", flipped, inputs["aug_flip"][s], 0.0)
+    rows.atol("random draws left over", len(draws.values), 0, 0.0)
     c, sc, rot = inputs["aug_center"][s], inputs["aug_scale"][s], inputs["aug_rotation_deg"][s]
     m_in, area_scale = dekr_affine_matrix(c, sc, affine.input_size, rot)
     m_out, _ = dekr_affine_matrix(c, sc, transform.output_size, rot)
-    rows.abs("aug_mat_input", m_in[:2], inputs["aug_mat_input"][s], 1e-9)
-    rows.abs("aug_mat_output", m_out[:2], inputs["aug_mat_output"][s], 1e-9)
+    rows.atol("aug_mat_input", m_in[:2], inputs["aug_mat_input"][s], 1e-9)
+    rows.atol("aug_mat_output", m_out[:2], inputs["aug_mat_output"][s], 1e-9)
     rows.rel("aug_area_scale", area_scale, inputs["aug_area_scale"][s], 1e-12)
 
 
@@ -487,27 +490,27 @@ def _check_sample(rows: _Rows, transform, raw: dict, inputs, targets, s: int) ->
 
     a = transform.arrays(raw)
     kept = raw["ann_ids"][~(raw["iscrowd"] & (raw["num_keypoints"] == 0))]
-    rows.abs("ann_ids_all", raw["ann_ids"], inputs[f"ann_ids_all_s{s}"], 0.0)
-    rows.abs("ann_ids_used", kept, inputs[f"ann_ids_used_s{s}"], 0.0)
-    rows.abs("joints_raw", a["joints_raw"], inputs[f"joints_raw_s{s}"], 1e-9)
+    rows.atol("ann_ids_all", raw["ann_ids"], inputs[f"ann_ids_all_s{s}"], 0.0)
+    rows.atol("ann_ids_used", kept, inputs[f"ann_ids_used_s{s}"], 0.0)
+    rows.atol("joints_raw", a["joints_raw"], inputs[f"joints_raw_s{s}"], 1e-9)
     rows.rel("area_raw", a["area_raw"], inputs[f"area_raw_s{s}"][:, 0], 1e-12)
     h, w = raw["image"].shape[:2]
-    rows.abs("mask_raw", ignore_mask(raw["record"], h, w), inputs[f"mask_raw_s{s}"], 0.0)
+    rows.atol("mask_raw", ignore_mask(raw["record"], h, w), inputs[f"mask_raw_s{s}"], 0.0)
     # OpenCV 4.x warps uint8 in 1/32-px fixed point, 5.x in floating point: the README measured up to 4 grey
     # levels between the two, so the network is fed the stored image (below) and ours is judged within that.
-    rows.abs("image_uint8 (cv2 version rounding)", a["sample"]["image"], targets["image_uint8"][s], 4.0)
-    rows.abs("image (normalised stored image_uint8)", to_tensor_normalize(targets["image_uint8"][s]).numpy(),
-             targets["image"][s], 1e-6)
-    rows.abs("joints", a["joints"], targets[f"joints_s{s}"], 1e-9)
+    rows.atol("image_uint8 (cv2 version rounding)", a["sample"]["image"], targets["image_uint8"][s], 4.0)
+    rows.atol("image (normalised stored image_uint8)", to_tensor_normalize(targets["image_uint8"][s]).numpy(),
+              targets["image"][s], 1e-6)
+    rows.atol("joints", a["joints"], targets[f"joints_s{s}"], 1e-9)
     rows.rel("area", a["area"], targets[f"area_s{s}"][:, 0], 1e-12)
-    rows.abs("augment recorded", [*a["sample"]["augment"]["center"], a["sample"]["augment"]["scale"],
-                                  a["sample"]["augment"]["rotation"], a["sample"]["augment"]["flip"]],
-             [*inputs["aug_center"][s], inputs["aug_scale"][s], inputs["aug_rotation_deg"][s],
-              inputs["aug_flip"][s]], 0.0)
+    rec = a["sample"]["augment"]
+    rows.atol("augment recorded", [*rec["center"], rec["scale"], rec["rotation"], rec["flip"]],
+              [*inputs["aug_center"][s], inputs["aug_scale"][s], inputs["aug_rotation_deg"][s], inputs["aug_flip"][s]],
+              0.0)
     for key in ("ignore_mask", "heatmap_weight", "mask"):
-        rows.abs(key, a[key], targets[key][s], 0.0)
-    rows.abs("heatmap", a["heatmap"], targets["heatmap"][s], 1e-6)
-    rows.abs("offset", a["offset"], targets["offset"][s], 1e-5)
+        rows.atol(key, a[key], targets[key][s], 0.0)
+    rows.atol("heatmap", a["heatmap"], targets["heatmap"][s], 1e-6)
+    rows.atol("offset", a["offset"], targets["offset"][s], 1e-5)
     rows.rel("offset_weight", a["offset_weight"], targets["offset_weight"][s], 1e-6)
 
 
@@ -515,7 +518,7 @@ def _group(name: str) -> str:
     return name.split(".")[0]
 
 
-def _check_step(rows: _Rows, model, official: dict, grads: dict, ref, lr: float) -> None:
+def _check_step(rows: _Rows, model, grads: dict, ref, lr: float) -> None:
     """Gradients, parameters after the step and BN buffers against the official ones (converted to our names)."""
     ref_grad = {k[len("grad/"):]: torch.from_numpy(ref[k]) for k in ref.files if k.startswith("grad/")}
     ref_after = {k[len("param_after/"):]: torch.from_numpy(ref[k]) for k in ref.files if k.startswith("param_after/")}
@@ -533,24 +536,25 @@ def _check_step(rows: _Rows, model, official: dict, grads: dict, ref, lr: float)
                    tol[name])
         p, g = params[name].detach(), g_ref[name]
         # The first Adam step moves each element by lr g / (|g| + 1e-8): its sign is set by the gradient, so where
-        # |g_ref| is within the gradient tolerance of 0 (7 elements of 528,688 here, |g| < 1e-5 max|g|) the official
-        # update is ±lr of noise; README atol 1e-4 applies where the gradient fixes the step.
+        # |g_ref| is within the gradient tolerance of 0 the official update is ±lr of rounding noise (on an AMD EPYC
+        # 7 of 528,688 elements, all with |g| < 1e-5 max|g|, differ by up to 6.5e-4); README atol 1e-4 applies where
+        # the gradient fixes the step.
         fixed = g.abs() > tol[name]
-        rows.abs(f"param_after/{grp} (where |g| > grad tol)", p[fixed], after[name][fixed], 1e-4)
-        rows.abs(f"param_after/{grp} (where |g| <= grad tol: |step| <= lr)", p[~fixed], after[name][~fixed], 2 * lr)
+        rows.atol(f"param_after/{grp} (where |g| > grad tol)", p[fixed], after[name][fixed], 1e-4)
+        rows.atol(f"param_after/{grp} (where |g| <= grad tol: |step| <= lr)", p[~fixed], after[name][~fixed], 2 * lr)
         strong = g.abs() > 1e-6
-        rows.abs(f"param_after/{grp} (where |g| > 1e-6)", p[strong], after[name][strong], 5e-7)
+        rows.atol(f"param_after/{grp} (where |g| > 1e-6)", p[strong], after[name][strong], 5e-7)
     buffers = dict(model.named_buffers())
     b_ref = convert_state_dict(ref_buf)
     for name, value in b_ref.items():
         if name not in buffers:
             rows.add(f"buffer {name} (not in our model)", float("inf"), 0.0)
         elif name.endswith("num_batches_tracked"):
-            rows.abs("buffer_after num_batches_tracked", buffers[name], value, 0.0)
+            rows.atol("buffer_after num_batches_tracked", buffers[name], value, 0.0)
         else:
             rows.ratio("buffer_after running stats (|d| / (1e-5 + 1e-5 |ref|))", buffers[name], value,
                        1e-5 + 1e-5 * value.double().abs())
-    rows.abs("lr", lr, ref["lr"], 0.0)
+    rows.atol("lr", lr, ref["lr"], 0.0)
 
 
 def _check_optimizer(rows: _Rows, optimizer, built: dict) -> None:
@@ -561,8 +565,7 @@ def _check_optimizer(rows: _Rows, optimizer, built: dict) -> None:
     for g in optimizer.param_groups:
         for key in ("lr", "betas", "eps", "weight_decay", "amsgrad"):
             if key in want:
-                rows.abs(f"optimizer {key}", np.asarray(g[key], dtype=np.float64), np.asarray(want[key], np.float64),
-                         0.0)
+                rows.atol(f"optimizer {key}", np.asarray(g[key], np.float64), np.asarray(want[key], np.float64), 0.0)
 
 
 def train_step_check(folder: str | Path) -> list[tuple[str, float, float]]:
@@ -627,6 +630,6 @@ def train_step_check(folder: str | Path) -> list[tuple[str, float, float]]:
     for key, value in {**unweighted, "loss_heatmap": losses["loss_heatmap"], "loss_offset": losses["loss_offset"],
                        "loss_total": loss}.items():
         rows.rel(key, value.detach(), ref[key], 1e-5)
-    rows.abs("offset_num_pos", int((t["offset_weight"] > 0).sum()), ref["offset_num_pos"], 0.0)
-    _check_step(rows, model, cfg_json, grads, ref, lr)
-    return rows.list()
+    rows.atol("offset_num_pos", int((t["offset_weight"] > 0).sum()), ref["offset_num_pos"], 0.0)
+    _check_step(rows, model, grads, ref, lr)
+    return rows.table()

@@ -164,7 +164,7 @@ def select_people(sample: dict, keep) -> dict:
 
 
 def _given(sample: dict) -> dict:
-    """Augmentation parameters the sample asks to replay (``sample["augment"]``, e.g. a recorded ``meta["augment"]``)."""
+    """Augmentation parameters the sample asks to replay: ``sample["augment"]`` (e.g. a recorded meta["augment"])."""
     return sample.get("augment") or {}
 
 
