@@ -218,7 +218,7 @@ def official_data_options(cfg_json: dict) -> dict:
 
 def official_train_options(cfg_json: dict) -> dict:
     """Official TRAIN.* -> our ``train`` section (``lib/utils/utils.py:get_optimizer``, MultiStepLR per epoch).
-    Official code: TRAIN.WD reaches SGD only; Adam is built with the learning rate alone (README Q13)."""
+    Official code: TRAIN.WD reaches SGD only; Adam is built with the learning rate alone (train_step README Q13)."""
     t = cfg_json.get("TRAIN", {})
     if not t:
         return {}

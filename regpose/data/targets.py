@@ -159,9 +159,9 @@ def dekr_offsets(joints: np.ndarray, area: np.ndarray, output_size, radius: int 
     For a person whose centre has v >= 1 and truncated position (int(x), int(y)) inside the map (Official code:
     int() truncates toward 0, so a centre at x in (-1, 0) passes), every labelled joint inside the map writes
     target (px - x, py - y) and weight 1/sqrt(area) at the asymmetric 8x8 window px in [cx - 4, cx + 4) (clipped);
-    a person whose centre is outside gets no offsets, even for joints inside (README Q8). Conflicts follow the
-    official sequential rule: a pixel that already holds a non-zero target for that joint keeps it when the per-pixel
-    area (shared by all joints) is smaller than this person's area ("smaller person wins").
+    a person whose centre is outside gets no offsets, even for joints inside (train_step README Q8). Conflicts follow
+    the official sequential rule: a pixel that already holds a non-zero target for that joint keeps it when the
+    per-pixel area (shared by all joints) is smaller than this person's area ("smaller person wins").
     Returns (offsets (2K, H, W), weights (2K, H, W)) float32."""
     w, h = _wh(output_size)
     jt = np.asarray(joints, dtype=np.float64)

@@ -227,9 +227,10 @@ def _flip_keypoints(kp: np.ndarray, flip_index: np.ndarray, width: float) -> np.
 class HorizontalFlip:
     """Mirror the image with probability ``prob``: x -> W - 1 - x, left/right keypoints swapped via ``flip_index``.
     Bottom-up output layers (``sample["outputs"]``) flip at their own resolution R: x -> R - 1 - x, as DEKR's
-    ``RandomHorizontalFlip`` does for its joints and masks. Official code (DEKR, README Q5): the image is mirrored
-    in input pixels and the joints in output pixels, so in a flipped sample the labels sit (1 - 1/stride) output
-    pixels (0.75 at stride 4) left of the image content; kept, as the official flip test assumes it.
+    ``RandomHorizontalFlip`` does for its joints and masks. Official code (DEKR, train_step README Q5): the image
+    is mirrored in input pixels and the joints in output pixels, so in a flipped sample the labels sit
+    (1 - 1/stride) output pixels (0.75 at stride 4) left of the image content; kept, as the official flip test
+    assumes it.
     The decision is recorded as ``augment["flip"]``; a given ``augment["flip"]`` is replayed."""
 
     def __init__(self, flip_index: Sequence[int], prob: float = 0.5):
@@ -464,7 +465,7 @@ class BottomUpRandomAffine:
     ``rotation`` in degrees) are recorded in ``sample["augment"]``, and replayed when the sample brings them.
 
     Official code: the ignore mask is warped at the output resolution with a zero border, so everything outside
-    the source image is ignored (weight 0 in the heatmap loss, background included; README Q6)."""
+    the source image is ignored (weight 0 in the heatmap loss, background included; train_step README Q6)."""
 
     def __init__(self, input_size: int = 512, output_sizes: Sequence[int] = (128,), scale_type: str = "short",
                  min_scale: float = 0.75, max_scale: float = 1.5, max_rotation: float = 30.0,
@@ -482,7 +483,7 @@ class BottomUpRandomAffine:
     def draw(self, h: int, w: int, rng) -> dict:
         """Random parameters as the official ``RandomAffineTransform`` draws them, in its order: scale u, rotation u,
         then the integer shifts dx, dy of the centre (w/2, h/2) from [int(-t s), int(t s)) (numpy truncates float
-        bounds toward 0 and excludes ``high``; README Q2), s being the already augmented scale."""
+        bounds toward 0 and excludes ``high``; train_step README Q2), s being the already augmented scale."""
         center = np.array((w / 2, h / 2))
         scale = (min(h, w) if self.scale_type == "short" else max(h, w)) / 200.0
         scale *= rng.random() * (self.max_scale - self.min_scale) + self.min_scale

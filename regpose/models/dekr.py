@@ -380,8 +380,8 @@ def heatmap_loss(pred: torch.Tensor, gt: torch.Tensor, weight: torch.Tensor) -> 
 def offset_loss(pred: torch.Tensor, gt: torch.Tensor, weight: torch.Tensor, beta: float = 1.0 / 9) -> torch.Tensor:
     """Smooth-L1 (beta 1/9) weighted by 1/sqrt(person area), summed and divided by the number of supervised
     entries (x and y counted separately, at least 1): the paper's normalised offset loss (Eq. 5).
-    Official code: the count is the whole batch's, not per image or person (README Q12); with several processes
-    it is the global batch's (:func:`~regpose.models.layers.normalize.global_normalizer`)."""
+    Official code: the count is the whole batch's, not per image or person (train_step README Q12); with several
+    processes it is the global batch's (:func:`~regpose.models.layers.normalize.global_normalizer`)."""
     loss = F.smooth_l1_loss(pred, gt, reduction="none", beta=beta) * weight
     return loss.sum() / global_normalizer((weight > 0).sum())
 
@@ -841,7 +841,7 @@ class DEKRTrainTransform:
         layer = sample["outputs"][0]
         r = self.output_size
         # Official code: the offset-weight area is scaled to INPUT pixels² (area_scale = (input / 200 s)²) while
-        # the offsets are in output pixels (README Q10)
+        # the offsets are in output pixels (train_step README Q10)
         out = {"joints_raw": joints, "area_raw": area, "sample": sample, "joints": layer["keypoints"],
                "area": area * sample["area_scale"], "ignore_mask": layer["mask"]}
         out["heatmap"], out["heatmap_weight"] = dekr_heatmaps(out["joints"], r, m.sigma, m.center_sigma, m.bg_weight)
