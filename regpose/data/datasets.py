@@ -44,7 +44,7 @@ from .keypoints import get_meta
 
 __all__ = ["ImageRecord", "read_image", "load_records", "load_annotation_file", "ensure_synthetic", "ignore_mask",
            "load_detections", "ImageDataset", "TopDownDataset", "build_dataset", "evaluation_gt",
-           "filter_records", "clean_gt_boxes", "annotation_paths"]
+           "filter_records", "clean_gt_boxes", "annotation_paths", "raw_sample"]
 
 log = logging.getLogger("regpose.data")
 
@@ -463,7 +463,8 @@ def _xywh_to_xyxy(b: np.ndarray) -> np.ndarray:
     return np.concatenate([b[..., :2], b[..., :2] + b[..., 2:4]], axis=-1)
 
 
-def _raw_sample(record: ImageRecord, image: np.ndarray, index: int) -> dict:
+def raw_sample(record: ImageRecord, image: np.ndarray, index: int) -> dict:
+    """The raw sample (module docstring) of a whole image: its decoded RGB ``image`` and ``record``'s people."""
     return {
         "image": image,
         "image_id": record.image_id,
@@ -526,7 +527,7 @@ class ImageDataset(_SkippingDataset):
         return self.records[index]
 
     def _make(self, index: int, image: np.ndarray) -> dict:
-        return _raw_sample(self.records[index], image, index)
+        return raw_sample(self.records[index], image, index)
 
 
 class TopDownDataset(_SkippingDataset):
@@ -571,7 +572,7 @@ class TopDownDataset(_SkippingDataset):
         return self.records[self._rec[index]]
 
     def _make(self, index: int, image: np.ndarray) -> dict:
-        s = _raw_sample(self.records[self._rec[index]], image, index)
+        s = raw_sample(self.records[self._rec[index]], image, index)
         xywh = self._box[index].copy()
         s["box_xywh"] = xywh
         s["box"] = _xywh_to_xyxy(xywh)
