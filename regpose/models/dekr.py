@@ -27,7 +27,7 @@ from ..structures import PoseResult
 from .backbones import TimmBackbone
 from .base import PoseModel
 from .layers.adaptive_conv import AdaptiveConv2d
-from .layers.normalize import global_normalizer
+from .layers.distributed import global_normalizer
 from .registry import MethodSpec, register_method
 
 __all__ = [
@@ -380,8 +380,9 @@ def heatmap_loss(pred: torch.Tensor, gt: torch.Tensor, weight: torch.Tensor) -> 
 def offset_loss(pred: torch.Tensor, gt: torch.Tensor, weight: torch.Tensor, beta: float = 1.0 / 9) -> torch.Tensor:
     """Smooth-L1 (beta 1/9) weighted by 1/sqrt(person area), summed and divided by the number of supervised
     entries (x and y counted separately, at least 1): the paper's normalised offset loss (Eq. 5).
-    Official code: the count is the whole batch's, not per image or person (train_step README Q12); with several
-    processes it is the global batch's (:func:`~regpose.models.layers.normalize.global_normalizer`)."""
+    Official code: the count is the whole batch's, not per image or person (train_step README Q12), and per GPU
+    (set to 1 when 0); we normalise over the global batch so results do not depend on the number of processes
+    (identical with one process) (:func:`~regpose.models.layers.distributed.global_normalizer`)."""
     loss = F.smooth_l1_loss(pred, gt, reduction="none", beta=beta) * weight
     return loss.sum() / global_normalizer((weight > 0).sum())
 

@@ -150,10 +150,7 @@ def _updates(run: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method", [
-    pytest.param(m, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason="needs branch dekrstep "
-                                            "(DEKR's offset loss is normalised per process)")) if m == "dekr" else m
-    for m in sorted(CONTROLS)])
+@pytest.mark.parametrize("method", sorted(CONTROLS))
 def test_two_processes_equal_one_process_for_every_method(one_and_two_processes, method):
     """``torchrun --nproc_per_node=2`` with batch 2 per process == one process with batch 4: the same loss terms at
     the first iteration and the same parameter update, for every method's synthetic config.
