@@ -150,6 +150,24 @@ def _save_image(path: Path, rgb: np.ndarray) -> None:
         raise InputError(f"cannot write {path}")
 
 
+def _vis_path(out: Path, it) -> Path:
+    """Where an input's drawing goes: ``vis/<out_name>`` as .mp4 (videos, webcams), .png (PNG inputs) or .jpg."""
+    suffix = ".mp4" if it.kind != "image" else ".png" if Path(str(it.source)).suffix.lower() == ".png" else ".jpg"
+    return out / "vis" / (it.out_name + suffix)
+
+
+def _check_drawings_spare_inputs(out: Path, items: list) -> None:
+    """Refuse an --out whose drawings would overwrite the inputs themselves (e.g. inputs under <out>/vis/)."""
+    from ..config import ConfigError
+
+    inputs = {Path(it.source).resolve(): it.key for it in items if it.kind != "webcam"}
+    for it in items:
+        target = _vis_path(out, it).resolve()
+        if target in inputs:
+            raise ConfigError(f"--out {out}: the drawing of {it.key} would overwrite the input {inputs[target]}; "
+                              f"choose another --out (or --no-render)")
+
+
 def _image_ids(images: list, box_source) -> tuple[dict[str, int], list[tuple[int, str]]]:
     """Image ids of the image inputs, distinct within the call, and (input index, message) for inputs skipped.
 
@@ -274,9 +292,7 @@ class _InferRun:
                         self.without_boxes += 1
                     self.results.add_image(it.key, iid, img.shape, res)
                     if self.render:
-                        ext = ".png" if Path(str(it.source)).suffix.lower() == ".png" else ".jpg"
-                        _save_image(self.out / "vis" / (it.out_name + ext),
-                                    self.predictor.render(img, res, **self.draw))
+                        _save_image(_vis_path(self.out, it), self.predictor.render(img, res, **self.draw))
                     bar.update(1)
                 self.results.write_every(self.out, self.FLUSH_SECONDS)
         finally:
@@ -293,7 +309,7 @@ class _InferRun:
             self._skip(f"skipped {it.key}: {e}")
             return
         entry = self.results.start_video(it.key, reader.fps, reader.width, reader.height)
-        video_path = self.out / "vis" / (it.out_name + ".mp4")
+        video_path = _vis_path(self.out, it)
         writer = VideoWriter(video_path, reader.fps, (reader.width, reader.height) if reader.width else None) \
             if self.render else None
         tracker = self.predictor.tracker() if args.track else None
@@ -313,8 +329,9 @@ class _InferRun:
             if it.kind != "webcam":      # Ctrl-C ends a webcam normally; anything else stops the whole call
                 raise
         except InputError as e:          # e.g. frames of a size a static ONNX export cannot take
-            entry["frames"].clear()
             failure = str(e)
+            if entry["frames"]:          # the frames before it stay in the results
+                print(f"{it.key}: stopped after frame {entry['frames'][-1]['frame']}: {failure}", file=sys.stderr)
         finally:
             bar.close()
             reader.close()
@@ -368,6 +385,8 @@ def run_infer(args) -> int:
     predictor.require_boxes()
     items, problems = discover_inputs(args.inputs)
     _check_video_boxes(predictor.box_source, items)
+    if not args.no_render:
+        _check_drawings_spare_inputs(out, items)
     run = _InferRun(predictor, args, out, skipped=len(problems))
     for msg in problems:
         print(msg, file=sys.stderr)

@@ -224,3 +224,38 @@ def test_predictor_finds_boxes_by_the_same_rule(files, tmp_path):
         pred(image)
     assert len(pred(image, image_id=1)) == 1 and len(pred(image, image_id=2)) == 0
     assert DetectionBoxes(dets).image_id_for(folder / "0001.jpg") == 1
+
+
+def test_a_video_failing_part_way_keeps_its_earlier_frames(files, tmp_path, capsys, monkeypatch):
+    """Fault injection: the network refuses the second batch of frames (as ONNX Runtime does for a shape it
+    cannot take). Main threw away the frames already done; they stay, and one line says where it stopped."""
+    cfg, weights = files["querypose"]
+    video = _black_video(tmp_path / "v.mp4", frames=6)
+    real = Predictor.predict_batch
+    calls = []
+
+    def predict_batch(self, *a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise InputError("injected: this input size cannot be run")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(Predictor, "predict_batch", predict_batch)
+    out = tmp_path / "out"
+    assert main(["infer", str(cfg), str(video), "--weights", str(weights), "--out", str(out), "--no-progress",
+                 "--batch-size", "2"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"{video}: stopped after frame 1: injected: this input size cannot be run"]
+    entry = _results(out)[0]["videos"][str(video)]
+    assert [f["frame"] for f in entry["frames"]] == [0, 1] and entry["num_frames"] == 2
+
+
+def test_drawings_never_overwrite_the_inputs(files, tmp_path, capsys):
+    """Inputs under <out>/vis/<folder>/ would be replaced by their own drawings: refused before any work."""
+    cfg, weights = files["querypose"]
+    folder = _folder(tmp_path / "vis" / "photos", ["a.jpg"])
+    before = (folder / "a.jpg").read_bytes()
+    code = main(["infer", str(cfg), str(folder), "--weights", str(weights), "--out", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "would overwrite the input" in err[0]
+    assert (folder / "a.jpg").read_bytes() == before and not (tmp_path / "results.json").exists()
