@@ -202,15 +202,15 @@ def _evil_checkpoint(e: Env) -> Path:
     return path
 
 
-def _corrupt_jpeg(e: Env, folder: str) -> Path:
-    """A copy of the synthetic split whose second image is cut to a third (a truncated download)."""
-    root = e.root / folder
-    if not root.exists():
-        (root / "images").mkdir(parents=True)
+def _corrupt_image(e: Env) -> Path:
+    """A copy of the synthetic images whose second one is garbage after the JPEG marker (no decoder reads it)."""
+    folder = e.root / "corrupt_images"
+    if not folder.exists():
+        folder.mkdir()
         for f in e.images.iterdir():
             data = f.read_bytes()
-            (root / "images" / f.name).write_bytes(data[: len(data) // 3] if f.name == "000002.jpg" else data)
-    return root / "images"
+            (folder / f.name).write_bytes(data[:2] + bytes(3000) if f.name == "000002.jpg" else data)
+    return folder
 
 
 def _nan_first(keypoints: list) -> list:
@@ -245,22 +245,21 @@ CASES = [
     ("train-init-weights-not-a-checkpoint",
      _train(lambda e: [f"train.init_weights={e.bad('text.pth', TEXT)}"]), ["text.pth"]),
     ("train-init-weights-of-another-method",
-                 _train(lambda e: [f"train.init_weights={e.qp[1]}"]), ["querypose.pth"], TRUNK),
-    ("train-into-an-existing-run", _train(out=lambda p, t: p / "run"), ["--resume"],
-                 ENGINE),
+     _train(lambda e: [f"train.init_weights={e.qp[1]}"]), ["querypose.pth"], TRUNK),
+    ("train-into-an-existing-run", _train(out=lambda p, t: p / "run"), ["--resume"], ENGINE),
     ("train-empty-training-set",
-                 _train(lambda e: [f"data.train.ann_files=[{e.bad('noann.json', {**e.gt, 'annotations': []})}]"]),
-                 ["noann.json"], ENGINE),
+     _train(lambda e: [f"data.train.ann_files=[{e.bad('noann.json', {**e.gt, 'annotations': []})}]"]),
+     ["noann.json"], ENGINE),
     ("train-batch-size-0", _train(["train.batch_size=0"]), ["train.batch_size"], ENGINE),
     ("train-lr-nan", _train(["train.lr=nan"]), ["train.lr"], ENGINE),
     ("train-non-finite-ground-truth",
-                 _train(lambda e: [f"data.train.ann_files=[{e.gt_with('nan.json', keypoints=_nan_first)}]"]),
-                 ["nan.json"], ENGINE),
-    ("train-corrupt-image", _train(lambda e: [f"data.train.image_dir={_corrupt_jpeg(e, 'cut')}"]),
-                 ["000002.jpg"], ENGINE),            # libjpeg prints a stray line before ours (item 13)
+     _train(lambda e: [f"data.train.ann_files=[{e.gt_with('nan.json', keypoints=_nan_first)}]"]), ["nan.json"],
+     ENGINE),
+    ("train-corrupt-image",               # batch 6: every image of the split is read
+     _train(lambda e: [f"data.train.image_dir={_corrupt_image(e)}", "train.batch_size=6"]), ["000002.jpg"]),
     ("train-corrupt-image-in-a-worker",
-                 _train(lambda e: [f"data.train.image_dir={_corrupt_jpeg(e, 'cut')}", "train.num_workers=1"]),
-                 ["000002.jpg"], ENGINE),
+     _train(lambda e: [f"data.train.image_dir={_corrupt_image(e)}", "train.batch_size=6", "train.num_workers=1"]),
+     ["000002.jpg"], ENGINE),
     ("train-unknown-backbone", _train(["model.backbone=resnet999"]), ["resnet999"], TRUNK),
     # ---- test
     ("test-weights-missing", _test(weights=lambda e: e.root / "nope.pth"), ["nope.pth"]),
@@ -326,7 +325,7 @@ CASES = [
     ("evaluate-results-nan", _evaluate(res=lambda e: e.results("r.json", keypoints=lambda k: [float("nan")] * 51)),
      ["r.json", "entry 0"]),
     ("evaluate-results-null-score", _evaluate(res=lambda e: e.results("r.json", score=None)),
-                 ["r.json", "entry 0", "null"], ENGINE),
+     ["r.json", "entry 0", "null"], ENGINE),
     ("evaluate-wrong-dataset", _evaluate(extra=["--dataset", "crowdpose"]), ["annotations.json", "crowdpose"]),
     ("evaluate-json-out-unwritable", _evaluate(out=lambda p, t: PROC + "/m.json"), ["--json-out", PROC]),
     ("evaluate-json-out-is-a-folder", _evaluate(out=lambda p, t: p), ["--json-out", "prev"]),
@@ -433,3 +432,15 @@ def test_bad_inputs_next_to_good_ones(case, model, make_bad, detections, names, 
     res = json.loads((out / "results.json").read_text())
     assert list(res["images"]) == [str(good)] and res["images"][str(good)]["image_id"] == 785
     assert list(res["videos"]) == ([str(video)] if video else [])
+
+
+@ENGINE
+def test_a_bad_validation_image_is_skipped_and_counted(env, tmp_path, capfd):
+    """``test`` with one undecodable image among the validation images: the others are evaluated, one line names
+    the bad one (issue 18 item 5)."""
+    out = tmp_path / "test"
+    code, lines, err, _ = _run(["test", RLE_CONFIG, "--weights", str(env.weights), "--output-dir", str(out),
+                                *env.data, f"data.val.image_dir={_corrupt_image(env)}"], capfd)
+    assert code == 0 and "Traceback" not in err, err[-2000:]
+    assert len(lines) == 1 and "000002.jpg" in lines[0], lines
+    assert (out / "metrics_val.json").is_file()

@@ -106,10 +106,33 @@ def test_results_so_far_are_written_when_a_later_input_fails(files, tmp_path, ca
     assert len(coco) == sum(len(e["people"]) for e in res["images"].values()) > 0
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 128 + signal.SIGTERM)])
-def test_a_signal_mid_run_keeps_the_results_of_the_frames_done(files, tmp_path, sig, code):
-    """The real command in a subprocess, stopped by a signal while it works through a long video: the results
-    files hold the frames processed up to then."""
+def test_results_are_rewritten_while_the_run_goes_on(files, tmp_path, monkeypatch):
+    """With the rewrite interval at zero, the results files on disk already hold every earlier picture when the
+    next one is drawn: a run killed outright (SIGKILL, power) loses at most one interval."""
+    from regpose.inference.commands import _InferRun
+
+    cfg, weights = files["querypose"]
+    folder = _folder(tmp_path / "in", ["1.jpg", "2.jpg", "3.jpg"])
+    out = tmp_path / "out"
+    on_disk = []
+    real_render = Predictor.render
+
+    def render(self, image, result, **kw):
+        path = out / "results.json"
+        on_disk.append(sorted(json.loads(path.read_text())["images"]) if path.exists() else None)
+        return real_render(self, image, result, **kw)
+
+    monkeypatch.setattr(_InferRun, "FLUSH_SECONDS", 0.0)
+    monkeypatch.setattr(Predictor, "render", render)
+    assert main(["infer", str(cfg), str(folder), "--weights", str(weights), "--out", str(out), "--no-progress"]) == 0
+    names = [str(folder / n) for n in ("1.jpg", "2.jpg", "3.jpg")]
+    assert on_disk == [None, names[:1], names[:2]]         # drawn right after its own results are computed
+
+
+def test_sigterm_mid_run_keeps_the_results_of_the_frames_done(files, tmp_path):
+    """The real command in a subprocess, stopped by SIGTERM (a scheduler's stop) while it works through a long
+    video: exit 143 without a traceback, the results files hold the frames processed up to then. (Ctrl-C takes
+    the same way out: the KeyboardInterrupt case above.)"""
     cfg, weights = files["querypose"]
     video = tmp_path / "long.mp4"
     w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10.0, (160, 106))
@@ -129,9 +152,9 @@ def test_a_signal_mid_run_keeps_the_results_of_the_frames_done(files, tmp_path, 
         done = [int(n) for n in re.findall(r"(\d+)/3000", seen)]
         if done and done[-1] >= 3:
             break
-    proc.send_signal(sig)
+    proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == code, stderr[-2000:]
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
     assert "Traceback" not in stderr
     assert "stopped early: processed 1 video" in stdout
     res, _ = _results(out)
