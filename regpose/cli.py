@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import math
 import sys
 from pathlib import Path
 
+from .clitypes import positive_float, positive_int, size_pair
 from .errors import RegposeError
+from .paths import require_writable_dir, require_writable_file
 
 EXAMPLES = """examples:
   regpose synth data/synth/train --num-images 2000 --seed 0
@@ -22,29 +23,17 @@ EXAMPLES = """examples:
 """
 
 
-def _size(text: str) -> tuple[int, int]:
-    try:
-        a, b = text.lower().split("x")
-        size = int(a), int(b)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected AxB (e.g. 256x256), got {text!r}") from None
-    if min(size) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive sizes AxB (e.g. 256x256), got {text!r}")
-    return size
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line, like every other error of the command line."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message} (see '{self.prog} --help')\n")
 
 
-def _at_least(minimum: float, kind: type = int):
-    """An argparse type: a finite ``kind`` number >= ``minimum`` (so 0 runs, NaN minutes... are usage errors)."""
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") \
-                from None
-        if not (math.isfinite(value) and value >= minimum):
-            raise argparse.ArgumentTypeError(f"expected a number >= {minimum:g}, got {text!r}")
-        return value
-    return parse
+def _main_process() -> bool:
+    """Rank 0 of a torchrun launch (or a plain run): the process that writes the outputs."""
+    import os
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _load_cfg(args, overrides: list[str] | None = None):
@@ -60,6 +49,7 @@ def _load_cfg(args, overrides: list[str] | None = None):
 def cmd_synth(args) -> int:
     from .data.synthetic import generate
 
+    require_writable_dir(args.out, "out")
     w, h = args.size
     path = generate(args.out, args.num_images, seed=args.seed, fmt=args.format, size=(w, h),
                     max_people=args.max_people, progress=True)
@@ -70,6 +60,8 @@ def cmd_synth(args) -> int:
 def cmd_evaluate(args) -> int:
     from .evaluation import evaluate, format_metrics
 
+    if args.json_out:
+        require_writable_file(args.json_out, "--json-out")
     metrics = evaluate(args.gt, args.results, dataset=args.dataset)
     print(format_metrics(metrics, args.dataset))
     if args.json_out:
@@ -81,6 +73,8 @@ def cmd_evaluate(args) -> int:
 def cmd_analyze(args) -> int:
     from .evaluation.analysis import analyse_keypoint_errors, format_analysis
 
+    if args.json_out:
+        require_writable_file(args.json_out, "--json-out")
     report = analyse_keypoint_errors(args.gt, args.results, dataset=args.dataset)
     print(format_analysis(report))
     if args.json_out:
@@ -93,6 +87,7 @@ def cmd_show_data(args) -> int:
     from .data.show import show_data
 
     cfg = _load_cfg(args)
+    require_writable_dir(args.out, "--out")
     paths = show_data(cfg, args.out, num_samples=args.num, split=args.split, seed=args.seed)
     print(f"wrote {len(paths)} images to {args.out}")
     return 0
@@ -103,6 +98,8 @@ def cmd_train(args) -> int:
     from .evaluation import format_metrics
 
     cfg = _load_cfg(args)
+    if _main_process():
+        require_writable_dir(cfg.output_dir, "--output-dir" if args.output_dir else "output_dir")
     metrics = train(cfg, resume=args.resume, device=args.device, overwrite=args.overwrite)
     if metrics:
         print(format_metrics(metrics, cfg.data.format))
@@ -116,15 +113,20 @@ def cmd_test(args) -> int:
     from .evaluation import format_metrics
     from .models import build_model
 
-    # the options become overrides, so they are checked like any config value (e.g. --scales 0)
-    options = ((["test.flip=true"] if args.flip else []) + ([f"test.scales={args.scales}"] if args.scales else [])
-               + (["test.strict=true"] if args.strict else []))
-    cfg = _load_cfg(args, list(args.overrides or []) + options)
+    cfg = _load_cfg(args)
+    if args.flip:
+        cfg.test.flip = True
+    if args.scales:
+        cfg.test.scales = list(args.scales)
+    if args.strict:
+        cfg.test.strict = True
+    out = args.output_dir or str(Path(cfg.output_dir) / "test")
+    if _main_process():
+        require_writable_dir(out, "--output-dir" if args.output_dir else "output_dir")
     device = dist.init_distributed(args.device)
     model = build_model(cfg)
     load_model_weights(model, args.weights)
     model.to(device)
-    out = args.output_dir or str(Path(cfg.output_dir) / "test")
     metrics, res = evaluate_model(cfg, model, device, split=args.split, out_dir=out)
     if dist.is_main_process():
         if metrics:
@@ -139,11 +141,12 @@ def cmd_bench(args) -> int:
     from .engine.bench import format_bench, run_bench, save_bench
 
     cfg = _load_cfg(args)
+    out = args.json_out or str(Path(cfg.output_dir) / "bench.json")
+    require_writable_file(out, "--json-out" if args.json_out else "output_dir")
     r = run_bench(cfg, input_hw=args.input_size, batch_sizes=args.batch_sizes, warmup=args.warmup, runs=args.runs,
                   threads=args.threads, device=args.device, weights=args.weights or "", mode=args.mode,
                   flops=not args.no_flops)
     print(format_bench(r))
-    out = args.json_out or str(Path(cfg.output_dir) / "bench.json")
     save_bench(r, out)
     print(f"wrote {out}")
     return 0
@@ -152,6 +155,7 @@ def cmd_bench(args) -> int:
 def cmd_convert(args) -> int:
     from .compat.official import convert
 
+    require_writable_file(args.out, "--out")
     out = convert(args.from_official, args.checkpoint, args.out, config=args.config, kind=args.kind)
     print(f"wrote {out}")
     return 0
@@ -169,6 +173,7 @@ def cmd_train_rescore(args) -> int:
     from .models.dekr import train_rescore
 
     cfg = _load_cfg(args)
+    require_writable_file(args.out, "--out")
     out = train_rescore(cfg, args.weights, args.out, max_images=args.max_images)
     print(f"wrote {out}")
     return 0
@@ -177,13 +182,14 @@ def cmd_train_rescore(args) -> int:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
+    require_writable_dir(args.out, "--out")
     kw = {k: v for k, v in (("method", args.method), ("minutes", args.minutes)) if v is not None}
     return run_demo(out=args.out, **kw)
 
 
 # --------------------------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="regpose", description="Direct-regression multi-person pose estimation.",
+    p = _Parser(prog="regpose", description="Direct-regression multi-person pose estimation.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     from . import __version__
     p.add_argument("--version", action="version", version=f"regpose {__version__}")
@@ -191,11 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="generate the built-in synthetic crowd dataset")
     s.add_argument("out", help="output folder (images/ and annotations.json)")
-    s.add_argument("--num-images", type=int, default=1000)
+    s.add_argument("--num-images", type=positive_int, default=1000)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--format", choices=["coco", "crowdpose", "mpii"], default="coco")
-    s.add_argument("--size", type=_size, default=(256, 256), help="image size WxH (default 256x256)")
-    s.add_argument("--max-people", type=int, default=6)
+    s.add_argument("--size", type=size_pair, default=(256, 256), help="image size WxH (default 256x256)")
+    s.add_argument("--max-people", type=positive_int, default=6)
     s.set_defaults(fn=cmd_synth)
 
     s = sub.add_parser("evaluate", help="COCO / CrowdPose OKS AP, MPII PCKh of a results json")
@@ -215,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("show-data", help="render augmented training samples with their targets")
     s.add_argument("config")
     s.add_argument("--out", required=True)
-    s.add_argument("--num", type=_at_least(1), default=8)
+    s.add_argument("--num", type=positive_int, default=8)
     s.add_argument("--split", choices=["train", "val"], default="train")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("overrides", nargs="*", help="dotted config overrides key=value")
@@ -236,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--weights", required=True)
     s.add_argument("--split", default="val", choices=["val", "train"])
     s.add_argument("--flip", action="store_true", help="flip test")
-    s.add_argument("--scales", type=float, nargs="+", help="multi-scale test factors, e.g. 0.5 1 2")
+    s.add_argument("--scales", type=positive_float, nargs="+", help="multi-scale test factors, e.g. 0.5 1 2")
     s.add_argument("--strict", action="store_true",
                    help="stop at the first unreadable image (default: report it, skip it, evaluate the rest)")
     s.add_argument("--output-dir")
@@ -246,11 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="params, GFLOPs, latency, throughput, peak memory")
     s.add_argument("config")
-    s.add_argument("--input-size", type=_size, help="network input HxW (default: the config's)")
-    s.add_argument("--batch-sizes", type=_at_least(1), nargs="+", default=[1])
-    s.add_argument("--runs", type=_at_least(1), default=10)
-    s.add_argument("--warmup", type=_at_least(0), default=2)
-    s.add_argument("--threads", type=_at_least(1), help="torch CPU threads (default: torch's)")
+    s.add_argument("--input-size", type=size_pair, help="network input HxW (default: the config's)")
+    s.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1])
+    s.add_argument("--runs", type=positive_int, default=10)
+    s.add_argument("--warmup", type=int, default=2)
+    s.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
     s.add_argument("--device", default="cpu")
     s.add_argument("--weights")
     s.add_argument("--mode", choices=["forward", "predict"], default="forward",
@@ -277,13 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config")
     s.add_argument("--weights", required=True)
     s.add_argument("--out", required=True)
-    s.add_argument("--max-images", type=_at_least(1))
+    s.add_argument("--max-images", type=positive_int)
     s.add_argument("overrides", nargs="*")
     s.set_defaults(fn=cmd_train_rescore)
 
     s = sub.add_parser("demo", help="synthetic data -> train a few CPU minutes -> evaluate -> rendered predictions")
     s.add_argument("--method", default=None, help="method to train (default: the demo's default method)")
-    s.add_argument("--minutes", type=_at_least(0.1, float), default=None,
+    s.add_argument("--minutes", type=positive_float, default=None,
                    help="training budget in minutes (default: the demo's)")
     s.add_argument("--out", default="runs/demo")
     s.set_defaults(fn=cmd_demo)
@@ -302,15 +308,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _clear_progress_bars() -> None:
-    """Erase progress bars an error interrupted, so the error is one line of its own (not appended to a bar)."""
-    from tqdm import tqdm
-
-    for bar in list(getattr(tqdm, "_instances", ())):   # the bars tqdm itself tracks for tqdm.write
-        bar.leave = False
-        bar.close()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Dotted overrides may come anywhere, also after options: `train CFG --resume train.lr=1e-4`.
@@ -326,13 +323,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.fn(args) or 0)
     except RegposeError as e:
-        _clear_progress_bars()
+        _close_progress_bars()
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        _clear_progress_bars()
+        _close_progress_bars()
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _close_progress_bars() -> None:
+    """A bar still on screen would swallow the start of the error line (it is drawn with carriage returns)."""
+    from tqdm import tqdm
+
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
 
 
 if __name__ == "__main__":

@@ -121,17 +121,3 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, case):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], r.stderr[-1500:]
     assert "Traceback" not in r.stderr
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["demo", "--minutes", "nan"], "argument --minutes: expected a number >= 0.1, got 'nan'"),
-    (["bench", "c.yaml", "--runs", "0"], "argument --runs: expected a number >= 1, got '0'"),
-    (["bench", "c.yaml", "--batch-sizes", "1", "-2"], "argument --batch-sizes: expected a number >= 1, got '-2'"),
-    (["bench", "c.yaml", "--input-size", "0x64"], "argument --input-size: expected positive sizes AxB"),
-])
-def test_cli_numbers_are_checked_before_any_work(argv, message, capsys):
-    from regpose.cli import main
-
-    with pytest.raises(SystemExit) as e:
-        main(argv)
-    assert e.value.code == 2 and message in capsys.readouterr().err

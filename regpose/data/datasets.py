@@ -44,8 +44,8 @@ from ..jsonio import read_json
 from .keypoints import get_meta
 
 __all__ = ["ImageRecord", "read_image", "load_records", "load_annotation_file", "ensure_synthetic", "ignore_mask",
-           "load_detections", "ImageDataset", "TopDownDataset", "build_dataset", "evaluation_gt",
-           "filter_records", "clean_gt_boxes", "annotation_paths", "check_finite"]
+           "load_detections", "read_detections", "ImageDataset", "TopDownDataset", "build_dataset", "evaluation_gt",
+           "filter_records", "clean_gt_boxes", "annotation_paths", "raw_sample", "check_finite"]
 
 log = logging.getLogger("regpose.data")
 
@@ -493,35 +493,69 @@ def ignore_mask(record: ImageRecord, h: int | None = None, w: int | None = None)
 
 
 def load_detections(path: str | os.PathLike, score_threshold: float = 0.0) -> dict[int, np.ndarray]:
-    """Person detections in COCO results format -> ``{image_id: (M, 5) float64 x, y, w, h, score}`` (file order,
-    person class only, ``score >= score_threshold``)."""
+    """Person detections -> ``{image_id: (M, 5) float64 x, y, w, h, score}`` (see :func:`read_detections`)."""
+    return read_detections(path, score_threshold)[0]
+
+
+def _integer(value) -> int:
+    """An id written as an integer (785, 785.0 or "785"); anything else raises ValueError / TypeError."""
+    if isinstance(value, bool):
+        raise TypeError(value)
+    i = int(value)
+    if float(value) != i:
+        raise ValueError(value)
+    return i
+
+
+def read_detections(path: str | os.PathLike, score_threshold: float = 0.0
+                    ) -> tuple[dict[int, np.ndarray], dict[int, str] | None]:
+    """Person detections and the images they belong to.
+
+    Two layouts: a COCO results list ``[{image_id, category_id, bbox, score}]`` (images known by id only), or a
+    COCO-style dict ``{"images": [{id, file_name}], "annotations": [{image_id, bbox, score?}]}`` (e.g. a detector's
+    output with its image entries, or a ground-truth file). Returns ``({image_id: (M, 5) x, y, w, h, score}`` in
+    file order, person class only, ``score >= score_threshold``), and ``{image_id: file_name}`` of the dict layout
+    (None for a list)."""
     p = Path(path).expanduser().resolve()
     data = read_json(p, "detections")
-    if not isinstance(data, list):
-        raise DataError(f"{p}: expected a COCO results list of {{image_id, category_id, bbox, score}}")
+    files = None
+    if isinstance(data, dict) and isinstance(data.get("images"), list) and isinstance(data.get("annotations"), list):
+        files = {}
+        for i, im in enumerate(data["images"]):
+            try:
+                files[_integer(im["id"])] = str(im["file_name"])
+            except (TypeError, ValueError, KeyError):
+                raise DataError(f"{p}: images[{i}] needs an integer 'id' and a 'file_name'") from None
+        entries, where = data["annotations"], "annotations"
+    elif isinstance(data, list):
+        entries, where = data, "entry"
+    else:
+        raise DataError(f"{p}: expected a COCO results list of {{image_id, category_id, bbox, score}} or a dict with "
+                        f"'images' (id, file_name) and 'annotations' (image_id, bbox, score)")
     out: dict[int, list] = {}
-    for i, d in enumerate(data):
+    for i, d in enumerate(entries):
+        name = f"{where}[{i}]" if files is not None else f"entry {i}"
         if not isinstance(d, dict) or "image_id" not in d or "bbox" not in d:
-            raise DataError(f"{p}: entry {i} lacks 'image_id' or 'bbox'")
-        if d.get("category_id", 1) != 1:
+            raise DataError(f"{p}: {name} lacks 'image_id' or 'bbox'")
+        if d.get("category_id", 1) != 1 or d.get("iscrowd"):      # crowd regions of a ground-truth file are no boxes
             continue
-        b = d["bbox"]
-        s = d.get("score", 1.0)
-        if not isinstance(b, list) or len(b) != 4:
-            got = f"{len(b)} values" if isinstance(b, list) else repr(b)[:40]
-            raise DataError(f"{p}: entry {i}: 'bbox' has {got}, expected 4 numbers (x, y, w, h)")
-        if any(v is None for v in b + [s]):
-            raise DataError(f"{p}: entry {i}: bbox/score contains null (finite numbers expected)")
+        b, s = d["bbox"], d.get("score", 1.0)
+        if not isinstance(b, (list, tuple)) or len(b) != 4:
+            got = f"{len(b)} values" if isinstance(b, (list, tuple)) else repr(b)
+            raise DataError(f"{p}: {name}: 'bbox' has {got}, expected 4 (x, y, w, h)")
         try:
             row = [float(v) for v in b] + [float(s)]
-            image_id = int(d["image_id"])
+            image_id = _integer(d["image_id"])
         except (TypeError, ValueError):
-            raise DataError(f"{p}: entry {i}: image_id, bbox and score must be numbers") from None
+            raise DataError(f"{p}: {name}: 'image_id' must be an integer, 'bbox' 4 numbers and 'score' a number "
+                            f"(got image_id {d['image_id']!r}, bbox {b!r}, score {s!r})") from None
         if not np.all(np.isfinite(row)):
-            raise DataError(f"{p}: entry {i}: bbox/score contains NaN or infinity (finite numbers expected)")
+            raise DataError(f"{p}: {name}: bbox/score contains NaN or infinity")
+        if files is not None and image_id not in files:
+            raise DataError(f"{p}: {name}: image_id {image_id} has no entry in 'images'")
         if row[4] >= score_threshold:
             out.setdefault(image_id, []).append(row)
-    return {k: np.asarray(v, dtype=np.float64).reshape(-1, 5) for k, v in out.items()}
+    return {k: np.asarray(v, dtype=np.float64).reshape(-1, 5) for k, v in out.items()}, files
 
 
 def clean_gt_boxes(record: ImageRecord) -> tuple[np.ndarray, np.ndarray]:
@@ -566,7 +600,8 @@ def _xywh_to_xyxy(b: np.ndarray) -> np.ndarray:
     return np.concatenate([b[..., :2], b[..., :2] + b[..., 2:4]], axis=-1)
 
 
-def _raw_sample(record: ImageRecord, image: np.ndarray, index: int) -> dict:
+def raw_sample(record: ImageRecord, image: np.ndarray, index: int) -> dict:
+    """The raw sample (module docstring) of a whole image: its decoded RGB ``image`` and ``record``'s people."""
     return {
         "image": image,
         "image_id": record.image_id,
@@ -630,7 +665,7 @@ class ImageDataset(_SkippingDataset):
         return self.records[index]
 
     def _make(self, index: int, image: np.ndarray) -> dict:
-        return _raw_sample(self.records[index], image, index)
+        return raw_sample(self.records[index], image, index)
 
 
 class TopDownDataset(_SkippingDataset):
@@ -675,7 +710,7 @@ class TopDownDataset(_SkippingDataset):
         return self.records[self._rec[index]]
 
     def _make(self, index: int, image: np.ndarray) -> dict:
-        s = _raw_sample(self.records[self._rec[index]], image, index)
+        s = raw_sample(self.records[self._rec[index]], image, index)
         xywh = self._box[index].copy()
         s["box_xywh"] = xywh
         s["box"] = _xywh_to_xyxy(xywh)

@@ -113,13 +113,14 @@ def dekr_joints(keypoints: np.ndarray, areas: np.ndarray, iscrowd: np.ndarray, n
 
 
 def dekr_heatmaps(joints: np.ndarray, output_size, sigma: float = 2.0, center_sigma: float = 4.0,
-                  bg_weight: float = 0.1, mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  bg_weight: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
     """DEKR ``HeatmapGenerator`` (spec §2.3) on joints at output resolution (P, J, 3), J = K + 1.
 
     A joint with v > 0 and 0 <= x, y < R draws exp(-((X-x)² + (Y-y)²) / 2σ²) over integer pixels in
     [floor(x - 3σ - 1), ceil(x + 3σ + 2)) (clipped), people max-combined. σ = ``center_sigma`` only for channel
-    index >= 17 (QUIRK: CrowdPose's centre, index 14, uses ``sigma``). Weights: 1 inside those windows, ``bg_weight``
-    elsewhere, times ``mask`` (R, R) if given. Returns (heatmaps (J, H, W), weights (J, H, W)) float32."""
+    index >= 17 (QUIRK: CrowdPose's centre, index 14, uses ``sigma``). Weights: 1 inside those windows (also where
+    the Gaussian is ~0), ``bg_weight`` elsewhere; the official loss weight is this times the ignore mask.
+    Returns (heatmaps (J, H, W), weights (J, H, W)) float32."""
     w, h = _wh(output_size)
     jt = np.asarray(joints, dtype=np.float64)
     p, j = jt.shape[:2] if jt.ndim == 3 else (0, 0)
@@ -147,10 +148,7 @@ def dekr_heatmaps(joints: np.ndarray, output_size, sigma: float = 2.0, center_si
         lin = lin[v].astype(np.int64)
         np.maximum.at(hm, lin, g[v])
         wt.reshape(-1)[lin] = 1.0
-    hm = hm.reshape(j, h, w).astype(np.float32)
-    if mask is not None:
-        wt = wt * np.asarray(mask, dtype=np.float32)[None]
-    return hm, wt
+    return hm.reshape(j, h, w).astype(np.float32), wt
 
 
 def dekr_offsets(joints: np.ndarray, area: np.ndarray, output_size, radius: int = 4
@@ -158,11 +156,13 @@ def dekr_offsets(joints: np.ndarray, area: np.ndarray, output_size, radius: int 
     """DEKR ``OffsetGenerator`` (spec §2.4) on joints at output resolution (P, K+1, 3) (last = centre) and the
     scaled areas (P,).
 
-    For a person whose centre has v >= 1 and truncated position (int(x), int(y)) inside the map, every labelled
-    joint inside the map writes target (px - x, py - y) and weight 1/sqrt(area) at the asymmetric 8x8 window
-    px in [cx - 4, cx + 4) (clipped). Conflicts follow the official sequential rule: a pixel that already holds a
-    non-zero target for that joint keeps it when the per-pixel area (shared by all joints) is smaller than this
-    person's area ("smaller person wins"). Returns (offsets (2K, H, W), weights (2K, H, W)) float32."""
+    For a person whose centre has v >= 1 and truncated position (int(x), int(y)) inside the map (Official code:
+    int() truncates toward 0, so a centre at x in (-1, 0) passes), every labelled joint inside the map writes
+    target (px - x, py - y) and weight 1/sqrt(area) at the asymmetric 8x8 window px in [cx - 4, cx + 4) (clipped);
+    a person whose centre is outside gets no offsets, even for joints inside (train_step README Q8). Conflicts follow
+    the official sequential rule: a pixel that already holds a non-zero target for that joint keeps it when the
+    per-pixel area (shared by all joints) is smaller than this person's area ("smaller person wins").
+    Returns (offsets (2K, H, W), weights (2K, H, W)) float32."""
     w, h = _wh(output_size)
     jt = np.asarray(joints, dtype=np.float64)
     area = np.asarray(area, dtype=np.float64).reshape(-1)

@@ -19,7 +19,14 @@ plus colour: :class:`ColorJitter`, :class:`PhotometricDistortion` (mmcv, with it
 :class:`Cutout`. The ``*_transforms(data_cfg, ...)`` builders assemble each family from ``cfg.data.augment``.
 
 Randomness: every transform takes ``rng`` (a ``numpy.random.Generator``); :class:`Compose` draws one per sample
-from Python's ``random`` module when none is given, which PyTorch seeds per data-loader worker.
+from Python's ``random`` module when none is given, which the trainer seeds per sample (engine.samplers), so a
+sample is the same for any number of workers or processes. Official code: DEKR draws scale, rotation and shift from
+numpy's global RNG and the flip from Python's ``random`` (reference/dekr/train_step README Q1); we draw all of them,
+in the same order and with the same distributions, from the one per-sample generator. The official streams cannot
+be replayed from a seed anyway (its loader workers reseed both), so exact replay goes through parameters:
+the random bottom-up transforms record what they drew in ``sample["augment"]`` (and so ``meta["augment"]``), and
+a sample that arrives with ``augment`` entries is transformed with those instead of drawing them
+(:meth:`BottomUpRandomAffine.draw`, :meth:`HorizontalFlip.draw` are the draws).
 """
 from __future__ import annotations
 
@@ -156,6 +163,17 @@ def select_people(sample: dict, keep) -> dict:
     return sample
 
 
+def _given(sample: dict) -> dict:
+    """Augmentation parameters the sample asks to replay: ``sample["augment"]`` (e.g. a recorded meta["augment"])."""
+    return sample.get("augment") or {}
+
+
+def _record(sample: dict, **params) -> None:
+    """Add drawn (or replayed) augmentation parameters to ``sample["augment"]`` (a new dict: the raw sample's own
+    ``augment`` is never modified)."""
+    sample["augment"] = {**_given(sample), **params}
+
+
 def make_meta(sample: dict, **extra) -> dict:
     """The ``meta`` every method's sample carries (see regpose.models.base): ids, sizes and ``inverse`` (2, 3) from
     network-input pixels to original pixels, plus the top-down / bottom-up extras present in the sample."""
@@ -168,7 +186,7 @@ def make_meta(sample: dict, **extra) -> dict:
         "input_size": (int(h), int(w)),
         "inverse": inverse_affine(sample)[:2].copy(),
     }
-    for k in ("center", "scale", "rotation", "box", "box_score", "person_index", "flipped", "area_scale"):
+    for k in ("center", "scale", "rotation", "box", "box_score", "person_index", "flipped", "area_scale", "augment"):
         if k in sample:
             v = sample[k]
             meta[k] = np.array(v) if isinstance(v, np.ndarray) else v
@@ -209,16 +227,27 @@ def _flip_keypoints(kp: np.ndarray, flip_index: np.ndarray, width: float) -> np.
 class HorizontalFlip:
     """Mirror the image with probability ``prob``: x -> W - 1 - x, left/right keypoints swapped via ``flip_index``.
     Bottom-up output layers (``sample["outputs"]``) flip at their own resolution R: x -> R - 1 - x, as DEKR's
-    ``RandomHorizontalFlip`` does for its joints and masks."""
+    ``RandomHorizontalFlip`` does for its joints and masks. Official code (DEKR, train_step README Q5): the image
+    is mirrored in input pixels and the joints in output pixels, so in a flipped sample the labels sit
+    (1 - 1/stride) output pixels (0.75 at stride 4) left of the image content; kept, as the official flip test
+    assumes it.
+    The decision is recorded as ``augment["flip"]``; a given ``augment["flip"]`` is replayed."""
 
     def __init__(self, flip_index: Sequence[int], prob: float = 0.5):
         self.flip_index = np.asarray(flip_index, dtype=np.int64)
         self.prob = prob
 
+    def draw(self, rng) -> bool:
+        """Official ``RandomHorizontalFlip``: flip when U[0, 1) < prob."""
+        return bool(rng.random() < self.prob)
+
     def __call__(self, sample: dict, rng=None) -> dict:
         rng = _rng(rng)
         _prepare(sample)
-        if not (rng.random() < self.prob):
+        given = _given(sample)
+        flip = bool(given["flip"]) if "flip" in given else self.draw(rng)
+        _record(sample, flip=flip)
+        if not flip:
             return sample
         img = sample["image"]
         w = img.shape[1]
@@ -432,7 +461,11 @@ class BottomUpRandomAffine:
     The image is warped to ``input_size`` (bilinear, zero border). For each of ``output_sizes`` an output layer is
     added to ``sample["outputs"]``: keypoints at that resolution and, if ``mask`` is on, the ignore mask warped with
     DEKR's uint8 x 255 / threshold-0.5 recipe. ``sample["area_scale"]`` is (input_size / 200 s)², the factor DEKR
-    multiplies its person areas by."""
+    multiplies its person areas by. The parameters (``center`` in original pixels, ``scale`` in units of 200 px,
+    ``rotation`` in degrees) are recorded in ``sample["augment"]``, and replayed when the sample brings them.
+
+    Official code: the ignore mask is warped at the output resolution with a zero border, so everything outside
+    the source image is ignored (weight 0 in the heatmap loss, background included; train_step README Q6)."""
 
     def __init__(self, input_size: int = 512, output_sizes: Sequence[int] = (128,), scale_type: str = "short",
                  min_scale: float = 0.75, max_scale: float = 1.5, max_rotation: float = 30.0,
@@ -447,11 +480,10 @@ class BottomUpRandomAffine:
         self.max_translate = max_translate
         self.mask = mask
 
-    def __call__(self, sample: dict, rng=None) -> dict:
-        rng = _rng(rng)
-        _prepare(sample)
-        image = sample["image"]
-        h, w = image.shape[:2]
+    def draw(self, h: int, w: int, rng) -> dict:
+        """Random parameters as the official ``RandomAffineTransform`` draws them, in its order: scale u, rotation u,
+        then the integer shifts dx, dy of the centre (w/2, h/2) from [int(-t s), int(t s)) (numpy truncates float
+        bounds toward 0 and excludes ``high``; train_step README Q2), s being the already augmented scale."""
         center = np.array((w / 2, h / 2))
         scale = (min(h, w) if self.scale_type == "short" else max(h, w)) / 200.0
         scale *= rng.random() * (self.max_scale - self.min_scale) + self.min_scale
@@ -460,6 +492,17 @@ class BottomUpRandomAffine:
             lo, hi = int(-self.max_translate * scale), int(self.max_translate * scale)
             center[0] += int(rng.integers(lo, hi)) if hi > lo else 0
             center[1] += int(rng.integers(lo, hi)) if hi > lo else 0
+        return {"center": center, "scale": float(scale), "rotation": float(rot)}
+
+    def __call__(self, sample: dict, rng=None) -> dict:
+        rng = _rng(rng)
+        _prepare(sample)
+        image = sample["image"]
+        h, w = image.shape[:2]
+        given = _given(sample)
+        params = {k: given[k] for k in ("center", "scale", "rotation")} if "center" in given else self.draw(h, w, rng)
+        _record(sample, **params)
+        center, scale, rot = np.asarray(params["center"], dtype=np.float64), params["scale"], params["rotation"]
         kp0 = sample["keypoints"].copy()
         aff0 = sample["affine"]
         mask0 = None
@@ -468,6 +511,8 @@ class BottomUpRandomAffine:
             if mask0 is None and "record" in sample:
                 from .datasets import ignore_mask
                 mask0 = ignore_mask(sample["record"], h, w)
+            elif mask0 is None:                  # nothing to ignore in the image; its padding still is (Q6)
+                mask0 = np.ones((h, w), np.float32)
         layers = []
         for r in self.output_sizes:
             m_out, _ = dekr_affine_matrix(center, scale, r, rot)

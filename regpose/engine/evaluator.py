@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..errors import DataError
+from ..jsonio import read_json
 from ..structures import PoseResult, to_coco_results
 from . import dist
 from .logging import get_logger
@@ -123,8 +124,7 @@ def collect_results(model, local: list, test_cfg, num_keypoints: int) -> dict[in
 def has_annotations(gt: str | dict | list) -> bool:
     """COCO-style dicts need a non-empty ``annotations``; MPII's layout is a non-empty list of entries."""
     if isinstance(gt, str):
-        with open(gt) as f:
-            gt = json.load(f)
+        gt = read_json(gt, "ground-truth")
     if isinstance(gt, list):
         return bool(gt)
     return bool(gt.get("annotations"))
@@ -149,8 +149,7 @@ def _without_skipped_images(gt_path: str, errors: list, fmt: str, num_samples: i
     log = get_logger()
     skipped = {e.image_id for e in errors if e.image_id is not None}
     what = f"{len(skipped)} unreadable image{'s' * (len(skipped) != 1)} ({len(errors)} of {num_samples} samples)"
-    with open(gt_path) as f:
-        gt = json.load(f)
+    gt = read_json(gt_path, "ground-truth")
     if fmt == "mpii" or not skipped or not isinstance(gt, dict):
         log.warning("skipped %s; their people count as missed (test.strict=true stops instead)", what)
         return gt_path

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.keypoints import get_meta
-from .coco import PROTOCOLS, _DT, _GT, evaluate_coco, load_gt, load_results
+from .coco import PROTOCOLS, _DT, _GT, evaluate_coco, evaluate_loaded, load_gt, load_results
 from .oks import oks_core
 
 __all__ = ["analyse_keypoint_errors", "format_analysis"]
@@ -80,9 +80,9 @@ def analyse_keypoint_errors(gt, results, dataset: str = "coco") -> dict:
     gt_data, gt_name = load_gt(gt)
     res, res_name = load_results(results)
     proto = PROTOCOLS[dataset]
-    g = _GT(gt_data, gt_name, proto)                         # validate both files, naming them, first
+    g = _GT(gt_data, gt_name, proto)                         # validate both files, errors naming them
     d = _DT(res, res_name, g, proto)
-    base = evaluate_coco(gt_data, res, dataset)
+    base = evaluate_loaded(g, d, proto, gt_name)
     var = (proto.sigmas * 2) ** 2
     names = get_meta(_LAYOUT[dataset]).keypoint_names
     best_dt, best_oks, sim, d2, dt_gt, dt_oks = _best_matches(g, d, var)

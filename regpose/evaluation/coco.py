@@ -27,8 +27,8 @@ from ..jsonio import non_finite, read_json
 from ..data.keypoints import COCO_SIGMAS, CROWDPOSE_SIGMAS
 from .oks import oks_core
 
-__all__ = ["COCO_KEYS", "CROWDPOSE_KEYS", "Protocol", "PROTOCOLS", "evaluate_coco", "load_gt", "load_results",
-           "KeypointEvaluator"]
+__all__ = ["COCO_KEYS", "CROWDPOSE_KEYS", "Protocol", "PROTOCOLS", "evaluate_coco", "evaluate_loaded", "load_gt",
+           "load_results", "KeypointEvaluator"]
 
 COCO_KEYS = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm", "ARl")
 CROWDPOSE_KEYS = ("AP", "AP50", "AP75", "AR", "AR50", "AR75", "AP_easy", "AP_medium", "AP_hard")
@@ -127,19 +127,17 @@ class _GT:
         except (KeyError, ValueError):
             bad = next(i for i, a in enumerate(anns) if len(a.get("bbox") or []) != 4)
             raise DataError(f"{name}: annotation {anns[bad].get('id', bad)} lacks a valid 'bbox' [x, y, w, h]") from None
+        # A NaN / inf on a labelled joint or a box would make every OKS with that person NaN: no match, silently.
+        labelled = self.kpts[..., 2] > 0
+        bad = ~np.isfinite(self.kpts[..., 2]) | (labelled[..., None] & ~np.isfinite(self.kpts[..., :2])).any(-1)
+        bad = bad.any(1) | ~np.isfinite(self.bbox).all(1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise DataError(f"{name}: annotation {anns[i].get('id', i)} (image_id {anns[i].get('image_id')}): "
+                            f"labelled keypoints or bbox contain NaN or infinity")
         box_area = self.bbox[:, 2] * self.bbox[:, 3] * 0.53
         has_area = np.asarray(["area" in a for a in anns], dtype=bool)
         ann_area = np.asarray([a.get("area", 0.0) for a in anns], dtype=np.float64)
-        labelled = ~(self.kpts[..., 2] <= 0)[..., None]     # NaN visibility counts as labelled
-        finite = (np.isfinite(self.kpts) | ~labelled).all((1, 2)) & np.isfinite(self.bbox).all(1) \
-            & np.isfinite(ann_area)
-        if not finite.all():  # such a person's OKS is NaN: silently never matched
-            i = int(np.argmin(finite))
-            bad_kp = ~(np.isfinite(self.kpts[i]) | ~labelled[i]).all(1)
-            what = (f"keypoint {int(np.argmax(bad_kp))}" if bad_kp.any()
-                    else "bbox" if not np.isfinite(self.bbox[i]).all() else "area")
-            raise DataError(f"{name}: annotation {anns[i].get('id', i)} (image {anns[i]['image_id']}): {what} is NaN, "
-                            f"infinite or null (ground truth must be finite to be scored)")
         if proto.use_area:
             self.oks_area = np.where(has_area, ann_area, box_area)
             self.rng_area = self.oks_area
@@ -402,7 +400,11 @@ def evaluate_coco(gt, results, dataset: str = "coco") -> dict[str, float]:
     gdata, gname = load_gt(gt)
     res, rname = load_results(results)
     g = _GT(gdata, gname, proto)
-    d = _DT(res, rname, g, proto)
+    return evaluate_loaded(g, _DT(res, rname, g, proto), proto, gname)
+
+
+def evaluate_loaded(g: _GT, d: _DT, proto: Protocol, gt_name: str) -> dict[str, float]:
+    """The protocol's statistics of loaded, validated ground truth and results (``gt_name`` for messages)."""
     ev = KeypointEvaluator(g, d, proto)
     p, r = ev.accumulate()
     stats = [_summarize(p, r, True), _summarize(p, r, True, .5), _summarize(p, r, True, .75)]
@@ -415,7 +417,8 @@ def evaluate_coco(gt, results, dataset: str = "coco") -> dict[str, float]:
         ci = g.crowd_index
         if np.isnan(ci).any():
             missing = g.img_ids[np.isnan(ci)][0]
-            raise DataError(f"{gname}: image {missing} has no 'crowdIndex' (needed for CrowdPose AP easy/medium/hard)")
+            raise DataError(f"{gt_name}: image {missing} has no 'crowdIndex' (needed for CrowdPose AP "
+                            f"easy/medium/hard)")
         for mask in (ci < 0.2, (ci >= 0.2) & (ci < 0.8), ci >= 0.8):
             pt, _ = ev.accumulate(mask)
             stats.append(round(float(np.mean(pt[:, :, :, 0])), 4))

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..jsonio import non_finite
 from ..data.keypoints import get_meta
+from ..jsonio import read_json
 
 __all__ = ["evaluate_pckh", "format_pckh", "PCKH_GROUPS"]
 
@@ -30,16 +30,18 @@ _EXCLUDED = (6, 7)  # pelvis, thorax
 
 
 def _load(obj, what):
-    import json
     if isinstance(obj, (str, os.PathLike)):
         p = Path(obj).expanduser()
-        if not p.is_file():
-            raise DataError(f"{what} file not found: {p}")
-        try:
-            return json.loads(p.read_text()), str(p)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p}: invalid JSON ({e.msg} at line {e.lineno})") from None
+        return read_json(p, what), str(p)
     return obj, f"<{what}>"
+
+
+def _numbers(value, shape_text: str, name: str, i: int, key: str) -> np.ndarray:
+    """``value`` as a float array, or a one-line error naming the entry and what was expected."""
+    try:
+        return np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"{name}: entry {i}: '{key}' must be {shape_text} numbers") from None
 
 
 def _gt_arrays(data, name):
@@ -52,9 +54,14 @@ def _gt_arrays(data, name):
         for key in ("image", "joints", "joints_vis"):
             if key not in p:
                 raise DataError(f"{name}: entry {i} lacks '{key}'")
-        if len(p["joints"]) != 16 or len(p["joints_vis"]) != 16:
-            raise DataError(f"{name}: entry {i} has {len(p['joints'])} joints, expected 16")
-    joints = np.asarray([p["joints"] for p in data], dtype=np.float64)[..., :2] - 1.0    # 0-based
+        j = _numbers(p["joints"], "16 (x, y)", name, i, "joints")
+        v = _numbers(p["joints_vis"], "16", name, i, "joints_vis")
+        if j.ndim != 2 or j.shape[0] != 16 or j.shape[1] < 2 or v.shape != (16,):
+            raise DataError(f"{name}: entry {i}: expected 16 joints (x, y) and 16 joints_vis, got shapes "
+                            f"{j.shape} and {v.shape}")
+        if not np.isfinite(j[v > 0, :2]).all():
+            raise DataError(f"{name}: entry {i}: a visible joint contains NaN or infinity")
+    joints = np.asarray([np.asarray(p["joints"], dtype=np.float64)[:, :2] for p in data]) - 1.0    # 0-based
     vis = np.asarray([p["joints_vis"] for p in data], dtype=np.float64) > 0
     head = np.asarray([p.get("headbox", [np.nan] * 4) for p in data], dtype=np.float64).reshape(-1, 4)
     size = SC_BIAS * np.linalg.norm(head[:, 2:] - head[:, :2], axis=1)
@@ -85,13 +92,14 @@ def _predictions(res, name, joints, vis, size, img):
     for i, r in enumerate(res):
         if not isinstance(r, dict) or "image_id" not in r or "keypoints" not in r:
             raise DataError(f"{name}: entry {i} lacks 'image_id' or 'keypoints'")
-        kp = np.asarray(r["keypoints"], dtype=np.float64)
+        kp = _numbers(r["keypoints"], "48", name, i, "keypoints")
         if kp.size != 48:
             raise DataError(f"{name}: entry {i} (image_id {r['image_id']}): expected 48 keypoint values "
                             f"(16 keypoints x 3) for mpii, got {kp.size}")
-        if not np.isfinite(kp).all():
-            raise DataError(f"{name}: entry {i} (image_id {r['image_id']}): keypoints contain "
-                            f"{non_finite(r['keypoints'])} (finite numbers expected)")
+        score = _numbers(r.get("score", 1.0), "a", name, i, "score")
+        if not np.isfinite(kp).all() or score.shape != () or not np.isfinite(score):
+            raise DataError(f"{name}: entry {i} (image_id {r['image_id']}): keypoints and score must be finite "
+                            f"numbers")
         if r["image_id"] not in known:
             raise DataError(f"{name}: entry {i}: image_id {r['image_id']} is not in the ground truth")
         if "ann_id" in r:
@@ -100,7 +108,7 @@ def _predictions(res, name, joints, vis, size, img):
                 raise DataError(f"{name}: entry {i}: ann_id {a} is not a person of image {r['image_id']}")
             pinned.append((a, kp.reshape(16, 3)[:, :2]))
         else:
-            per_image.setdefault(int(r["image_id"]), []).append((float(r.get("score", 1.0)), kp.reshape(16, 3)[:, :2]))
+            per_image.setdefault(int(r["image_id"]), []).append((float(score), kp.reshape(16, 3)[:, :2]))
     for a, p in pinned:
         pred[a] = p
     from scipy.optimize import linear_sum_assignment

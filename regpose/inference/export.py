@@ -204,7 +204,30 @@ def export_onnx(model: nn.Module, cfg, out: str | os.PathLike, *, dynamic: bool 
                 input_hw: tuple[int, int] | None = None, batch_size: int = 1, opset: int = DEFAULT_OPSET,
                 verify: bool = True) -> ExportResult:
     """Export ``model.export_module()`` (eval mode, on CPU) to ``out``; store the output structure, the method and
-    the resolved config in the model's metadata; check ONNX Runtime against PyTorch (``verify``)."""
+    the resolved config in the model's metadata; check ONNX Runtime against PyTorch (``verify``). The model is
+    written next to ``out`` and renamed onto it only once complete and verified: a failed export leaves an
+    existing ``out`` as it was."""
+    out = Path(out)
+    tmp = out.with_name(f".{out.stem}.tmp{out.suffix}")
+    try:
+        result = _export(model, cfg, tmp, dynamic, input_hw, batch_size, opset, verify)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    result.path = out
+    return result
+
+
+def _check_input_size(model, cfg, input_hw: tuple[int, int]) -> None:
+    """Whole-image networks take the padded sizes their test transform makes; others fail deep in the trace."""
+    div = int(getattr(model, "size_divisibility", 1) or 1)
+    if _family(cfg) != "topdown" and (input_hw[0] % div or input_hw[1] % div):
+        raise ExportError(f"--input-size {input_hw[0]}x{input_hw[1]}: the '{cfg.method}' network takes sizes that are "
+                          f"multiples of {div} (its test transform pads to them)")
+
+
+def _export(model: nn.Module, cfg, out: Path, dynamic: bool, input_hw, batch_size: int, opset: int,
+            verify: bool) -> ExportResult:
     import onnx
 
     from .. import __version__
@@ -214,6 +237,7 @@ def export_onnx(model: nn.Module, cfg, out: str | os.PathLike, *, dynamic: bool 
     net = model.export_module().eval()
     input_names = network_input_names(net)
     input_hw = tuple(input_hw) if input_hw else default_input_size(cfg, model)
+    _check_input_size(model, cfg, input_hw)
     inputs = example_inputs(cfg, model, input_hw, batch_size)
     structure = describe_outputs(_run_torch(net, inputs))
     batch_outputs = _batch_axis_outputs(net, inputs, structure)
@@ -226,7 +250,6 @@ def export_onnx(model: nn.Module, cfg, out: str | os.PathLike, *, dynamic: bool 
             dynamic_axes["image_sizes"] = {0: "batch"}
         for name in batch_outputs:
             dynamic_axes[name] = {0: "batch"}
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     graph = _GraphModule(net, input_names, structure).eval()
     try:

@@ -99,10 +99,20 @@ class OnnxRuntimeNetwork:
             feeds[name] = torch.as_tensor(value).detach().to("cpu", torch.int64).numpy()
         return feeds
 
+    def _session_run(self, feeds: dict) -> list[np.ndarray]:
+        """One ONNX Runtime call; its failures (a shape the graph cannot take, ...) are one-line input errors, so
+        ``regpose infer`` skips that input and goes on."""
+        try:
+            return self.session.run(None, feeds)
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in feeds.items())
+            raise InputError(f"{self.path.name}: ONNX Runtime cannot run on {shapes} ({first})") from None
+
     def _run(self, feeds: dict) -> list[np.ndarray]:
         b = feeds["images"].shape[0]
         if self.static_batch is None or b == self.static_batch:
-            return self.session.run(None, feeds)
+            return self._session_run(feeds)
         # static batch: run in chunks of the exported batch, the last one padded by repeating its first sample
         n = self.static_batch
         parts = []
@@ -111,7 +121,7 @@ class OnnxRuntimeNetwork:
             m = chunk["images"].shape[0]
             if m < n:
                 chunk = {k: np.concatenate([v, np.repeat(v[:1], n - m, axis=0)]) for k, v in chunk.items()}
-            parts.append((m, self.session.run(None, chunk)))
+            parts.append((m, self._session_run(chunk)))
         out = []
         for i, name in enumerate(self.output_names):
             if name in self.batch_outputs:

@@ -129,8 +129,9 @@ class Predictor:
     device:          'auto', 'cpu', 'cuda', 'cuda:N'
     flip / scales / score_threshold / max_people:  override ``cfg.test`` (flip test, multi-scale factors,
                      people below the instance score dropped, at most this many people per image)
-    boxes:           top-down methods: a COCO-results json of person detections (image ids from COCO file
-                     names / the ``image_id`` argument) or a callable ``(image_id, rgb) -> (n, 5) x, y, w, h, score``
+    boxes:           top-down methods: a json of person detections (a file's boxes found by its name, see
+                     :meth:`DetectionBoxes.image_id_for`, or by the ``image_id`` argument) or a callable
+                     ``(image_id, rgb) -> (n, 5) x, y, w, h, score``
     detector / detector_weights:  top-down methods: a one-stage or bottom-up regpose config (+ weights) whose
                      people give the boxes
     batch_size:      at most this many images (whole-image methods) or crops (top-down) per network call
@@ -241,20 +242,20 @@ class Predictor:
     def predict_batch(self, images: Sequence, *, boxes: Sequence | None = None,
                       image_ids: Sequence[int] | None = None, file_names: Sequence[str] | None = None,
                       bgr: bool = False) -> list[PoseResult]:
-        """Several images at once (``batch_size`` per network call); one :class:`PoseResult` each."""
-        from .topdown import image_id_from_name
-
-        rgbs, ids, names = [], [], []
+        """Several images at once (``batch_size`` per network call); one :class:`PoseResult` each. Image ids (what
+        a detections json's boxes are looked up by) default to :meth:`image_ids`."""
+        if image_ids is not None:
+            ids = [int(i) for i in image_ids]
+        else:
+            ids = self.image_ids(images, find_boxes=boxes is None)
+        rgbs, names = [], []
         for i, img in enumerate(images):
             if isinstance(img, (str, os.PathLike)):
                 rgbs.append(load_image(img))
                 names.append(str(img))
-                default_id = image_id_from_name(img, i)
             else:
                 rgbs.append(as_rgb_image(img, bgr, f"image {i}"))
                 names.append("")
-                default_id = i
-            ids.append(int(image_ids[i]) if image_ids is not None else default_id)
         if file_names is not None:
             names = [str(n) for n in file_names]
         with torch.inference_mode():
@@ -263,6 +264,21 @@ class Predictor:
             else:
                 results = self._predict_whole(rgbs, ids, names)
         return [self._select(r) for r in results]
+
+    def image_ids(self, images: Sequence, find_boxes: bool = True) -> list[int]:
+        """Ids of images given without ``image_ids``. When the boxes are to be found in a detections json, a file's
+        id is the one its boxes are filed under (:meth:`DetectionBoxes.image_id_for`) and an in-memory picture must
+        be given its id; otherwise distinct ids from the file names (:func:`unique_image_ids`)."""
+        from .topdown import DetectionBoxes, unique_image_ids
+
+        files = [str(img) if isinstance(img, (str, os.PathLike)) else "" for img in images]
+        if not (find_boxes and isinstance(self.box_source, DetectionBoxes)):
+            return unique_image_ids(files)
+        for i, f in enumerate(files):
+            if not f:
+                raise InputError(f"image {i}: pass image_id= (its id in {self.box_source.path}) so its person boxes "
+                                 f"can be found")
+        return [self.box_source.image_id_for(f) for f in files]
 
     def _predict_whole(self, images: list[np.ndarray], ids: list[int], names: list[str]) -> list[PoseResult]:
         from ..data.collate import collate
@@ -380,26 +396,22 @@ class Predictor:
 
 class DetectorBoxes:
     """Person boxes from any whole-image regpose model (one-stage or bottom-up), run through its own
-    :class:`Predictor`: each person's box (the extent of its keypoints when the method has no box) and instance
-    score -> (n, 5) x, y, w, h, score, people below ``score_threshold`` dropped."""
+    :class:`Predictor` (see :func:`regpose.inference.topdown.people_boxes`)."""
 
     def __init__(self, config, weights: str = "", score_threshold: float = 0.0, device="cpu", **kwargs):
-        self.predictor = Predictor(config, weights or None, device, **kwargs)
-        if self.predictor.family == "topdown":
-            raise ConfigError(f"--detector: {config} is a top-down method ('{self.predictor.method}'); boxes must "
-                              f"come from a one-stage or bottom-up model")
+        from ..models.registry import get_method
+
+        cfg = config if isinstance(config, Config) else load_config(config)
+        if get_method(cfg.method).family == "topdown":   # before the model is built (and warns about its weights)
+            raise ConfigError(f"--detector: {config} is a top-down method ('{cfg.method}'); boxes must come from a "
+                              f"one-stage or bottom-up model")
+        self.predictor = Predictor(cfg, weights or None, device, **kwargs)
         self.score_threshold = float(score_threshold)
 
     def __call__(self, image_id: int, image: np.ndarray) -> np.ndarray:
-        r = self.predictor(image, image_id=image_id)
-        boxes = np.asarray(r.boxes, dtype=np.float64).reshape(-1, 4)
-        if len(r):
-            xy = r.keypoints[..., :2].astype(np.float64)
-            empty = ~np.isfinite(boxes).all(1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
-            boxes[empty] = np.concatenate([xy.min(1), xy.max(1)], 1)[empty]
-        keep = np.asarray(r.scores) >= self.score_threshold
-        b, s = boxes[keep], np.asarray(r.scores, dtype=np.float64)[keep]
-        return np.concatenate([b[:, :2], b[:, 2:] - b[:, :2], s[:, None]], 1) if len(b) else np.zeros((0, 5))
+        from .topdown import people_boxes
+
+        return people_boxes(self.predictor(image, image_id=image_id), self.score_threshold)
 
 
 def _config_dict(cfg: Config) -> dict:

@@ -22,8 +22,8 @@ import torch
 from ..structures import PoseResult, to_coco_results
 
 __all__ = ["rescore", "oks_matrix", "oks_nms", "topdown_finalize", "BoxSource", "GroundTruthBoxes",
-           "DetectionBoxes", "ModelBoxes", "boxes_from_model", "build_box_source", "model_detections",
-           "TopDownPredictor", "write_results", "image_id_from_name"]
+           "DetectionBoxes", "ModelBoxes", "boxes_from_model", "people_boxes", "build_box_source", "model_detections",
+           "TopDownPredictor", "write_results", "image_id_from_name", "unique_image_ids"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -111,17 +111,49 @@ class GroundTruthBoxes:
 
 
 class DetectionBoxes:
-    """A COCO-results json of person detections (e.g. ``COCO_val2017_detections_AP_H_56_person.json``), boxes
-    scoring below ``score_threshold`` dropped (mmpose ``det_bbox_thr``)."""
+    """Person detections from a json (e.g. ``COCO_val2017_detections_AP_H_56_person.json``), boxes scoring below
+    ``score_threshold`` dropped (mmpose ``det_bbox_thr``). Which image a file is: :meth:`image_id_for`."""
 
     def __init__(self, path: str | os.PathLike, score_threshold: float = 0.0):
-        from ..data.datasets import load_detections
+        from ..data.datasets import read_detections
 
         self.path = str(path)
-        self.boxes = load_detections(path, score_threshold)
+        self.boxes, files = read_detections(path, score_threshold)
+        self.by_name: dict[str, list[tuple[tuple[str, ...], int]]] | None = None
+        if files is not None:
+            self.by_name = {}
+            for image_id, name in files.items():
+                parts = Path(name).parts
+                self.by_name.setdefault(parts[-1] if parts else "", []).append((parts, image_id))
 
     def __call__(self, image_id: int, image: np.ndarray | None = None) -> np.ndarray:
         return self.boxes.get(int(image_id), np.zeros((0, 5)))
+
+    def image_id_for(self, path: str | os.PathLike) -> int:
+        """The detections' image id of an image file. A detections json with ``images`` entries: the entry whose
+        ``file_name`` is the end of the file's path (``val2017/000000000785.jpg`` or ``000000000785.jpg`` names
+        ``/data/coco/val2017/000000000785.jpg``; the longest such match wins). A COCO results list (ids only): the
+        number the file name spells, as COCO names its images (``000000000785.jpg`` -> 785). A file that matches
+        no entry, or several equally, raises :class:`InputError`."""
+        from ..errors import InputError
+
+        name = Path(self.path).name
+        if self.by_name is None:
+            image_id = image_id_from_name(path, None)
+            if image_id is None:
+                raise InputError(f"no person boxes: {name} is a COCO results list, which names images by id only, "
+                                 f"and this file name is not a number (name images by their id as COCO does, e.g. "
+                                 f"000000000785.jpg, or give detections with 'images' entries: id, file_name)")
+            return image_id
+        parts = Path(os.path.abspath(path)).parts
+        found = [(len(p), i) for p, i in self.by_name.get(parts[-1], []) if parts[len(parts) - len(p):] == p]
+        best = [i for n, i in found if n == max(n for n, _ in found)]
+        if not best:
+            raise InputError(f"no person boxes: no 'images' entry of {name} has this file name")
+        if len(best) > 1:
+            raise InputError(f"no person boxes: {len(best)} 'images' entries of {name} have this file name (ids "
+                             f"{', '.join(map(str, sorted(best)))})")
+        return best[0]
 
 
 def _raw_image_sample(image: np.ndarray, image_id: int, file_name: str, num_keypoints: int) -> dict:
@@ -146,16 +178,22 @@ def boxes_from_model(model, images: Iterable[np.ndarray], transform: Callable, t
         sample = transform(_raw_image_sample(img, 0, "", getattr(model, "num_keypoints", 17)))
         batch = collate([sample], getattr(model, "size_divisibility", 1))
         batch["images"] = batch["images"].to(device)
-        res = model.finalize(model.predict(batch, test_cfg)[0], batch["metas"][0])
-        boxes = np.asarray(res.boxes, dtype=np.float64).reshape(-1, 4)
-        if len(res):
-            kp = res.keypoints[..., :2].astype(np.float64)
-            no_box = ~np.isfinite(boxes).all(1) | ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))
-            boxes[no_box] = np.concatenate([kp.min(1), kp.max(1)], 1)[no_box]
-        keep = np.asarray(res.scores) >= score_threshold
-        b, s = boxes[keep], np.asarray(res.scores, dtype=np.float64)[keep]
-        out.append(np.concatenate([b[:, :2], b[:, 2:] - b[:, :2], s[:, None]], 1) if len(b) else np.zeros((0, 5)))
+        out.append(people_boxes(model.finalize(model.predict(batch, test_cfg)[0], batch["metas"][0]),
+                                score_threshold))
     return out
+
+
+def people_boxes(result: PoseResult, score_threshold: float = 0.0) -> np.ndarray:
+    """A whole-image model's people as person boxes: each person's box (the extent of its keypoints when the method
+    has no box) and instance score -> (n, 5) x, y, w, h, score; people below ``score_threshold`` dropped."""
+    boxes = np.asarray(result.boxes, dtype=np.float64).reshape(-1, 4)
+    if len(result):
+        kp = result.keypoints[..., :2].astype(np.float64)
+        no_box = ~np.isfinite(boxes).all(1) | ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1]))
+        boxes[no_box] = np.concatenate([kp.min(1), kp.max(1)], 1)[no_box]
+    keep = np.asarray(result.scores) >= score_threshold
+    b, s = boxes[keep], np.asarray(result.scores, dtype=np.float64)[keep]
+    return np.concatenate([b[:, :2], b[:, 2:] - b[:, :2], s[:, None]], 1) if len(b) else np.zeros((0, 5))
 
 
 class ModelBoxes:
@@ -220,10 +258,27 @@ def model_detections(cfg, records, device: str | torch.device = "cpu") -> dict[i
 # ----------------------------------------------------------------------------------------------------------
 # Crops -> predictions -> people per image
 # ----------------------------------------------------------------------------------------------------------
-def image_id_from_name(path: str | os.PathLike, fallback: int) -> int:
+def image_id_from_name(path: str | os.PathLike, fallback: int | None) -> int | None:
     """COCO file names are zero-padded image ids (000000000785.jpg -> 785); otherwise ``fallback``."""
     stem = Path(path).stem
-    return int(stem) if stem.isdigit() else int(fallback)
+    return int(stem) if stem.isascii() and stem.isdigit() else fallback
+
+
+def unique_image_ids(paths: Iterable[str | os.PathLike]) -> list[int]:
+    """One distinct image id per input: the number its file name spells (COCO: 000000000785.jpg -> 785) unless an
+    earlier input spells the same number; every other input (a name that is no number, or a repeated one) takes
+    the next id above all spelled numbers, in input order. Ids label results only; they never pick person boxes
+    (see :meth:`DetectionBoxes.image_id_for`)."""
+    spelled = [image_id_from_name(p, None) for p in paths]
+    fresh = max((n for n in spelled if n is not None), default=-1) + 1
+    used: set[int] = set()
+    ids = []
+    for n in spelled:
+        if n is None or n in used:
+            n, fresh = fresh, fresh + 1
+        used.add(n)
+        ids.append(n)
+    return ids
 
 
 class TopDownPredictor:
@@ -278,14 +333,19 @@ class TopDownPredictor:
 
     def predict_files(self, files: Iterable[str | os.PathLike], image_ids: dict[str, int] | None = None
                       ) -> dict[int, PoseResult]:
-        """Every image file -> finalized people, keyed by image id (from ``image_ids`` by file name, else the COCO
-        file-name convention, else the running index)."""
+        """Every image file -> finalized people, keyed by image id (from ``image_ids`` by file name, else
+        :func:`unique_image_ids`); two files given the same id is an error (one result would replace the other)."""
         from ..data.datasets import read_image
+        from ..errors import InputError
 
-        out = {}
-        for i, f in enumerate(files):
-            name = Path(f).name
-            image_id = (image_ids or {}).get(name, image_id_from_name(f, i))
+        files = list(files)
+        fallback = unique_image_ids(files)
+        out, source = {}, {}
+        for f, default in zip(files, fallback):
+            image_id = (image_ids or {}).get(Path(f).name, default)
+            if image_id in out:
+                raise InputError(f"{f}: image id {image_id} is also the id of {source[image_id]}")
+            source[image_id] = f
             out[image_id] = self(read_image(f), image_id, str(f))
         return out
 

@@ -105,7 +105,7 @@ class PoseTracker:
         xywh = np.concatenate([b[:, :2], b[:, 2:] - b[:, :2]], axis=1)
         areas = pose_areas(result)[seen]
         keep_old = ~matched_tracks & (t.age + 1 <= self.max_age)
-        k = kp.shape[1] if len(kp) else (t.keypoints.shape[1] if t.keypoints is not None else 0)
+        k = len(self.sigmas)     # from the layout, not the frame: a frame without people may carry (0, 0, 3)
         old_kp = t.keypoints[keep_old] if t.keypoints is not None else np.zeros((0, k, 3))
         self._tracks = _Tracks(
             ids=np.concatenate([ids[seen], t.ids[keep_old]]),

@@ -27,6 +27,7 @@ from ..structures import PoseResult
 from .backbones import TimmBackbone
 from .base import PoseModel
 from .layers.adaptive_conv import AdaptiveConv2d
+from .layers.distributed import global_normalizer
 from .registry import MethodSpec, register_method
 
 __all__ = [
@@ -46,9 +47,13 @@ class DEKRConfig:
     """DEKR's knobs, defaults = the official W32 COCO model (official config names in comments)."""
     # backbone: timm HRNet (its structure and key names equal the official trunk); overrides for other sizes
     backbone: str = "hrnet_w32"                  # MODEL.SPEC.STAGES via the timm variant (hrnet_w32 / hrnet_w48)
-    hrnet_channels: list[int] = field(default_factory=list)   # 4 branch widths (STAGES.NUM_CHANNELS[-1]); [] = variant
+    # branch widths: the 4 of the last stage (earlier stages use its first 2 and 3), or one list per stage 2-4 as
+    # the official STAGES.NUM_CHANNELS; [] = the timm variant's
+    hrnet_channels: list[int | list[int]] = field(default_factory=list)
     hrnet_modules: list[int] = field(default_factory=list)    # modules of stages 2-4 (NUM_MODULES); [] = [1, 4, 3]
-    hrnet_blocks: list[int] = field(default_factory=list)     # BasicBlocks per branch, stages 2-4; [] = [4, 4, 4]
+    # BasicBlocks per branch of stages 2-4 (STAGES.NUM_BLOCKS): one count per stage, or a list per stage with one
+    # count per branch (e.g. [[2, 1], [1, 1, 1], [1, 1, 1, 1]]); [] = [4, 4, 4]
+    hrnet_blocks: list[int | list[int]] = field(default_factory=list)
     hrnet_layer1_blocks: int = 0                 # Bottlenecks in layer1; 0 = official 4 (small CPU models: fewer)
     hrnet_layer1_planes: int = 0                 # their planes (x4 out); 0 = official 64
     pretrained: str = ""                         # ImageNet HRNet weights file (MODEL.PRETRAINED); '' = none
@@ -114,12 +119,49 @@ RESCORE_LINKS = {
 # ----------------------------------------------------------------------------------------------------------
 # Network
 # ----------------------------------------------------------------------------------------------------------
+def _per_branch(values: list, stage: int, what: str) -> tuple[int, ...]:
+    """Stage ``stage`` (0-2: HRNet stages 2-4, with stage + 2 branches) of a per-stage setting given as one int for
+    every branch or one value per branch (the official code accepts different block counts / widths per branch)."""
+    from ..config import ConfigError
+
+    branches = stage + 2
+    v = values[stage]
+    out = (int(v),) * branches if isinstance(v, int) else tuple(int(x) for x in v)
+    if len(out) != branches:
+        raise ConfigError(f"model.{what}[{stage}]: stage {stage + 2} has {branches} branches, got {v}")
+    return out
+
+
+def _stage_channels(channels: list, stage: int) -> tuple[int, ...]:
+    """Widths of stage ``stage`` from ``hrnet_channels``: the first stage + 2 of 4 widths, or that stage's own list.
+    Official code: a transition that changes an existing branch's width convolves the previous stage's *last*
+    branch, so only that branch may change width (otherwise the official network fails in its first forward)."""
+    from ..config import ConfigError
+
+    if any(isinstance(c, list) for c in channels):
+        if len(channels) != 3:
+            raise ConfigError(f"model.hrnet_channels: expected one list of widths per stage 2-4, got {channels}")
+        cur = _per_branch(channels, stage, "hrnet_channels")
+        if stage:
+            prev = _per_branch(channels, stage - 1, "hrnet_channels")
+            if cur[:stage] != prev[:stage]:
+                raise ConfigError(f"model.hrnet_channels[{stage}]: {list(cur)} changes the width of a branch before "
+                                  f"the last of {list(prev)}; the official transition cannot (it reads the last)")
+        return cur
+    if len(channels) != 4:
+        raise ConfigError(f"model.hrnet_channels: expected 4 branch widths, got {channels}")
+    return tuple(int(c) for c in channels[:stage + 2])
+
+
 class HRNetConcat(nn.Module):
     """HRNet trunk (timm, ``feature_location=''``) whose four branch outputs (strides 4-32) are bilinearly
-    upsampled (align_corners=False) to stride 4 and concatenated: the representation both DEKR heads read."""
+    upsampled (align_corners=False) to stride 4 and concatenated: the representation both DEKR heads read.
+    timm's HRNet has the official structure and key names, including the official transition (a changed width of
+    an existing branch is converted from the previous stage's last branch), so every BASIC-block official
+    ``STAGES`` spec builds the same network: per-branch widths and block counts included."""
 
-    def __init__(self, name: str = "hrnet_w32", channels: list[int] | None = None, modules: list[int] | None = None,
-                 blocks: list[int] | None = None, pretrained: str = "", layer1_blocks: int = 0,
+    def __init__(self, name: str = "hrnet_w32", channels: list | None = None, modules: list[int] | None = None,
+                 blocks: list | None = None, pretrained: str = "", layer1_blocks: int = 0,
                  layer1_planes: int = 0):
         super().__init__()
         kwargs = {}
@@ -134,17 +176,12 @@ class HRNetConcat(nn.Module):
         if channels or modules or blocks:
             for s in range(3):                     # stages 2, 3, 4 have 2, 3, 4 branches
                 stage = dict(base[f"stage{s + 2}"])
-                nb = s + 2
                 if channels:
-                    if len(channels) != 4:
-                        from ..config import ConfigError
-
-                        raise ConfigError(f"model.hrnet_channels: expected 4 branch widths, got {channels}")
-                    stage["num_channels"] = tuple(channels[:nb])
+                    stage["num_channels"] = _stage_channels(channels, s)
                 if modules:
                     stage["num_modules"] = int(modules[s])
                 if blocks:
-                    stage["num_blocks"] = (int(blocks[s]),) * nb
+                    stage["num_blocks"] = _per_branch(blocks, s, "hrnet_blocks")
                 kwargs[f"stage{s + 2}"] = stage
         self.hrnet = TimmBackbone(name, out_indices=(1, 2, 3, 4), pretrained=pretrained, **kwargs)
         self.out_channels = sum(self.hrnet.channels)
@@ -342,10 +379,12 @@ def heatmap_loss(pred: torch.Tensor, gt: torch.Tensor, weight: torch.Tensor) -> 
 
 def offset_loss(pred: torch.Tensor, gt: torch.Tensor, weight: torch.Tensor, beta: float = 1.0 / 9) -> torch.Tensor:
     """Smooth-L1 (beta 1/9) weighted by 1/sqrt(person area), summed and divided by the number of supervised
-    entries (x and y counted separately, at least 1): the paper's normalised offset loss (Eq. 5)."""
+    entries (x and y counted separately, at least 1): the paper's normalised offset loss (Eq. 5).
+    Official code: the count is the whole batch's, not per image or person (train_step README Q12), and per GPU
+    (set to 1 when 0); we normalise over the global batch so results do not depend on the number of processes
+    (identical with one process) (:func:`~regpose.models.layers.distributed.global_normalizer`)."""
     loss = F.smooth_l1_loss(pred, gt, reduction="none", beta=beta) * weight
-    num = (weight > 0).sum().clamp(min=1)
-    return loss.sum() / num
+    return loss.sum() / global_normalizer((weight > 0).sum())
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -784,9 +823,14 @@ class DEKRTrainTransform:
         self.augment = bottomup_train_transforms(cfg.data, flip_index=list(flip_index) + [self.k],
                                                  output_sizes=(self.output_size,), mask=True)
 
-    def __call__(self, raw: dict, rng=None) -> dict:
+    def arrays(self, raw: dict, rng=None) -> dict:
+        """Every array the official ``CocoKeypoints.__getitem__`` makes of one image (numpy, in that order):
+        ``joints_raw`` (P, K+1, 3) / ``area_raw`` (P,) in original pixels, the augmented ``sample`` (uint8 input
+        image, meta fields, ``augment`` parameters), ``joints`` (P, K+1, 3) output pixels, ``area`` (P,) scaled,
+        ``ignore_mask`` (R, R), ``heatmap`` and ``heatmap_weight`` (K+1, R, R; weight before the mask), ``mask`` =
+        ignore_mask x heatmap_weight (the heatmap-loss weight), ``offset`` / ``offset_weight`` (2K, R, R)."""
         from ..data.targets import dekr_heatmaps, dekr_joints, dekr_offsets
-        from ..data.transforms import make_meta, select_people, to_tensor_normalize
+        from ..data.transforms import select_people
 
         m = self.model_cfg
         # Official code: the area < 32^2 "no center" rule is COCO's (CrowdPose has no such check)
@@ -797,11 +841,22 @@ class DEKRTrainTransform:
         sample = self.augment(sample, rng)
         layer = sample["outputs"][0]
         r = self.output_size
-        heatmap, heatmap_weight = dekr_heatmaps(layer["keypoints"], r, m.sigma, m.center_sigma, m.bg_weight,
-                                                mask=layer.get("mask"))
-        offset, offset_weight = dekr_offsets(layer["keypoints"], area * sample["area_scale"], r, m.offset_radius)
-        target = {"heatmap": torch.from_numpy(heatmap), "heatmap_weight": torch.from_numpy(heatmap_weight),
-                  "offset": torch.from_numpy(offset), "offset_weight": torch.from_numpy(offset_weight)}
+        # Official code: the offset-weight area is scaled to INPUT pixels² (area_scale = (input / 200 s)²) while
+        # the offsets are in output pixels (train_step README Q10)
+        out = {"joints_raw": joints, "area_raw": area, "sample": sample, "joints": layer["keypoints"],
+               "area": area * sample["area_scale"], "ignore_mask": layer["mask"]}
+        out["heatmap"], out["heatmap_weight"] = dekr_heatmaps(out["joints"], r, m.sigma, m.center_sigma, m.bg_weight)
+        out["mask"] = out["ignore_mask"][None] * out["heatmap_weight"]  # Official code: mask_list[0] * ignored
+        out["offset"], out["offset_weight"] = dekr_offsets(out["joints"], out["area"], r, m.offset_radius)
+        return out
+
+    def __call__(self, raw: dict, rng=None) -> dict:
+        from ..data.transforms import make_meta, to_tensor_normalize
+
+        a = self.arrays(raw, rng)
+        sample = a["sample"]
+        target = {"heatmap": torch.from_numpy(a["heatmap"]), "heatmap_weight": torch.from_numpy(a["mask"]),
+                  "offset": torch.from_numpy(a["offset"]), "offset_weight": torch.from_numpy(a["offset_weight"])}
         sample["keypoints"] = sample["keypoints"][:, :self.k]
         return {"image": to_tensor_normalize(sample["image"]), "target": target, "meta": make_meta(sample)}
 

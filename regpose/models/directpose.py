@@ -30,6 +30,7 @@ from ..config import ConfigError
 from ..structures import PoseResult
 from .backbones import TimmBackbone
 from .base import PoseModel
+from .layers.distributed import global_normalizer
 from .necks import FPN
 from .registry import MethodSpec, register_method
 
@@ -494,23 +495,9 @@ def heatmap_targets(keypoints: torch.Tensor, hw: tuple[int, int], stride: int, k
 
 
 # ==========================================================================================================
-# Losses (spec §5)
+# Losses (spec §5). Every count a loss divides by is that of the global batch (FCOS: summed across GPUs /
+# num_gpus, see layers/distributed.py), so results do not depend on the number of processes.
 # ==========================================================================================================
-def _world_size() -> int:
-    import torch.distributed as dist
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def _global_mean(x: torch.Tensor) -> torch.Tensor:
-    """Average of a scalar across processes (FCOS normalisers: 'summed across GPUs / num_gpus')."""
-    import torch.distributed as dist
-    if _world_size() > 1:
-        x = x.detach().clone()
-        dist.all_reduce(x)
-        x = x / _world_size()
-    return x.detach()
-
-
 def keypoint_loss(pred: torch.Tensor, target: torch.Tensor, labelled: torch.Tensor, ctr: torch.Tensor,
                   kind: str = "l1_ctr") -> torch.Tensor:
     """Keypoint regression loss over positive locations (spec §5), offsets in stride units.
@@ -525,10 +512,10 @@ def keypoint_loss(pred: torch.Tensor, target: torch.Tensor, labelled: torch.Tens
         e = (pred - target).abs().mean(2)                                  # (P, K)
         per_inst = (e * v).sum(1) / n.clamp(min=1)
         w = ctr * (n > 0).to(pred.dtype)
-        return (w * per_inst).sum() / _global_mean(w.sum()).clamp(min=1.0)
+        return (w * per_inst).sum() / global_normalizer(w.sum())
     e = F.smooth_l1_loss(pred, target, beta=1.0 / 9, reduction="none").mean(2)
     # Assumption (spec §5): mean over x, y; normalised by sum_i c_i n_i (every labelled keypoint counts once).
-    return (ctr[:, None] * e * v).sum() / _global_mean((ctr * n).sum()).clamp(min=1e-6)
+    return (ctr[:, None] * e * v).sum() / global_normalizer((ctr * n).sum(), 1e-6)
 
 
 # ==========================================================================================================
@@ -717,7 +704,7 @@ class DirectPose(PoseModel):
         cfg = self.cfg
         a = self.assign(raw, targets, image_hw)
         pos = a["pos"]                                                              # (N, L) bool
-        n_pos = _global_mean(pos.sum().to(raw["cls_logits"].dtype)).clamp(min=1.0)
+        n_pos = global_normalizer(pos.sum())
         losses = {}
         losses["loss_cls"] = sigmoid_focal_loss(raw["cls_logits"], pos.to(raw["cls_logits"].dtype),
                                                 alpha=cfg.focal_alpha, gamma=cfg.focal_gamma,
@@ -750,21 +737,21 @@ class DirectPose(PoseModel):
             vl = F.binary_cross_entropy_with_logits(raw["kpt_vis_logits"][pos], labelled.to(kp_t.dtype),
                                                     reduction="none").mean(1)
             losses["loss_vis"] = cfg.visibility_loss_weight * (ctr_t * vl).sum() / \
-                _global_mean(ctr_t.sum()).clamp(min=1e-6)
+                global_normalizer(ctr_t.sum(), 1e-6)
         if cfg.bbox_branch:
             boxes_t = torch.cat((loc_pos - ltrb[:, :2], loc_pos + ltrb[:, 2:]), 1)
             d = raw["box_ltrb"][pos] * stride_pos[:, None]
             boxes_p = torch.cat((loc_pos - d[:, :2], loc_pos + d[:, 2:]), 1)
             giou = generalized_box_iou_loss(boxes_p, boxes_t, reduction="none")
             losses["loss_box"] = cfg.box_loss_weight * (ctr_t * giou).sum() / \
-                _global_mean(ctr_t.sum()).clamp(min=1e-6)
+                global_normalizer(ctr_t.sum(), 1e-6)
         if "heatmap_logits" in raw:
             hm = raw["heatmap_logits"]
             stride = 8 if cfg.hm_level == "p3" else 4
             hm_t = torch.stack([heatmap_targets(t["keypoints"].to(hm).reshape(-1, self.num_keypoints, 3),
                                                 hm.shape[-2:], stride, cfg.hm_target, cfg.hm_sigma)
                                 for t in targets])
-            n_hm = _global_mean((hm_t == 1).sum().to(hm.dtype)).clamp(min=1.0)
+            n_hm = global_normalizer((hm_t == 1).sum())
             losses["loss_hm"] = cfg.hm_weight * sigmoid_focal_loss(
                 hm, hm_t, alpha=cfg.focal_alpha, gamma=cfg.focal_gamma, reduction="sum") / n_hm
         losses["num_pos"] = pos.sum().detach().float()

@@ -34,6 +34,7 @@ from ..structures import PoseResult
 from .backbones import TimmBackbone
 from .base import PoseModel
 from .layers.dynamic_conv import DynamicConv, eager_cpu_inference
+from .layers.distributed import global_normalizer
 from .layers.matcher import HungarianMatcher
 from .layers.rle import RealNVP, rle_loss
 from .necks import FPN, HRFPN, HRFPNv1
@@ -987,11 +988,8 @@ class QueryPose(PoseModel):
             tgts.append({"labels": torch.zeros(len(boxes_t), dtype=torch.long, device=dev), "boxes": boxes_t,
                          "keypoints": t["keypoints"].to(dev, images.dtype).reshape(len(boxes_t), self.num_keypoints, 3),
                          "image_size_xyxy": torch.cat([wh[i], wh[i]])})
-        num_boxes = torch.tensor(float(sum(len(t["boxes"]) for t in tgts)), device=dev)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(num_boxes)
-            num_boxes = num_boxes / torch.distributed.get_world_size()
-        num_boxes = num_boxes.clamp(min=1.0)
+        # Official code (Sparse R-CNN SetCriterion): GT people of the global batch, averaged over processes, >= 1
+        num_boxes = global_normalizer(torch.tensor(float(sum(len(t["boxes"]) for t in tgts)), device=dev))
 
         boxes = self.initial_boxes(image_sizes)
         query = _batched(self.init_proposal_features.weight, b)

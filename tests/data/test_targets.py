@@ -31,10 +31,11 @@ def test_dekr_heatmaps_equal_the_official_loop(k):
     j[0, 14] = [30, 30, 1]
     hm, _ = dekr_heatmaps(j, 64, sigma=2, center_sigma=4)
     assert hm[14, 30, 32] == pytest.approx(np.exp(-4 / 8), rel=1e-6)
-    mask = np.zeros((64, 64), np.float32)
-    mask[:, :32] = 1
-    _, w = dekr_heatmaps(j, 64, mask=mask)
-    assert w[14, 30, 40] == 0 and w[14, 30, 28] == 1 and w[0, 5, 5] == pytest.approx(0.1)
+    _, w = dekr_heatmaps(j, 64)
+    # weight 1 on the whole box [floor(x - 3σ - 1), ceil(x + 3σ + 2)) = [23, 38), BG_WEIGHT outside
+    assert w[14, 30, 23] == 1 and w[14, 30, 37] == 1 and w[14, 23, 30] == 1 and w[14, 37, 30] == 1
+    assert w[14, 30, 22] == pytest.approx(0.1) and w[14, 30, 38] == pytest.approx(0.1)
+    assert w[0, 5, 5] == pytest.approx(0.1)
 
 
 @pytest.mark.parametrize("k", [17, 14])

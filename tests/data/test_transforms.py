@@ -126,6 +126,31 @@ def test_bottomup_affine_is_dekrs(records):
     assert np.allclose(s2["keypoints"][:, META.flip_index, 0], 511 - 4 * before[..., 0])
 
 
+def test_bottomup_augmentation_is_recorded_and_replays(records):
+    """The random affine and flip record what they drew in meta['augment']; a raw sample carrying those parameters
+    is transformed identically without drawing (how a recorded official sample is replayed), and the raw sample's
+    own dict is left untouched."""
+    dc = DataConfig(input_size=(256, 256))
+    t = bottomup_train_transforms(dc, output_sizes=(64,))
+    raw = _raw(records, 196141)
+    drawn = [t(raw, seed) for seed in range(6)]
+    assert {s["augment"]["flip"] for s in drawn} == {True, False}
+    for s in drawn:
+        given = dict(raw, augment=make_meta(s)["augment"])
+        before = dict(given["augment"])
+        replay = t(given, 12345)                                  # another seed: nothing may be drawn from it
+        assert given["augment"] == before
+        assert np.array_equal(replay["image"], s["image"])
+        assert np.array_equal(replay["outputs"][0]["keypoints"], s["outputs"][0]["keypoints"])
+        assert np.array_equal(replay["outputs"][0]["mask"], s["outputs"][0]["mask"])
+        assert np.allclose(replay["affine"], s["affine"])
+    h, w = raw["image"].shape[:2]
+    p = drawn[0]["augment"]
+    assert 0.75 * min(h, w) / 200 <= p["scale"] < 1.5 * min(h, w) / 200 and abs(p["rotation"]) <= 30
+    dx, dy = p["center"] - (w / 2, h / 2)
+    assert dx == int(dx) and abs(dx) <= 40 * p["scale"] and dy == int(dy)
+
+
 def test_bottomup_test_resize_matches_spec():
     t = BottomUpTestResize(512, 1.0)
     assert t.size(480, 640)[:2] == (704, 512)          # long side 640 * 512/480 = 682.7 -> ceil64 = 704

@@ -280,7 +280,8 @@ def test_a_bad_validation_split_stops_before_training_and_a_failing_final_evalua
     bad.write_text(json.dumps(gt))
     cfg = tiny_config(tmp_path / "a", iters=4)
     cfg.data.val.ann_files = [str(bad)]
-    with pytest.raises(DataError, match=r"val_nan.json: annotation \d+ \(image \d+\): bbox is NaN"):
+    with pytest.raises(DataError, match=r"val_nan.json: annotation \d+ \(image_id \d+\): labelled keypoints or bbox "
+                                        r"contain NaN"):
         train(cfg, train_dataset=TinyDataset())
     assert not (tmp_path / "a" / "last.pth").exists(), "the problem is found before any training"
 

@@ -167,3 +167,18 @@ def test_backend_refuses_a_model_of_another_method(tmp_path):
     _, poseur = tiny("poseur")
     with pytest.raises(Exception, match="exported from method 'rle'"):
         attach_onnx(poseur, OnnxRuntimeNetwork(path), "poseur")
+
+
+def test_a_failed_export_leaves_the_existing_model_as_it_was(tmp_path):
+    """Opset 5 traces, but ONNX Runtime refuses the graph at verification. Main had already written the broken
+    graph over the user's model; the export now goes to a temporary file renamed only once verified."""
+    from regpose.errors import RegposeError
+
+    cfg, model = tiny("rle")
+    path = tmp_path / "rle.onnx"
+    export_onnx(model, cfg, path)
+    before = path.read_bytes()
+    with pytest.raises(RegposeError, match="cannot load ONNX model"):
+        export_onnx(model, cfg, path, opset=5)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["rle.onnx"]
+    OnnxRuntimeNetwork(path)                               # still the good model

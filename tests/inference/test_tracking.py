@@ -60,3 +60,15 @@ def test_tracks_expire_and_low_scores_are_not_tracked():
     assert t.num_tracks == 0
     ids = t.update(_frame([a, _person(500, 500, seed=6)], scores=np.array([0.9, 0.1]))).extras["track_id"]
     assert ids.tolist() == [1, -1]                                         # expired id not reused; 0.1 untracked
+
+
+def test_frames_without_people_before_any_track():
+    """A video that starts with empty frames (issue 18: main crashed reshaping the empty track set), including
+    the (0, 0, 3) keypoints of a result built without a keypoint count; ids then start at 0 and continue."""
+    t = PoseTracker(COCO_SIGMAS)
+    assert t.update(_frame([])).extras["track_id"].tolist() == []
+    assert t.update(PoseResult(np.zeros((0, 4)), np.zeros((0, 3)), np.zeros(0))).extras["track_id"].tolist() == []
+    a = _person(100, 100, seed=7)
+    assert t.update(_frame([a])).extras["track_id"].tolist() == [0]
+    assert t.update(PoseResult(np.zeros((0, 4)), np.zeros((0, 3)), np.zeros(0))).extras["track_id"].tolist() == []
+    assert t.update(_frame([a, _person(600, 300, seed=8)])).extras["track_id"].tolist() == [0, 1]

@@ -97,6 +97,33 @@ def test_offset_loss_by_hand():
     assert offset_loss(pred, gt, torch.zeros_like(w)).item() == 0.0   # no positives: divides by 1
 
 
+def test_offset_loss_is_normalised_over_the_global_batch(tmp_path):
+    """Issue 18 item 8: 2 DDP processes x 2 images give the loss and gradient of 1 process x 4 images, although
+    the two halves supervise very different numbers of offsets (per-rank normalisation would not)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    here = Path(__file__).resolve().parent
+    sys.path.insert(0, str(here))
+    from ddp_offset_loss import Scale, offset_batch
+
+    out = tmp_path / "ddp.pt"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+           str(here / "ddp_offset_loss.py"), str(out)]
+    r = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    two = torch.load(out, weights_only=True)
+    x, gt, weight = offset_batch()
+    model = Scale(x.shape[1:])
+    loss = offset_loss(model(x), gt, weight)
+    loss.backward()
+    assert (weight[:2] > 0).sum() > 10 * (weight[2:] > 0).sum()        # the halves are far from balanced
+    assert two["losses"].mean().item() == pytest.approx(loss.item(), rel=1e-6)
+    assert torch.allclose(two["grad"], model.theta.grad, rtol=1e-5, atol=1e-9)
+
+
 def test_train_targets_follow_the_spec():
     """Identity augmentation on a square image: heatmap peaks, window weights, center, asymmetric 8x8 offset window
     with weight 1/sqrt(area) (area = max_x^2 + max_y^2 from the origin, the official quirk)."""
@@ -128,6 +155,34 @@ def test_train_targets_follow_the_spec():
     assert off[10, 2, 3] == pytest.approx(3 - 9) and off[11, 2, 3] == pytest.approx(2 - 10)
     assert (ow[2:10] == 0).all()                             # unlabelled joints get no offsets
     del cx, cy
+
+
+def test_crowdpose_targets_keep_the_official_quirks():
+    """CrowdPose path (reference README Q6/Q9, spec §2.1/§2.3): no area rule, so a keypoint-less non-crowd person
+    still gets a centre, at the transformed image origin, drawn with the keypoint sigma (index 14 < 17); the all-ones
+    mask still ignores the padding; the person has no offsets. The recorded augmentation is replayed."""
+    cfg = _real_cfg("crowdpose", size=64)
+    tf = get_method("dekr").transform(cfg, True)
+    kp = np.zeros((2, 14, 3))
+    kp[0, 0] = (20.0, 30.0, 2)
+    raw = {"image": np.zeros((64, 64, 3), np.uint8), "image_id": 1, "file_name": "x", "sample_index": 0,
+           "orig_size": (64, 64), "keypoints": kp, "boxes": np.zeros((2, 4)), "areas": np.array([500.0, 300.0]),
+           "iscrowd": np.array([False, False]), "num_keypoints": np.array([1, 0]), "ann_ids": np.array([1, 2]),
+           "augment": {"center": np.array([40.0, 40.0]), "scale": 0.64, "rotation": 0.0, "flip": False}}
+    a = tf.arrays(raw)
+    # x_out = 16 / 128 (x - 40) + 8: the origin maps to (3, 3), the image to output pixels [3, 11)
+    assert np.allclose(a["joints"][1, 14], [3.0, 3.0, 1.0])
+    assert a["heatmap"][14, 3, 3] == pytest.approx(1.0)
+    assert a["heatmap"][14, 3, 5] == pytest.approx(math.exp(-4 / (2 * 2.0 ** 2)))      # sigma 2, not 4
+    inside = np.zeros((16, 16), bool)
+    inside[3:11, 3:11] = True
+    assert np.array_equal(a["ignore_mask"] > 0, inside)
+    assert (a["mask"][:, ~inside] == 0).all()
+    assert a["sample"]["augment"]["scale"] == 0.64 and a["sample"]["augment"]["flip"] is False
+    # offsets only for person 0 (its centre is its single keypoint): none for the keypoint-less person
+    ys, xs = np.nonzero(a["offset_weight"][0])
+    assert np.allclose(a["offset"][0, ys, xs], xs - a["joints"][0, 0, 0])
+    assert (a["offset_weight"][2:] == 0).all()
 
 
 # ----------------------------------------------------------------------------------------------------------
