@@ -128,7 +128,7 @@ def config_from_official(cfg_json: dict) -> dict:
             raise ConfigError("official config MODEL.SPEC.STAGES: only 3 BASIC / SUM stages (HRNet) are supported")
         channels = [int(c) for c in stages["NUM_CHANNELS"][-1]]
         name = _TIMM_WIDTHS.get(channels[0], "hrnet_w32")
-        out["backbone"] = name
+        out["backbone"] = {"name": name}
         if channels != [channels[0] * 2 ** i for i in range(4)] or channels[0] not in _TIMM_WIDTHS:
             out["hrnet_channels"] = channels
         for s, chs in enumerate(stages["NUM_CHANNELS"]):
@@ -156,7 +156,7 @@ def config_from_official(cfg_json: dict) -> dict:
     if "FINAL_CONV_KERNEL" in spec:
         out["final_conv_kernel"] = int(spec["FINAL_CONV_KERNEL"])
     if model.get("PRETRAINED"):
-        out["pretrained"] = str(model["PRETRAINED"])
+        out.setdefault("backbone", {})["weights"] = str(model["PRETRAINED"])
     for k, ours in _DATASET_KEYS.items():
         if k in cfg_json.get("DATASET", {}):
             out[ours] = cfg_json["DATASET"][k]
