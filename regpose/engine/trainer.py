@@ -19,7 +19,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from ..config import Config, save_config, to_dict
+from ..config import Config, ConfigError, save_config, to_dict
 from ..errors import RegposeError
 from ..models.base import total_loss
 from . import dist
@@ -76,7 +76,6 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: bool = False, device: str = "auto", train_dataset=None,
                  val_dataset=None):
-        from ..models import build_model
         from ..models.registry import get_method
 
         self.cfg, self.tc = cfg, cfg.train
@@ -107,18 +106,10 @@ class Trainer:
         self.steps = ([int(round(e * steps_per_epoch)) for e in self.tc.step_epochs] if self.tc.step_epochs
                       else list(self.tc.steps))
 
-        # Model: identical initialisation on every rank.
-        seed_everything(self.tc.seed)
-        model = build_model(cfg)
-        if self.tc.init_weights:
-            load_model_weights(model, self.tc.init_weights, strict=False)
-        for pattern in self.tc.freeze:
-            rx = re.compile(pattern)
-            for name, p in model.named_parameters():
-                if rx.search(name):
-                    p.requires_grad_(False)
+        # Model: identical initialisation on every rank; rank 0 first, so trunk weights download once.
+        model = self._build_model(resume)
         if self.world > 1 and self.tc.sync_bn:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = dist.convert_sync_batchnorm(model)
         self.model = model.to(self.device)
         # Independent random streams per process for whatever the model draws while training (dropout, noise).
         seed_everything(self.tc.seed + 1000 * self.rank)
@@ -137,6 +128,37 @@ class Trainer:
             self._resume()
         elif self.main:
             save_config(cfg, self.out / "config.yaml")
+
+    def _build_model(self, resume: bool) -> nn.Module:
+        """The model with its trunk initialisation (``model.backbone.weights``), ``train.init_weights`` and
+        ``train.freeze`` applied; refuses to freeze trunk layers no file initialised. A resumed run takes every
+        weight from its checkpoint, so it reads (and downloads) no initialisation."""
+        from ..models import build_model
+        from ..models.backbones import frozen_uninitialised
+
+        if not self.main:
+            dist.barrier()
+        seed_everything(self.tc.seed)
+        model = build_model(self.cfg, init_trunk=not resume)
+        if self.main:
+            dist.barrier()
+        loaded: set[str] = set()
+        if self.tc.init_weights and not resume:
+            report = load_model_weights(model, self.tc.init_weights, strict=False)
+            self.log.info("train.init_weights=%s", report.summary())
+            loaded = set(report.loaded)
+        for pattern in self.tc.freeze:
+            rx = re.compile(pattern)
+            for name, p in model.named_parameters():
+                if rx.search(name):
+                    p.requires_grad_(False)
+        frozen = [] if resume else frozen_uninitialised(model, loaded)
+        if frozen:
+            raise ConfigError(
+                f"{len(frozen)} frozen trunk tensors (model.backbone.norm / freeze_at, train.freeze) were never "
+                f"initialised from a file, e.g. {frozen[0]}: set model.backbone.weights (or train.init_weights), "
+                f"or allow it with model.backbone.allow_random_frozen=true")
+        return model
 
     # ------------------------------------------------------------------------------------------------------
     def _state(self, iteration: int) -> dict:
