@@ -191,6 +191,42 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
 
 
+def _former_key(cls: type, key: str) -> str | None:
+    """The current dotted name of a key that moved into a nested section (a nested dataclass lists its former
+    names in ``__former_keys__``, e.g. ``pretrained`` -> ``backbone.weights``)."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        moved = getattr(hints.get(f.name), "__former_keys__", {})
+        if key in moved:
+            return f"{f.name}.{moved[key]}"
+    return None
+
+
+def _field_value(f: dataclasses.Field, tp: Any, value: Any) -> Any:
+    """A nested dataclass field keeps its default instance's values for the keys a config does not give: a
+    partial mapping is merged onto them, and a scalar sets the field named by the class's ``__shorthand__``
+    (``backbone: resnet50`` = ``backbone: {name: resnet50}``)."""
+    if not dataclasses.is_dataclass(tp) or isinstance(value, tp):
+        return value
+    shorthand = getattr(tp, "__shorthand__", None)
+    if shorthand and not isinstance(value, dict):
+        value = {shorthand: value}
+    elif isinstance(value, dict) and _SCALAR in value:     # a shorthand refined by a partial mapping
+        value = dict(value)
+        scalar = value.pop(_SCALAR)
+        if shorthand and shorthand not in value:
+            value = {shorthand: scalar, **value}
+    if not isinstance(value, dict):
+        return value
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        default = f.default_factory()  # type: ignore[misc]
+    elif f.default is not dataclasses.MISSING:
+        default = f.default
+    else:
+        return value
+    return _deep_merge(to_dict(default), value)
+
+
 def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a plain mapping, checking keys and types recursively."""
     data = dict(data or {})
@@ -199,18 +235,21 @@ def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
     pre = f"{prefix}." if prefix else ""
     for k in data:
         if k not in names:
-            valid = _all_keys(cls)
-            close = difflib.get_close_matches(str(k), valid, n=1, cutoff=0.5)
+            former = _former_key(cls, str(k))
+            close = [former] if former else difflib.get_close_matches(str(k), _all_keys(cls), n=1, cutoff=0.5)
             hint = f" (did you mean '{pre}{close[0]}'?)" if close else f" (valid keys: {', '.join(sorted(names))})"
             raise ConfigError(f"unknown config key '{pre}{k}'{hint}")
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in data:
-            kwargs[f.name] = _convert(data[f.name], hints[f.name], f"{pre}{f.name}")
+            value = _field_value(f, hints[f.name], data[f.name])
+            kwargs[f.name] = _convert(value, hints[f.name], f"{pre}{f.name}")
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
             raise ConfigError(f"missing required config key '{pre}{f.name}'")
     try:
         obj = cls(**kwargs)
+    except ConfigError:
+        raise
     except (TypeError, ValueError) as e:
         raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
     return obj
@@ -323,11 +362,20 @@ class Config:
 # ----------------------------------------------------------------------------------------------------------
 # Loading: base inheritance, overrides, typing
 # ----------------------------------------------------------------------------------------------------------
+_SCALAR = "_scalar_"   # a section's scalar shorthand kept under a mapping merged onto it (see _field_value)
+
+
 def _deep_merge(base: dict, over: dict) -> dict:
+    """``over`` onto ``base``, recursively. A mapping given for a key whose base value is a scalar shorthand
+    (``backbone: resnet18`` then ``model.backbone.kwargs.x=...``) keeps that scalar under ``_scalar_``, so the
+    partial override refines the section instead of silently replacing its name."""
     out = dict(base)
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(out.get(k), dict) and not v.get("_replace_", False):
             out[k] = _deep_merge(out[k], v)
+        elif isinstance(v, dict) and k in out and not isinstance(out[k], (dict, list)) and out[k] is not None \
+                and not v.get("_replace_", False):
+            out[k] = {_SCALAR: out[k], **v}
         else:
             if isinstance(v, dict):
                 v = {kk: vv for kk, vv in v.items() if kk != "_replace_"}

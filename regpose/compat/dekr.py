@@ -129,7 +129,7 @@ def _stages_from_official(stages: dict) -> dict:
         if [len(v) for v in per_stage] != [2, 3, 4]:
             raise ConfigError(f"official config STAGES.{what}: {per_stage} does not give 2, 3, 4 branches")
     last = channels[-1]
-    out: dict = {"backbone": _TIMM_WIDTHS.get(last[0], "hrnet_w32")}
+    out: dict = {"backbone": {"name": _TIMM_WIDTHS.get(last[0], "hrnet_w32")}}
     if channels != [last[:n] for n in (2, 3, 4)]:
         out["hrnet_channels"] = channels                  # stages with their own widths
     elif last != [last[0] * 2 ** i for i in range(4)] or last[0] not in _TIMM_WIDTHS:
@@ -165,7 +165,7 @@ def config_from_official(cfg_json: dict) -> dict:
     if "FINAL_CONV_KERNEL" in spec:
         out["final_conv_kernel"] = int(spec["FINAL_CONV_KERNEL"])
     if model.get("PRETRAINED"):
-        out["pretrained"] = str(model["PRETRAINED"])
+        out.setdefault("backbone", {})["weights"] = str(model["PRETRAINED"])
     for k, ours in _DATASET_KEYS.items():
         if k in cfg_json.get("DATASET", {}):
             out[ours] = cfg_json["DATASET"][k]

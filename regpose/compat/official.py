@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import CheckpointError, RegposeError
+from ..errors import RegposeError
+from ..models.weights import read_state_dict
 
 __all__ = ["CONVERTERS", "load_official_checkpoint", "convert", "reference_check", "format_report",
            "load_npz_state_dict"]
@@ -34,33 +35,10 @@ def load_npz_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 
 
 def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """Official ``.pth`` files: plain state dicts (DEKR), ``{"model": ...}`` (detectron2 / QueryPose) or
-    ``{"state_dict": ...}`` (mmpose / Poseur); ``.npz`` state dicts too. Always ``weights_only=True``."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if path.suffix == ".npz":
-        return load_npz_state_dict(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"{path}: cannot read as a weights-only checkpoint ({first[:160]})") from None
-    for key in ("model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a state dict, got {type(obj).__name__}")
-    state = {}
-    for k, v in obj.items():
-        if isinstance(v, np.ndarray):
-            v = torch.from_numpy(v)
-        if isinstance(v, torch.Tensor):
-            state[k[len("module."):] if k.startswith("module.") else k] = v
-    if not state:
-        raise CheckpointError(f"{path}: no tensors found")
-    return state
+    """Official checkpoints: plain state dicts (DEKR), ``{"model": ...}`` (detectron2 / QueryPose, also as a
+    numpy-only ``.pkl``) or ``{"state_dict": ...}`` (mmpose / Poseur); ``.npz`` state dicts too. Never unpickles
+    code (:func:`regpose.models.weights.read_state_dict`)."""
+    return read_state_dict(path)
 
 
 def convert(method: str, checkpoint: str | Path, out: str | Path, config: str | None = None,

@@ -103,7 +103,13 @@ def _backbone_from_official(bb: dict) -> tuple[str, dict]:
         width = int(bb["extra"]["stage4"]["num_channels"][0])
         return f"hrnet_w{width}", {}
     if kind == "MobileNetV2":
-        return "mobilenetv2_100", {}
+        if float(bb.get("widen_factor", 1.0)) != 1.0:
+            raise RegposeError("official Poseur config: only MobileNetV2 widen_factor 1.0 is supported")
+        out = tuple(bb.get("out_indices", (7,)))
+        if out not in ((1, 2, 4, 7), (1, 2, 4, 6)):
+            raise RegposeError(f"official Poseur config: MobileNetV2 out_indices {out} are not supported")
+        # mmcls layers 2, 3, 5 = timm levels 1, 2, 3; index 7 = the 1x1 head conv (timm conv_head / bn2)
+        return "mobilenetv2_100", {"head_level": True} if out[-1] == 7 else {}
     raise RegposeError(f"official Poseur config: unsupported backbone type {kind!r}")
 
 
@@ -121,8 +127,7 @@ def config_from_official(cfg_json: dict) -> dict:
     if cross_type not in ("MultiScaleDeformableAttention_post_value", "MultiScaleDeformableAttention"):
         raise RegposeError(f"official Poseur config: unsupported cross-attention {cross_type!r}")
     out = {
-        "backbone": backbone,
-        "backbone_kwargs": kwargs,
+        "backbone": {"name": backbone, "kwargs": kwargs},
         "embed_dim": int(tr.get("embed_dims", model.get("neck", {}).get("out_channels", 256))),
         "num_keypoints": int(head.get("num_joints", 17)),
         "num_decoder_layers": int(dec["num_layers"]),
@@ -150,12 +155,13 @@ def config_from_official(cfg_json: dict) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 def build_reference_model(folder: str | Path):
     """Our Poseur built from a reference folder's official config with its converted ``weights.npz`` loaded."""
+    from ..config import from_dict
     from ..models.poseur import Poseur, PoseurConfig
     from .official import load_npz_state_dict
 
     folder = Path(folder)
     cfg_json = json.loads((folder / "config.json").read_text())
-    model_cfg = PoseurConfig(**config_from_official(cfg_json))
+    model_cfg = from_dict(PoseurConfig, config_from_official(cfg_json), "model")
     flip_pairs = np.asarray(cfg_json.get("flip_pairs", []), dtype=np.int64).reshape(-1, 2)
     model = Poseur(model_cfg, flip_pairs, None)
     state = convert_state_dict(load_npz_state_dict(folder / "weights.npz"))

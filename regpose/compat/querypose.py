@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError
+from ..models.weights import detectron2_resnet_key
 
 __all__ = ["convert_state_dict", "config_from_official", "reference_check", "build_reference_model",
            "convert_neck_state_dict", "UNUSED_KEY_PATTERNS", "DERIVED_KEY_PATTERNS"]
@@ -52,22 +53,14 @@ _POSE_RENAMES = [
 
 def _resnet_key(k: str) -> str:
     """detectron2 ResNet names -> timm ResNet names."""
-    if k.startswith("stem.conv1.norm."):
-        return "bn1." + k[len("stem.conv1.norm."):]
-    if k.startswith("stem.conv1."):
-        return "conv1." + k[len("stem.conv1."):]
-    m = re.match(r"^res(\d)\.(\d+)\.(.*)$", k)
-    if not m:
+    new = detectron2_resnet_key(k)
+    if new is None:
         raise CheckpointError(f"unexpected official ResNet key 'backbone.bottom_up.{k}'")
-    stage, block, rest = int(m.group(1)) - 1, m.group(2), m.group(3)
-    rest = re.sub(r"^shortcut\.norm\.", "downsample.1.", rest)
-    rest = re.sub(r"^shortcut\.", "downsample.0.", rest)
-    rest = re.sub(r"^conv(\d)\.norm\.", r"bn\1.", rest)
-    return f"layer{stage}.{block}.{rest}"
+    return new
 
 
 def _swin_key(k: str) -> str:
-    """Swin-det names -> ``backbone.`` keys of :class:`regpose.models.querypose.SwinFeatures` (timm inside)."""
+    """Swin-det names -> ``backbone.`` keys of :class:`regpose.models.backbones.SwinFeatures` (timm inside)."""
     m = re.match(r"^norm(\d)\.(.*)$", k)
     if m:
         return f"norms.{m.group(1)}.{m.group(2)}"
@@ -246,24 +239,23 @@ def config_from_official(cfg_json: dict) -> dict:
         if g("MODEL.RESNETS.STRIDE_IN_1X1", False):
             raise CheckpointError("official ResNet with STRIDE_IN_1X1=True (MSRA weights) is not supported")
         planes = res2 // 4
-        model["backbone"] = f"resnet{depth}"
         kw = {}
         if planes != 64 or stem != 64:
             kw["channels"] = [planes * 2 ** i for i in range(4)]
-            kw["stem_channels"] = stem
+            kw["stem_width"] = stem
         if bottleneck != planes * groups or groups != 1:
             kw["base_width"] = 64 * bottleneck // (planes * groups)
             kw["cardinality"] = groups
-        model["backbone_kwargs"] = kw
-        model["frozen_bn"] = g("MODEL.RESNETS.NORM", "FrozenBN") == "FrozenBN"
-        model["freeze_at"] = int(g("MODEL.BACKBONE.FREEZE_AT", 2))
+        norm = "frozen_bn" if g("MODEL.RESNETS.NORM", "FrozenBN") == "FrozenBN" else "bn"
+        model["backbone"] = {"name": f"resnet{depth}", "kwargs": kw, "norm": norm,
+                             "freeze_at": int(g("MODEL.BACKBONE.FREEZE_AT", 2))}
         model["neck"] = "fpn"
     elif "hrnet_fpnv1" in backbone_name:
-        model.update(backbone="hrnet_w48", neck="hrfpn_v1", frozen_bn=False, freeze_at=0)
+        model.update(backbone={"name": "hrnet_w48", "norm": "bn", "freeze_at": 0}, neck="hrfpn_v1")
     elif "hrnet" in backbone_name:
-        model.update(backbone="hrnet_w32", neck="hrfpn", frozen_bn=False, freeze_at=0)
+        model.update(backbone={"name": "hrnet_w32", "norm": "bn", "freeze_at": 0}, neck="hrfpn")
     elif "swin" in backbone_name:
-        model.update(backbone="swin_large_patch4_window7_224", neck="fpn", frozen_bn=False, freeze_at=0)
+        model.update(backbone={"name": "swin_large_patch4_window7_224", "norm": "bn", "freeze_at": 0}, neck="fpn")
     else:
         raise CheckpointError(f"unknown official backbone builder '{backbone_name}'")
     model.update(

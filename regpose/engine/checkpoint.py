@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..models.weights import LoadReport, load_partial
 
 __all__ = ["atomic_save", "remove_stale_temporaries", "load_checkpoint", "load_state_dict_file",
            "load_model_weights", "check_fit"]
@@ -132,14 +133,14 @@ def check_fit(model: nn.Module, state: dict[str, torch.Tensor], source: str = "c
         raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts))
 
 
-def load_model_weights(model: nn.Module, source: str | os.PathLike | dict, strict: bool = True) -> None:
-    """Load weights from a file or state dict into ``model``; with ``strict`` every key must fit."""
+def load_model_weights(model: nn.Module, source: str | os.PathLike | dict, strict: bool = True) -> LoadReport | None:
+    """Load weights from a file or state dict into ``model``. With ``strict`` every key must fit; otherwise what
+    fits is loaded and the returned report names the rest (refused when (almost) nothing fits, see
+    :func:`regpose.models.weights.load_partial`)."""
     state = load_state_dict_file(source) if not isinstance(source, dict) else source
     name = str(source) if not isinstance(source, dict) else "state dict"
-    if strict:
-        check_fit(model, state, name)
-        model.load_state_dict(state)
-    else:
-        own = model.state_dict()
-        model.load_state_dict({k: v for k, v in state.items() if k in own and own[k].shape == v.shape},
-                              strict=False)
+    if not strict:
+        return load_partial(model, state, name)
+    check_fit(model, state, name)
+    model.load_state_dict(state)
+    return None

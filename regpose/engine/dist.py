@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["init_distributed", "get_rank", "get_world_size", "is_main_process", "barrier", "all_gather_object",
-           "reduce_mean", "local_rank", "cleanup"]
+           "reduce_mean", "local_rank", "cleanup", "convert_sync_batchnorm"]
 
 
 def local_rank() -> int:
@@ -74,3 +74,12 @@ def reduce_mean(values: dict[str, float]) -> dict[str, float]:
     dist.all_reduce(t)
     t /= get_world_size()
     return {k: float(v) for k, v in zip(keys, t.tolist())}
+
+
+def convert_sync_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """BatchNorm layers -> SyncBatchNorm with the network's function unchanged. timm's conversion keeps the
+    activation (and drop) fused into timm's ``BatchNormAct2d`` (MobileNetV2's ReLU6, every EfficientNet-family
+    norm); ``nn.SyncBatchNorm.convert_sync_batchnorm`` would drop them. FrozenBatchNorm stays frozen."""
+    from timm.layers import convert_sync_batchnorm as timm_convert
+
+    return timm_convert(model)

@@ -12,10 +12,23 @@ from pathlib import Path
 __all__ = ["MetricWriter", "get_logger", "format_seconds"]
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is *now*: a handler bound to the stream of its creation breaks ("Logging
+    error" tracebacks) once that stream is replaced or closed, e.g. when the CLI runs in-process several times."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value):
+        pass
+
+
 def get_logger(name: str = "regpose") -> logging.Logger:
     logger = logging.getLogger(name)
     if not logger.handlers:
-        h = logging.StreamHandler(sys.stderr)
+        h = _StderrHandler()
         h.setFormatter(logging.Formatter("[%(asctime)s %(name)s] %(message)s", "%H:%M:%S"))
         logger.addHandler(h)
         logger.setLevel(logging.INFO)

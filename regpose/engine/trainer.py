@@ -120,7 +120,6 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: bool = False, device: str = "auto", train_dataset=None,
                  val_dataset=None, overwrite: bool = False):
-        from ..models import build_model
         from ..models.registry import get_method
 
         self.cfg, self.tc = cfg, cfg.train
@@ -160,21 +159,11 @@ class Trainer:
         self.steps = ([int(round(e * steps_per_epoch)) for e in self.tc.step_epochs] if self.tc.step_epochs
                       else list(self.tc.steps))
 
-        # Model: identical initialisation on every rank.
-        seed_everything(self.tc.seed)
-        model = build_model(cfg)
-        if self.tc.init_weights:
-            load_model_weights(model, self.tc.init_weights, strict=False)
-        for i, pattern in enumerate(self.tc.freeze):
-            rx = re.compile(pattern)
-            matched = [p.requires_grad_(False) for name, p in model.named_parameters() if rx.search(name)]
-            if not matched:
-                raise ConfigError(f"train.freeze[{i}]: pattern {pattern!r} matches no parameter of the model")
-        if not any(p.requires_grad for p in model.parameters()):
-            raise ConfigError("train.freeze: every parameter is frozen, nothing would train")
+        # Model: identical initialisation on every rank; rank 0 first, so trunk weights download once.
+        model = self._build_model(resume)
         if self.world > 1 and self.tc.sync_bn:
             if self.device.type == "cuda":
-                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+                model = dist.convert_sync_batchnorm(model)
             elif self.main:
                 self.log.warning("train.sync_bn=true needs CUDA (PyTorch's SyncBatchNorm runs on GPUs only): on CPU "
                                  "each of the %d processes normalises with its own batch statistics", self.world)
@@ -230,6 +219,39 @@ class Trainer:
         shutil.rmtree(self.out / "tensorboard", ignore_errors=True)
         if previous:
             self.log.info("--overwrite: removed the previous run's %s from %s", ", ".join(previous), self.out)
+
+    def _build_model(self, resume: bool) -> nn.Module:
+        """The model with its trunk initialisation (``model.backbone.weights``), ``train.init_weights`` and
+        ``train.freeze`` applied; refuses to freeze trunk layers no file initialised. A resumed run takes every
+        weight from its checkpoint, so it reads (and downloads) no initialisation."""
+        from ..models import build_model
+        from ..models.backbones import frozen_uninitialised
+
+        if not self.main:
+            dist.barrier()
+        seed_everything(self.tc.seed)
+        model = build_model(self.cfg, init_trunk=not resume)
+        if self.main:
+            dist.barrier()
+        loaded: set[str] = set()
+        if self.tc.init_weights and not resume:
+            report = load_model_weights(model, self.tc.init_weights, strict=False)
+            self.log.info("train.init_weights=%s", report.summary())
+            loaded = set(report.loaded)
+        for i, pattern in enumerate(self.tc.freeze):
+            rx = re.compile(pattern)
+            matched = [p.requires_grad_(False) for name, p in model.named_parameters() if rx.search(name)]
+            if not matched:
+                raise ConfigError(f"train.freeze[{i}]: pattern {pattern!r} matches no parameter of the model")
+        if not any(p.requires_grad for p in model.parameters()):
+            raise ConfigError("train.freeze: every parameter is frozen, nothing would train")
+        frozen = [] if resume else frozen_uninitialised(model, loaded)
+        if frozen:
+            raise ConfigError(
+                f"{len(frozen)} frozen trunk tensors (model.backbone.norm / freeze_at, train.freeze) were never "
+                f"initialised from a file, e.g. {frozen[0]}: set model.backbone.weights (or train.init_weights), "
+                f"or allow it with model.backbone.allow_random_frozen=true")
+        return model
 
     # ------------------------------------------------------------------------------------------------------
     def _state(self, iteration: int) -> dict:

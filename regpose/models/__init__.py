@@ -4,6 +4,15 @@ from .registry import MethodSpec, get_method, method_names, register_method
 __all__ = ["MethodSpec", "get_method", "method_names", "register_method", "build_model"]
 
 
-def build_model(cfg):
-    """Build the network a config describes (``cfg.method`` picks the builder)."""
-    return get_method(cfg.method).build(cfg)
+def build_model(cfg, init_trunk: bool = False):
+    """Build the network a config describes (``cfg.method`` picks the builder).
+
+    ``init_trunk``: also load each trunk's ``model.backbone.weights`` (downloading it if needed). Only the
+    trainer sets it; a model built to receive a checkpoint (test, infer, export, convert, reference-check) never
+    reads or downloads trunk weights."""
+    model = get_method(cfg.method).build(cfg)
+    if init_trunk:
+        from .backbones import init_trunks
+
+        init_trunks(model)
+    return model

@@ -12,6 +12,7 @@ quirks, so converted official checkpoints reproduce the official outputs; those 
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..structures import PoseResult
-from .backbones import TimmBackbone
+from .backbones import BackboneConfig, build_backbone
 from .base import PoseModel
 from .layers.adaptive_conv import AdaptiveConv2d
 from .layers.distributed import global_normalizer
@@ -45,8 +46,9 @@ __all__ = [
 @dataclass
 class DEKRConfig:
     """DEKR's knobs, defaults = the official W32 COCO model (official config names in comments)."""
-    # backbone: timm HRNet (its structure and key names equal the official trunk); overrides for other sizes
-    backbone: str = "hrnet_w32"                  # MODEL.SPEC.STAGES via the timm variant (hrnet_w32 / hrnet_w48)
+    # backbone: timm HRNet (its structure and key names equal the official trunk); overrides for other sizes.
+    # name: MODEL.SPEC.STAGES via the timm variant (hrnet_w32 / hrnet_w48); weights: MODEL.PRETRAINED
+    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig("hrnet_w32"))
     # branch widths: the 4 of the last stage (earlier stages use its first 2 and 3), or one list per stage 2-4 as
     # the official STAGES.NUM_CHANNELS; [] = the timm variant's
     hrnet_channels: list[int | list[int]] = field(default_factory=list)
@@ -56,7 +58,6 @@ class DEKRConfig:
     hrnet_blocks: list[int | list[int]] = field(default_factory=list)
     hrnet_layer1_blocks: int = 0                 # Bottlenecks in layer1; 0 = official 4 (small CPU models: fewer)
     hrnet_layer1_planes: int = 0                 # their planes (x4 out); 0 = official 64
-    pretrained: str = ""                         # ImageNet HRNet weights file (MODEL.PRETRAINED); '' = none
     # heads
     head_heatmap_channels: int = 32              # HEAD_HEATMAP.NUM_CHANNELS (W48: 48)
     head_heatmap_blocks: int = 1                 # HEAD_HEATMAP.NUM_BLOCKS
@@ -160,14 +161,13 @@ class HRNetConcat(nn.Module):
     an existing branch is converted from the previous stage's last branch), so every BASIC-block official
     ``STAGES`` spec builds the same network: per-branch widths and block counts included."""
 
-    def __init__(self, name: str = "hrnet_w32", channels: list | None = None, modules: list[int] | None = None,
-                 blocks: list | None = None, pretrained: str = "", layer1_blocks: int = 0,
-                 layer1_planes: int = 0):
+    def __init__(self, backbone: BackboneConfig, channels: list | None = None, modules: list[int] | None = None,
+                 blocks: list | None = None, layer1_blocks: int = 0, layer1_planes: int = 0):
         super().__init__()
         kwargs = {}
         import timm.models.hrnet as timm_hrnet
 
-        base = timm_hrnet.cfg_cls[name]
+        base = timm_hrnet.cfg_cls[backbone.name]
         if layer1_blocks or layer1_planes:
             stage = dict(base["stage1"])
             stage["num_blocks"] = (int(layer1_blocks or stage["num_blocks"][0]),)
@@ -183,7 +183,7 @@ class HRNetConcat(nn.Module):
                 if blocks:
                     stage["num_blocks"] = _per_branch(blocks, s, "hrnet_blocks")
                 kwargs[f"stage{s + 2}"] = stage
-        self.hrnet = TimmBackbone(name, out_indices=(1, 2, 3, 4), pretrained=pretrained, **kwargs)
+        self.hrnet = build_backbone(dataclasses.replace(backbone, kwargs={**kwargs, **backbone.kwargs}), (1, 2, 3, 4))
         self.out_channels = sum(self.hrnet.channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -286,10 +286,6 @@ class DEKR(PoseModel):
                                       cfg.final_conv_kernel, cfg.adaptive_conv_impl, cfg.multi_branch,
                                       cfg.adaptive_conv)
         self.init_weights()
-        if cfg.pretrained:
-            from .backbones import load_backbone_weights
-
-            load_backbone_weights(self.backbone.hrnet.body, cfg.pretrained)
         self.rescorer = PoseRescorer.from_file(cfg.rescore_weights) if cfg.rescore_weights else None
 
     def init_weights(self) -> None:

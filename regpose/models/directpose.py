@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -28,7 +28,7 @@ from torchvision.ops import batched_nms, generalized_box_iou_loss, sigmoid_focal
 
 from ..config import ConfigError
 from ..structures import PoseResult
-from .backbones import TimmBackbone
+from .backbones import BackboneConfig, build_backbone
 from .base import PoseModel
 from .layers.distributed import global_normalizer
 from .necks import FPN
@@ -66,12 +66,10 @@ class DirectPoseConfig:
     num_keypoints: int = 17
 
     # --- backbone / neck (spec §2) ---
-    backbone: str = "resnet50"                 # timm name; C3-C5 (strides 8, 16, 32) feed the FPN
-    pretrained: str = ""                       # optional local weights file (never downloaded)
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)   # extra timm create_model arguments
-    # Assumption (spec §2): the FCOS / detectron2 defaults, FrozenBN and FREEZE_AT = 2.
-    backbone_norm: Literal["frozen_bn", "bn"] = "frozen_bn"
-    freeze_at: int = 2                         # 0: nothing, 1: stem, 2: stem + res2 (detectron2 FREEZE_AT)
+    # C3-C5 (strides 8, 16, 32) feed the FPN. Assumption (spec §2): the FCOS / detectron2 defaults, FrozenBN and
+    # FREEZE_AT = 2 (stem + res2).
+    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig("resnet50", norm="frozen_bn",
+                                                                            freeze_at=2))
     fpn_channels: int = 256                    # P3-P7; P6/P7 from P5 (FCOS "TOP_LEVELS = 2")
 
     # --- shared head shape ---
@@ -133,8 +131,6 @@ class DirectPoseConfig:
     def __post_init__(self):
         if self.num_keypoints < 1:
             raise ConfigError(f"model.num_keypoints: expected a positive int, got {self.num_keypoints}")
-        if self.freeze_at not in range(0, 6):
-            raise ConfigError(f"model.freeze_at: expected 0..5, got {self.freeze_at}")
         if len(self.sizes_of_interest) != NUM_LEVELS - 1 or sorted(self.sizes_of_interest) != list(
                 self.sizes_of_interest):
             raise ConfigError(f"model.sizes_of_interest: expected {NUM_LEVELS - 1} increasing level boundaries "
@@ -165,25 +161,6 @@ def resolve_keypoint_groups(cfg: DirectPoseConfig) -> list[list[int]]:
         return [list(g) for g in COCO_KPALIGN_GROUPS]
     raise ConfigError(f"model.kpalign_groups: expected 1, {K} or (COCO-17) 9, got {cfg.kpalign_groups}; "
                       f"set model.keypoint_groups to an explicit partition for other layouts")
-
-
-# ==========================================================================================================
-# Backbone and neck (spec §2)
-# ==========================================================================================================
-def _freeze_backbone(backbone: TimmBackbone, norm: str, freeze_at: int) -> None:
-    """detectron2 conventions: FrozenBN everywhere, and the stem (+ the first ``freeze_at - 1`` stages) frozen."""
-    if norm == "frozen_bn":
-        from timm.layers import freeze_batch_norm_2d
-        backbone.body = freeze_batch_norm_2d(backbone.body)
-    if freeze_at <= 0:
-        return
-    info = backbone.body.feature_info.info        # every stage of the trunk, also those not output
-    last = info[min(freeze_at, len(info)) - 1]["module"]
-    for name, child in backbone.body.named_children():
-        for p in child.parameters():
-            p.requires_grad_(False)
-        if name == last:
-            break
 
 
 # ==========================================================================================================
@@ -581,9 +558,7 @@ class DirectPose(PoseModel):
         if flip_index is None:      # default keypoint layout: COCO-17 when the count fits
             flip_index = _flip_index_for("coco", K)
         self.flip_index = [int(i) for i in flip_index] if flip_index is not None else None
-        kw = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.backbone_kwargs.items()}
-        self.backbone = TimmBackbone(cfg.backbone, out_indices=(2, 3, 4), pretrained=cfg.pretrained, **kw)
-        _freeze_backbone(self.backbone, cfg.backbone_norm, cfg.freeze_at)
+        self.backbone = build_backbone(cfg.backbone, (2, 3, 4))
         C = cfg.fpn_channels
         # detectron2 FPN on C3-C5 + FCOS top block (P6 = conv/2 on P5, P7 = conv/2 on ReLU(P6)), spec §2.
         self.fpn = FPN(self.backbone.channels, C, top_block="p6p7", top_block_in="p5")

@@ -18,21 +18,21 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .backbones import BackboneConfig, build_backbone
 from .base import PoseModel
 from .layers.deform_attn import MultiScaleDeformableAttention
 from .layers.position import sine_grid_encoding, sine_point_encoding
 from .layers.rle import RealNVP, rle_loss, rle_terms, saturated_fraction
 from .registry import MethodSpec, register_method
 from .rle_regression import (CoarseRLEHead, FlipFusion, KeypointScore, PlainLinear, RLETopDownInference,
-                             TopDownRegressionTransform, build_backbone, keypoint_meta_for,
-                             topdown_regression_transform)
+                             TopDownRegressionTransform, keypoint_meta_for, topdown_regression_transform)
 
 __all__ = ["PoseurConfig", "Poseur", "ChannelMapper", "PoseurDecoderLayer", "build_poseur", "poseur_transform",
            "topdown_regression_transform", "TopDownRegressionTransform", "inverse_sigmoid"]
@@ -46,9 +46,7 @@ class PoseurConfig:
     """Poseur's knobs. Defaults = the released R50 / HRNet-W32 256x192 checkpoints (6 decoder layers, EMSDA,
     3 noisy query groups, type2 flip fusion as in the README's evaluation command)."""
     # backbone and neck
-    backbone: str = "resnet50"                 # timm name: resnet50/152, hrnet_w32/w48, mobilenetv2_100, ...
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-    pretrained: str = ""                       # optional local ImageNet weights (never downloaded)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)   # resnet50/152, hrnet_w32/w48, mobilenetv2_100
     feature_levels: list[int] = field(default_factory=lambda: [1, 2, 3, 4])   # timm indices (strides 4..32), Table 1d
     embed_dim: int = 256
     num_keypoints: int = 17
@@ -171,7 +169,7 @@ class Poseur(RLETopDownInference, PoseModel):
         K, C = cfg.num_keypoints, cfg.embed_dim
         self.num_keypoints = K
         levels = sorted(set(cfg.feature_levels))
-        self.backbone = build_backbone(cfg.backbone, levels, cfg.pretrained, cfg.backbone_kwargs)
+        self.backbone = build_backbone(cfg.backbone, levels)
         self.neck = ChannelMapper(self.backbone.channels, C)
         L = len(levels)
         self.level_embed = nn.Parameter(torch.empty(L, C))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from torch import nn
 from torchvision.ops import generalized_box_iou_loss, roi_align, sigmoid_focal_loss
 
 from ..structures import PoseResult
-from .backbones import TimmBackbone
+from .backbones import BackboneConfig, build_backbone
 from .base import PoseModel
 from .layers.dynamic_conv import DynamicConv, eager_cpu_inference
 from .layers.distributed import global_normalizer
@@ -53,11 +53,10 @@ class QueryPoseConfig:
     """QueryPose's knobs. Defaults = the official R50 config (``querypose.res50.100pro.3x.yaml``) and the
     paper's best ablation settings (part queries, SPEGM, SIM, 7-part scheme (c), dp = 128, Fig. 3(b))."""
     # ---- backbone and neck (spec 1)
-    backbone: str = "resnet50"              # timm name: resnet50 / resnet18 / hrnet_w32 / hrnet_w48 / swin_*
-    backbone_weights: str = ""              # optional local file (ImageNet / pose-HRNet / Swin-22k weights)
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)   # extra timm arguments (e.g. channels)
-    frozen_bn: bool = True                  # ResNet: detectron2 FrozenBN (official); HRNet / Swin: trainable
-    freeze_at: int = 2                      # ResNet: 0 none, 1 stem, 2 stem + res2 (official), ... 5 all
+    # resnet50 / hrnet_w32 / hrnet_w48 / swin_*; ResNet: detectron2 FrozenBN and FREEZE_AT 2 (stem + res2) as
+    # official, HRNet / Swin configs: trainable BatchNorm, nothing frozen
+    backbone: BackboneConfig = field(default_factory=lambda: BackboneConfig("resnet50", norm="frozen_bn",
+                                                                            freeze_at=2))
     neck: Literal["fpn", "hrfpn", "hrfpn_v1"] = "fpn"
     hidden_dim: int = 256                   # d: FPN channels and instance-query width
     # ---- box decoder (Sparse R-CNN, spec 3)
@@ -662,97 +661,6 @@ class KeypointDecoderStage(nn.Module):
 # ==========================================================================================================
 # The model
 # ==========================================================================================================
-def _swin_det_attn(self, x: torch.Tensor) -> torch.Tensor:
-    """Shifted-window attention in the order of the official Swin-for-detection code (and QueryPose's):
-    pad to a multiple of the window *then* roll (timm rolls then pads, which differs when the map is not a
-    multiple of the window size)."""
-    from timm.models.swin_transformer import window_partition, window_reverse
-
-    b, h, w, c = x.shape
-    ws, ss = self.window_size, self.shift_size
-    x = F.pad(x, (0, 0, 0, (ws[1] - w % ws[1]) % ws[1], 0, (ws[0] - h % ws[0]) % ws[0]))
-    hp, wp = x.shape[1], x.shape[2]
-    shifted = any(ss)
-    if shifted:
-        x = torch.roll(x, shifts=(-ss[0], -ss[1]), dims=(1, 2))
-    mask = self.get_attn_mask(x) if shifted else None
-    windows = window_partition(x, ws).view(-1, self.window_area, c)
-    windows = self.attn(windows, mask=mask).view(-1, ws[0], ws[1], c)
-    x = window_reverse(windows, ws, hp, wp)
-    if shifted:
-        x = torch.roll(x, shifts=ss, dims=(1, 2))
-    return x[:, :h, :w].contiguous()
-
-
-class SwinFeatures(nn.Module):
-    """timm Swin (features_only, NHWC) as detectron2's Swin backbone: NCHW maps with one LayerNorm per output
-    (official ``norm0..3``), shifted windows in every odd block of every stage (``always_partition``) and the
-    official pad-then-roll order (:func:`_swin_det_attn`)."""
-
-    def __init__(self, name: str, weights: str = "", **kw):
-        import types
-
-        from timm.models.swin_transformer import SwinTransformerBlock
-
-        super().__init__()
-        kw.setdefault("strict_img_size", False)
-        kw.setdefault("always_partition", True)
-        self.body = TimmBackbone(name, out_indices=(0, 1, 2, 3), pretrained=weights, **kw)
-        for m in self.body.modules():
-            if isinstance(m, SwinTransformerBlock):
-                m._attn = types.MethodType(_swin_det_attn, m)
-        self.channels = self.body.channels
-        self.norms = nn.ModuleList(nn.LayerNorm(c) for c in self.channels)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return [norm(f).permute(0, 3, 1, 2).contiguous() for norm, f in zip(self.norms, self.body(x))]
-
-
-def _set_resnet_stem(body: nn.Module, stem: int) -> None:
-    """Give a timm ResNet a stem of ``stem`` channels (timm fixes it at 64; detectron2's STEM_OUT_CHANNELS
-    does not): new conv1 / bn1 and a first res2 block taking ``stem`` inputs."""
-    from timm.models.resnet import BasicBlock, Bottleneck
-
-    old = body.layer1[0]
-    body.conv1 = nn.Conv2d(3, stem, 7, stride=2, padding=3, bias=False)
-    body.bn1 = nn.BatchNorm2d(stem)
-    if isinstance(old, Bottleneck):
-        planes, out = old.conv1.out_channels, old.conv3.out_channels
-        down = None if stem == out else nn.Sequential(nn.Conv2d(stem, out, 1, bias=False), nn.BatchNorm2d(out))
-        body.layer1[0] = Bottleneck(stem, out // Bottleneck.expansion, downsample=down,
-                                    base_width=64 * planes // (out // Bottleneck.expansion))
-    else:
-        out = old.conv2.out_channels
-        down = None if stem == out else nn.Sequential(nn.Conv2d(stem, out, 1, bias=False), nn.BatchNorm2d(out))
-        body.layer1[0] = BasicBlock(stem, out, downsample=down)
-
-
-def _build_backbone(cfg: QueryPoseConfig) -> tuple[nn.Module, list[int]]:
-    name = cfg.backbone
-    kw = dict(cfg.backbone_kwargs)
-    if name.startswith("swin"):
-        bb = SwinFeatures(name, cfg.backbone_weights, **kw)
-        return bb, bb.channels
-    stem = kw.pop("stem_channels", None)
-    bb = TimmBackbone(name, out_indices=(1, 2, 3, 4), pretrained="" if stem else cfg.backbone_weights, **kw)
-    if stem:
-        _set_resnet_stem(bb.body, int(stem))
-        bb.channels = list(bb.body.feature_info.channels())
-        if cfg.backbone_weights:
-            from .backbones import load_backbone_weights
-            load_backbone_weights(bb.body, cfg.backbone_weights)
-    if name.startswith(("resnet", "resnext")) and cfg.frozen_bn:
-        from timm.layers import freeze_batch_norm_2d
-        bb.body = freeze_batch_norm_2d(bb.body)   # detectron2 FrozenBN: fixed affine from running stats
-    if name.startswith(("resnet", "resnext")) and cfg.freeze_at > 0:
-        # detectron2 FREEZE_AT: 1 = stem, 2 = stem + res2, ... (timm: conv1/bn1, layer1..layer4)
-        frozen = ["conv1.", "bn1."] + [f"layer{i}." for i in range(1, cfg.freeze_at)]
-        for n_, p in bb.body.named_parameters():
-            if any(n_.startswith(f) for f in frozen):
-                p.requires_grad_(False)
-    return bb, list(bb.channels)
-
-
 class QueryPose(PoseModel):
     """Backbone + neck, S box decoder stages and S keypoint decoder stages, Hungarian set loss with RLE.
 
@@ -769,7 +677,9 @@ class QueryPose(PoseModel):
         self.num_keypoints = num_keypoints
         self.parts = part_groups(num_keypoints, cfg.part_scheme, cfg.query_type)
         d = cfg.hidden_dim
-        self.backbone, in_channels = _build_backbone(cfg)
+        swin = cfg.backbone.name.startswith("swin")           # timm Swin has no stride-2 stem level
+        self.backbone = build_backbone(cfg.backbone, (0, 1, 2, 3) if swin else (1, 2, 3, 4))
+        in_channels = self.backbone.channels
         keep = cfg.keep_unused_official
         if cfg.neck == "fpn":
             # Official code: LastLevelMaxPool builds a P6 nobody reads; it has no parameters, we skip it.

@@ -10,7 +10,7 @@ Coordinates inside the network are normalised crop coordinates u = (x_crop / W_i
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -18,13 +18,13 @@ from torch import nn
 
 from ..data.transforms import transform_boxes
 from ..structures import PoseResult
-from .backbones import build_timm_backbone
+from .backbones import BackboneConfig, build_backbone
 from .base import PoseModel
 from .layers.rle import RealNVP, rle_loss
 from .registry import MethodSpec, register_method
 
 __all__ = ["NormLinear", "PlainLinear", "CoarseRLEHead", "RLEConfig", "RLERegression", "build_rle", "rle_transform",
-           "flip_back", "fuse_flip", "keypoint_scores", "crop_to_image", "topdown_results", "build_backbone",
+           "flip_back", "fuse_flip", "keypoint_scores", "crop_to_image", "topdown_results",
            "FlipFusion", "KeypointScore", "TopDownRegressionTransform", "topdown_regression_transform"]
 
 FlipFusion = Literal["default", "type1", "type2"]
@@ -180,42 +180,6 @@ def topdown_results(mu: torch.Tensor, score: torch.Tensor, metas: list[dict], in
     return out
 
 
-def build_backbone(name: str, out_indices, pretrained: str = "", kwargs: dict | None = None) -> nn.Module:
-    """A timm ``features_only`` backbone; ``stem_width`` is also honoured for plain 7x7 ResNet stems (timm fixes
-    those at 64 channels; mmpose's ``stem_channels`` can differ, e.g. the reduced reference models)."""
-    kwargs = dict(kwargs or {})
-    stem_width = kwargs.pop("stem_width", None)
-    if "channels" in kwargs:
-        kwargs["channels"] = tuple(kwargs["channels"])
-    plain_resnet = name.startswith(("resnet", "resnext")) and not kwargs.get("stem_type")
-    if stem_width is not None and not plain_resnet:
-        kwargs["stem_width"] = stem_width
-    rebuild = stem_width is not None and plain_resnet and int(stem_width) != 64
-    backbone = build_timm_backbone(name, tuple(out_indices), "" if rebuild else pretrained, **kwargs)
-    if rebuild:
-        _rebuild_plain_stem(backbone.body, int(stem_width), name, kwargs)
-        if pretrained:
-            from .backbones import load_backbone_weights
-            load_backbone_weights(backbone.body, pretrained)
-    return backbone
-
-
-def _rebuild_plain_stem(body: nn.Module, stem_width: int, name: str, kwargs: dict) -> None:
-    """Replace a timm ResNet's 64-channel 7x7 stem (and the first stage that reads it) by ``stem_width``."""
-    import timm
-    from timm.models.resnet import make_blocks
-
-    with torch.device("meta"):
-        ref = timm.create_model(name, pretrained=False, **kwargs)
-    first = ref.layer1[0]
-    block = type(first)
-    channels = kwargs.get("channels", (64, 128, 256, 512))
-    body.conv1 = nn.Conv2d(3, stem_width, kernel_size=7, stride=2, padding=3, bias=False)
-    body.bn1 = nn.BatchNorm2d(stem_width)
-    stages, _ = make_blocks((block,), (channels[0],), (len(ref.layer1),), stem_width)
-    body.layer1 = stages[0][1]
-
-
 # ----------------------------------------------------------------------------------------------------------
 # The RLE method
 # ----------------------------------------------------------------------------------------------------------
@@ -223,9 +187,7 @@ def _rebuild_plain_stem(body: nn.Module, stem_width: int, name: str, kwargs: dic
 class RLEConfig:
     """RLE baseline (GAP + FC + RLE). Defaults follow the original RLE code: flow prior mean 0, loss summed over
     keypoints and divided by the batch size, 'linear with norm' coordinates."""
-    backbone: str = "resnet50"
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-    pretrained: str = ""                    # optional local ImageNet weights for the backbone
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)   # paper configs: torchvision ImageNet R-50
     feature_index: int = 4                  # timm feature index pooled by the head (4: stride 32)
     num_keypoints: int = 17
     flow_hidden: int = 64
@@ -282,7 +244,7 @@ class RLERegression(RLETopDownInference, PoseModel):
         super().__init__()
         self.cfg = cfg
         self.num_keypoints = cfg.num_keypoints
-        self.backbone = build_backbone(cfg.backbone, (cfg.feature_index,), cfg.pretrained, cfg.backbone_kwargs)
+        self.backbone = build_backbone(cfg.backbone, (cfg.feature_index,))
         self.head = CoarseRLEHead(self.backbone.channels[-1], cfg.num_keypoints)
         # The original RLE regresses offsets from the crop centre (frame [-0.5, 0.5]); in our [0, 1] frame the same
         # start (predictions at the centre) is a bias of 0.5.

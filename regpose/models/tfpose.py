@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import Literal, Sequence
 
 import numpy as np
 import torch
@@ -27,11 +27,11 @@ from torch import nn
 
 from ..config import ConfigError
 from ..structures import PoseResult
+from .backbones import BackboneConfig, build_backbone
 from .base import PoseModel
 from .layers.deform_attn import MultiScaleDeformableAttention
 from .layers.position import sine_grid_encoding
 from .registry import MethodSpec, register_method
-from .rle_regression import build_backbone
 
 __all__ = ["TFPoseConfig", "TFPose", "TFPoseEncoderLayer", "TFPoseDecoderLayer", "TFPoseDecoder",
            "AuxHeatmapHead", "CoordinateMLP", "inverse_sigmoid", "coordinate_l1_loss", "joints_mse_loss",
@@ -48,9 +48,7 @@ class TFPoseConfig:
 
     The ``udp`` switch of the spec is ``data.augment.topdown.udp`` (one source of truth for the crop, the targets,
     the flip test and the decoding); TFPose configs set it to true as the paper does."""
-    backbone: str = "resnet50"                  # timm name: resnet50 (main results) / resnet18 (ablations)
-    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
-    pretrained: str = ""                        # optional local ImageNet weights for the backbone
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)   # resnet50 (main results) / resnet18
     # Assumption (spec §2): C3-C5 (strides 8/16/32); the paper's text says C2-C5 but its GFLOPs rule C2 out.
     levels: list[int] = field(default_factory=lambda: [3, 4, 5])
     num_keypoints: int = 17
@@ -299,8 +297,7 @@ class TFPose(PoseModel):
         self.num_keypoints = K = cfg.num_keypoints
         C, L = cfg.embed_dim, len(cfg.levels)
         # timm features_only (index l - 1 is C_l); the shared builder also honours a reduced ResNet stem_width.
-        self.backbone = build_backbone(cfg.backbone, tuple(lv - 1 for lv in cfg.levels), cfg.pretrained,
-                                       dict(cfg.backbone_kwargs))
+        self.backbone = build_backbone(cfg.backbone, tuple(lv - 1 for lv in cfg.levels))
         # Assumption (spec §2): 1x1 conv + GroupNorm(32) per level, as Deformable DETR's input projection.
         self.input_proj = nn.ModuleList([nn.Sequential(nn.Conv2d(c, C, 1), nn.GroupNorm(32, C))
                                          for c in self.backbone.channels])

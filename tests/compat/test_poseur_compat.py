@@ -9,6 +9,7 @@ import torch
 
 from regpose.compat.poseur import config_from_official, convert_state_dict, reference_check
 from regpose.errors import CheckpointError
+from regpose.models.backbones import BackboneConfig
 from regpose.models.poseur import Poseur, PoseurConfig
 from conftest import REFERENCE
 
@@ -25,7 +26,7 @@ def _fake_official(manifest: str) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("manifest,cfg", [
     ("manifest_r50_256x192.tsv", PoseurConfig()),
-    ("manifest_hrnet_w32_256x192.tsv", PoseurConfig(backbone="hrnet_w32")),
+    ("manifest_hrnet_w32_256x192.tsv", PoseurConfig(backbone=BackboneConfig("hrnet_w32"))),
 ])
 def test_every_manifest_key_is_consumed_with_matching_shapes(manifest, cfg):
     official = _fake_official(manifest)
@@ -47,8 +48,7 @@ def test_unknown_official_key_is_reported_by_name():
 
 def test_config_from_official_reads_the_reduced_model():
     cfg = config_from_official(json.loads((POSEUR / "tiny" / "config.json").read_text()))
-    assert cfg["backbone"] == "resnet18"
-    assert cfg["backbone_kwargs"] == {"stem_width": 16, "channels": [16, 32, 64, 128]}
+    assert cfg["backbone"] == {"name": "resnet18", "kwargs": {"stem_width": 16, "channels": [16, 32, 64, 128]}}
     assert (cfg["embed_dim"], cfg["num_decoder_layers"], cfg["self_attn_heads"], cfg["num_points"], cfg["ffn_dim"]) == (64, 2, 4, 2, 128)
     assert cfg["cross_attention"] == "emsda" and cfg["feature_levels"] == [1, 2, 3, 4]
 

@@ -111,8 +111,9 @@ def test_swin_relative_position_index_is_checked():
 
 def test_official_config_mapping():
     cfg = cq.config_from_official(json.loads((QP / "tiny" / "config.json").read_text()))
-    assert cfg["backbone"] == "resnet50" and cfg["neck"] == "fpn" and cfg["frozen_bn"] and cfg["freeze_at"] == 2
-    assert cfg["backbone_kwargs"] == {"channels": [4, 8, 16, 32], "stem_channels": 16}
+    assert cfg["backbone"] == {"name": "resnet50", "kwargs": {"channels": [4, 8, 16, 32], "stem_width": 16},
+                               "norm": "frozen_bn", "freeze_at": 2}
+    assert cfg["neck"] == "fpn"
     assert (cfg["hidden_dim"], cfg["num_proposals"], cfg["num_stages"], cfg["part_dim"], cfg["num_convs"]) == \
         (32, 8, 2, 16, 3)
     assert cfg["light"] is False

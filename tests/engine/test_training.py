@@ -46,7 +46,7 @@ def test_two_process_ddp_equals_one_process_with_same_global_batch(tmp_path):
     """torchrun --nproc_per_node=2 (gloo) with 2x4 images == 1 process with 8 images, same data order."""
     one, two = tmp_path / "one", tmp_path / "two"
     _run(one, "train.batch_size=8", "train.iters=6")
-    cmd = [PY, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+    cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(HERE / "run_tiny.py"), str(two), "train.batch_size=4", "train.iters=6"]
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]

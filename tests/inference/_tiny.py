@@ -27,17 +27,17 @@ SMALL_ONESTAGE = {"onestage": {"test_size": 160, "test_max_size": 256}}
 
 _RAW = {
     "dekr": {"model": {"test_input_size": 192}},   # 128 hits the data-layer ceil64 bug (see report)
-    "directpose": {"model": {"backbone": "test_resnet", "backbone_norm": "bn", "freeze_at": 0, "fpn_channels": 32,
+    "directpose": {"model": {"backbone": {"name": "test_resnet", "norm": "bn", "freeze_at": 0}, "fpn_channels": 32,
                              "head_channels": 32, "num_convs": 2, "group_channels": 8, "hm_channels": 16,
                              "pre_nms_thresh": 0.0, "pre_nms_topk": 50},
                    "data": {"augment": SMALL_ONESTAGE}},
-    "poseur": {"model": {"backbone": "resnet18", "backbone_kwargs": {"stem_width": 16, "channels": [16, 32, 64, 128]},
+    "poseur": {"model": {"backbone": {"name": "resnet18", "kwargs": {"stem_width": 16, "channels": [16, 32, 64, 128]}},
                          "embed_dim": 64, "num_decoder_layers": 2, "self_attn_heads": 4, "num_points": 2,
                          "ffn_dim": 128},
                "data": {"input_size": [48, 64]}},
-    "rle": {"model": {"backbone": "resnet18", "backbone_kwargs": {"stem_width": 16, "channels": [16, 32, 64, 128]}},
+    "rle": {"model": {"backbone": {"name": "resnet18", "kwargs": {"stem_width": 16, "channels": [16, 32, 64, 128]}}},
             "data": {"input_size": [48, 64]}},
-    "tfpose": {"model": {"backbone": "resnet18", "backbone_kwargs": {"channels": [16, 32, 64, 128]}, "embed_dim": 32,
+    "tfpose": {"model": {"backbone": {"name": "resnet18", "kwargs": {"channels": [16, 32, 64, 128]}}, "embed_dim": 32,
                          "num_heads": 4, "num_points": 2, "num_encoder_layers": 1, "num_decoder_layers": 2,
                          "aux_channels": 16},
                "data": {"input_size": [64, 96]}},

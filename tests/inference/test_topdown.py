@@ -94,7 +94,7 @@ def _tiny_cfg(tmp_path, **test):
     from regpose.config import load_config
 
     raw = {"method": "poseur",
-           "model": {"backbone": "resnet18", "backbone_kwargs": {"stem_width": 16, "channels": [16, 32, 64, 128]},
+           "model": {"backbone": {"name": "resnet18", "kwargs": {"stem_width": 16, "channels": [16, 32, 64, 128]}},
                      "embed_dim": 64, "num_decoder_layers": 2, "self_attn_heads": 4, "num_points": 2, "ffn_dim": 128},
            "data": {"input_size": [96, 128]},
            "test": {"batch_size": 8, "boxes": "detections", "detections": str(COCO / "test_coco_det_AP_H_56.json"),

@@ -110,7 +110,7 @@ def test_offset_loss_is_normalised_over_the_global_batch(tmp_path):
     from ddp_offset_loss import Scale, offset_batch
 
     out = tmp_path / "ddp.pt"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(here / "ddp_offset_loss.py"), str(out)]
     r = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]

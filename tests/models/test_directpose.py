@@ -10,6 +10,7 @@ import torch
 
 from regpose.config import ConfigError
 from regpose.config import TestConfig as EvalConfig
+from regpose.models.backbones import BackboneConfig
 from regpose.models.base import total_loss
 from regpose.models.directpose import (
     COCO_KPALIGN_GROUPS, DirectPose, DirectPoseConfig, KPAlignHead, centerness_target,
@@ -21,7 +22,7 @@ LN2 = math.log(2.0)
 
 def tiny_cfg(**kw) -> DirectPoseConfig:
     """A small but complete DirectPose: every code path of the full model, narrow widths."""
-    base = dict(backbone="test_resnet", backbone_norm="bn", freeze_at=0, fpn_channels=32, head_channels=32,
+    base = dict(backbone=BackboneConfig("test_resnet"), fpn_channels=32, head_channels=32,
                 num_convs=2, group_channels=8, hm_channels=16)
     base.update(kw)
     return DirectPoseConfig(**base)
@@ -96,7 +97,7 @@ def test_backbone_and_fpn_sizes(full_r50):
 
 def test_r101_and_groups_17_structure():
     with torch.device("meta"):
-        m = DirectPose(DirectPoseConfig(backbone="resnet101", kpalign_groups=17))
+        m = DirectPose(DirectPoseConfig(backbone=BackboneConfig("resnet101", norm="frozen_bn", freeze_at=2), kpalign_groups=17))
     kh = m.kpt_head
     assert kh.G == 17 and kh.out_channels == 17 * 64                 # ungrouped: 1088-wide tower
     assert nparams(kh.predictors) == 17 * (64 * 2 + 2)
@@ -684,7 +685,7 @@ def test_real_batch_trains_and_predicts_in_original_pixels():
     from regpose.data.datasets import ImageDataset, load_records
     from regpose.models.directpose import directpose_transform
 
-    cfg = _real_cfg(**{"model.backbone": "test_resnet", "model.backbone_kwargs": "{}", "model.fpn_channels": 32,
+    cfg = _real_cfg(**{"model.backbone.name": "test_resnet", "model.fpn_channels": 32,
                        "model.head_channels": 32, "model.num_convs": 2, "model.group_channels": 8,
                        "model.hm_channels": 16})
     torch.manual_seed(0)
@@ -738,7 +739,7 @@ def test_oracle_outputs_decode_to_the_annotations_and_ap_1():
     from regpose.models.directpose import directpose_transform
     from regpose.structures import to_coco_results
 
-    cfg = _real_cfg(**{"model.backbone": "test_resnet", "model.backbone_kwargs": "{}", "model.fpn_channels": 32,
+    cfg = _real_cfg(**{"model.backbone.name": "test_resnet", "model.fpn_channels": 32,
                        "model.head_channels": 32, "model.num_convs": 2, "model.group_channels": 8,
                        "model.hm_channels": 16})
     records = load_records(cfg.data.val, "coco")

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from regpose.models.backbones import BackboneConfig
 from regpose.models.base import total_loss
 from regpose.models.poseur import Poseur, PoseurConfig, inverse_sigmoid
 from conftest import REFERENCE
@@ -16,7 +17,7 @@ COCO_PAIRS = [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12], [13, 14], [15, 
 
 
 def _tiny(**kw) -> PoseurConfig:
-    base = dict(backbone="resnet18", backbone_kwargs={"stem_width": 16, "channels": [16, 32, 64, 128]},
+    base = dict(backbone=BackboneConfig("resnet18", kwargs={"stem_width": 16, "channels": [16, 32, 64, 128]}),
                 embed_dim=64, num_decoder_layers=2, self_attn_heads=4, num_points=2, ffn_dim=128)
     base.update(kw)
     return PoseurConfig(**base)
@@ -25,7 +26,7 @@ def _tiny(**kw) -> PoseurConfig:
 @pytest.mark.parametrize("key,cfg", [
     ("r50_6dec_256x192", PoseurConfig()),
     ("r50_3dec_256x192", PoseurConfig(num_decoder_layers=3)),
-    ("hrnet_w32_6dec_256x192", PoseurConfig(backbone="hrnet_w32")),
+    ("hrnet_w32_6dec_256x192", PoseurConfig(backbone=BackboneConfig("hrnet_w32"))),
 ])
 def test_parameter_counts_equal_official(key, cfg):
     with torch.device("meta"):
@@ -36,6 +37,89 @@ def test_parameter_counts_equal_official(key, cfg):
     flows = sum(p.numel() for m in (model.coarse_flow, model.decoder_flow) for p in m.parameters())
     assert flows == ref["params_flows"]
     assert len(model.state_dict()) == ref["state_dict_entries"]
+
+
+# Official mmcls / mmpose MobileNetV2 (mmpose/models/backbones/mobilenet_v2.py): arch_settings (expand ratio,
+# channels, blocks, stride) of layer1..7, stem ``conv1`` 3x3/2 to 32 and ``conv2`` 1x1 to 1280; every conv is a
+# ConvModule (conv without bias + BN); InvertedResidual = [1x1 expand (if ratio != 1), 3x3 depthwise, 1x1 project].
+MBV2_ARCH = [[1, 16, 1, 1], [6, 24, 2, 2], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
+
+
+def _mmcls_mobilenetv2_shapes() -> dict[str, tuple]:
+    """Names and shapes of the official MobileNetV2 (widen_factor 1: every width is already a multiple of 8)."""
+    shapes = {}
+
+    def conv_module(name, cin, cout, k, groups=1):
+        shapes[f"{name}.conv.weight"] = (cout, cin // groups, k, k)
+        shapes.update({f"{name}.bn.{p}": (cout,) for p in ("weight", "bias", "running_mean", "running_var")})
+
+    conv_module("conv1", 3, 32, 3)
+    cin = 32
+    for i, (ratio, cout, blocks, _) in enumerate(MBV2_ARCH, 1):
+        for j in range(blocks):
+            hidden, k = cin * ratio, 0
+            if ratio != 1:
+                conv_module(f"layer{i}.{j}.conv.0", cin, hidden, 1)
+                k = 1
+            conv_module(f"layer{i}.{j}.conv.{k}", hidden, hidden, 3, groups=hidden)
+            conv_module(f"layer{i}.{j}.conv.{k + 1}", hidden, cout, 1)
+            cin = cout
+    conv_module("conv2", cin, 1280, 1)
+    return shapes
+
+
+def _channel_mapper_params(in_channels, c=256) -> int:
+    return sum(ci * c for ci in in_channels) + len(in_channels) * 2 * c      # 1x1 conv (no bias) + GroupNorm
+
+
+def test_mobilenetv2_has_the_official_parameter_count():
+    """Official count = mmpose MobileNetV2 (from its definition above) + ChannelMapper([24, 32, 96, 1280] -> 256)
+    + the Poseur head, which does not depend on the backbone: the released R-50 total minus its backbone and
+    its ChannelMapper (the HRNet-W32 release gives the same head)."""
+    from regpose.config import load_config
+    from regpose.models import build_model
+    from conftest import REPO as ROOT
+
+    backbone = sum(int(np.prod(s)) for k, s in _mmcls_mobilenetv2_shapes().items() if not k.endswith(("_mean", "_var")))
+    heads = {key: SIZES[key]["params_total"] - SIZES[key]["params_backbone"] - _channel_mapper_params(ch)
+             for key, ch in (("r50_6dec_256x192", (256, 512, 1024, 2048)), ("hrnet_w32_6dec_256x192", (32, 64, 128, 256)))}
+    assert len(set(heads.values())) == 1
+    official = backbone + _channel_mapper_params((24, 32, 96, 1280)) + heads["r50_6dec_256x192"]
+    cfg = load_config(ROOT / "configs/poseur/poseur_mobilenetv2_coco_256x192.yaml")
+    with torch.device("meta"):
+        model = build_model(cfg)
+    assert sum(p.numel() for p in model.backbone.parameters()) == backbone == 2_223_872
+    assert model.backbone.channels == [24, 32, 96, 1280]
+    assert sum(p.numel() for p in model.parameters()) == official == 11_355_800
+
+
+def test_official_mmcls_mobilenetv2_file_initialises_the_whole_trunk(tmp_path, monkeypatch):
+    """The mmcls://mobilenet_v2 checkpoint layout (``state_dict`` with ``backbone.`` names and a classifier), from a
+    file:// URL: every trunk tensor comes from the file (mmcls names -> timm's), only the classifier is ignored."""
+    from regpose.config import load_config
+    from regpose.models import build_model
+    from regpose.models.backbones import init_trunks
+    from conftest import REPO as ROOT
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    gen = torch.Generator().manual_seed(0)
+    official = {k: torch.rand(s, generator=gen) + 0.5 for k, s in _mmcls_mobilenetv2_shapes().items()}
+    path = tmp_path / "mobilenet_v2_batch256_imagenet_20200708-3b2dc3af.pth"
+    torch.save({"meta": {"mmcls_version": "0.1.0"},
+                "state_dict": {**{f"backbone.{k}": v for k, v in official.items()},
+                               "head.fc.weight": torch.rand(1000, 1280), "head.fc.bias": torch.rand(1000)}}, path)
+    cfg = load_config(ROOT / "configs/poseur/poseur_mobilenetv2_coco_256x192.yaml",
+                      [f"model.backbone.weights={path.as_uri()}"])
+    model = build_model(cfg)
+    report = init_trunks(model)["backbone"]
+    assert report.coverage == 1.0 and report.missing == [] and report.ignored == ["head"]
+    body = model.backbone.body.state_dict()
+    for ours, theirs in (("conv_stem.weight", "conv1.conv.weight"), ("blocks.0.0.conv_dw.weight", "layer1.0.conv.0.conv.weight"),
+                         ("blocks.0.0.bn2.running_var", "layer1.0.conv.1.bn.running_var"),
+                         ("blocks.1.0.conv_pwl.weight", "layer2.0.conv.2.conv.weight"),
+                         ("blocks.6.0.bn1.bias", "layer7.0.conv.0.bn.bias"),
+                         ("conv_head.weight", "conv2.conv.weight"), ("bn2.weight", "conv2.bn.weight")):
+        assert torch.equal(body[ours], official[theirs]), ours
 
 
 def test_tiny_matches_official_tiny_size():

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from regpose.models.backbones import BackboneConfig
 from regpose.models.base import total_loss
 from regpose.models.layers.rle import RealNVP, rle_loss
 from regpose.models.rle_regression import (CoarseRLEHead, NormLinear, RLEConfig, RLERegression, flip_back,
@@ -126,7 +127,7 @@ def test_topdown_results_map_back_through_the_inverse_affine():
 
 
 def _tiny_rle_cfg(**kw):
-    return RLEConfig(backbone="resnet18", backbone_kwargs={"stem_width": 16, "channels": [16, 32, 64, 128]}, **kw)
+    return RLEConfig(backbone=BackboneConfig("resnet18", kwargs={"stem_width": 16, "channels": [16, 32, 64, 128]}), **kw)
 
 
 def test_rle_method_trains_and_predicts():
@@ -174,13 +175,14 @@ def test_poseur_losses_equal_official_case():
 
 @pytest.mark.parametrize("kwargs", [{}, {"stem_width": 16, "channels": [16, 32, 64, 128]}])
 def test_backbone_loads_local_pretrained_weights(tmp_path, kwargs):
-    from regpose.models.rle_regression import build_backbone
+    from regpose.models.backbones import build_backbone
 
-    src = build_backbone("resnet18", (1, 2, 3, 4), "", kwargs)
+    src = build_backbone(BackboneConfig("resnet18", kwargs=kwargs), (1, 2, 3, 4))
     for p in src.parameters():
         torch.nn.init.normal_(p)
     path = tmp_path / "r18.pth"
     torch.save(src.body.state_dict(), path)
-    dst = build_backbone("resnet18", (1, 2, 3, 4), str(path), kwargs)
+    dst = build_backbone(BackboneConfig("resnet18", weights=str(path), kwargs=kwargs), (1, 2, 3, 4))
+    assert dst.load_initial_weights().coverage == 1.0
     for (n, a), (_, b) in zip(src.body.state_dict().items(), dst.body.state_dict().items()):
         assert torch.equal(a, b), n

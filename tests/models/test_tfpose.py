@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from regpose.engine.bench import count_flops
+from regpose.models.backbones import BackboneConfig
 from regpose.models.base import total_loss
 from regpose.models.tfpose import (TFPose, TFPoseConfig, coordinate_l1_loss, deformable_sampling_flops,
                                    flip_back_coords, inverse_sigmoid, joints_mse_loss)
@@ -22,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_cfg(**kw) -> TFPoseConfig:
-    base = dict(backbone="resnet18", backbone_kwargs={"channels": [16, 32, 64, 128]}, embed_dim=32, num_heads=4,
+    base = dict(backbone=BackboneConfig("resnet18", kwargs={"channels": [16, 32, 64, 128]}), embed_dim=32, num_heads=4,
                 num_points=2, num_encoder_layers=1, num_decoder_layers=3, aux_channels=16, num_keypoints=5)
     base.update(kw)
     return TFPoseConfig(**base)
@@ -59,7 +60,7 @@ def test_parameter_counts_match_the_spec_self_check():
     assert round(_transformer_params(m) / 1e6, 2) == 12.09                      # R-50, N_E = 6
     assert round(count(m.aux_head) / 1e6, 2) == 3.15                            # C5 x8 deconvs, train only
     assert round(_transformer_params(_meta_model(num_encoder_layers=4)) / 1e6, 2) == 10.63
-    assert round(_transformer_params(_meta_model(backbone="resnet18")) / 1e6, 2) == 11.40
+    assert round(_transformer_params(_meta_model(backbone=BackboneConfig("resnet18"))) / 1e6, 2) == 11.40
     assert 23.4e6 < count(m.backbone) < 23.6e6                                  # R-50 trunk without fc
 
 
@@ -68,12 +69,12 @@ PAPER_GFLOPS = [
     (dict(num_encoder_layers=4), (256, 192), 7.68),
     (dict(num_encoder_layers=6), (256, 192), 9.15),
     (dict(num_encoder_layers=6), (384, 288), 20.4),
-    (dict(backbone="resnet18", num_encoder_layers=2, num_decoder_layers=4), (256, 192), 3.61),
-    (dict(backbone="resnet18", num_encoder_layers=2, num_decoder_layers=4, q2q_attention=False), (256, 192), 3.51),
-    (dict(backbone="resnet18", num_encoder_layers=2, num_decoder_layers=4, embed_dim=128), (256, 192), 2.28),
-    (dict(backbone="resnet18", num_encoder_layers=6, num_decoder_layers=6, aux_heatmap=False), (256, 192), 6.76),
-    (dict(backbone="resnet18", num_encoder_layers=6, num_decoder_layers=6, aux_heatmap=True), (256, 192), 6.76),
-] + [(dict(backbone="resnet18", num_encoder_layers=6, num_decoder_layers=d), (256, 192), g)
+    (dict(backbone=BackboneConfig("resnet18"), num_encoder_layers=2, num_decoder_layers=4), (256, 192), 3.61),
+    (dict(backbone=BackboneConfig("resnet18"), num_encoder_layers=2, num_decoder_layers=4, q2q_attention=False), (256, 192), 3.51),
+    (dict(backbone=BackboneConfig("resnet18"), num_encoder_layers=2, num_decoder_layers=4, embed_dim=128), (256, 192), 2.28),
+    (dict(backbone=BackboneConfig("resnet18"), num_encoder_layers=6, num_decoder_layers=6, aux_heatmap=False), (256, 192), 6.76),
+    (dict(backbone=BackboneConfig("resnet18"), num_encoder_layers=6, num_decoder_layers=6, aux_heatmap=True), (256, 192), 6.76),
+] + [(dict(backbone=BackboneConfig("resnet18"), num_encoder_layers=6, num_decoder_layers=d), (256, 192), g)
      for d, g in zip(range(1, 7), (6.32, 6.41, 6.50, 6.59, 6.68, 6.77))]
 
 

@@ -18,7 +18,7 @@ from regpose.models.tfpose import TFPoseTransform, tfpose_transform
 from regpose.structures import PoseResult
 
 COCO = REAL / "coco"
-TINY_MODEL = dict(backbone="resnet18", backbone_kwargs={"channels": [16, 32, 64, 128]}, embed_dim=32, num_heads=4,
+TINY_MODEL = dict(backbone={"name": "resnet18", "kwargs": {"channels": [16, 32, 64, 128]}}, embed_dim=32, num_heads=4,
                   num_points=2, num_encoder_layers=1, num_decoder_layers=2, aux_channels=16)
 
 
