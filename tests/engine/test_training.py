@@ -242,7 +242,7 @@ def test_a_sample_failing_in_a_loader_worker_is_the_same_one_line_error(tmp_path
 
 
 def test_sync_bn_on_cpu_processes_trains_with_a_stated_fallback(tmp_path):
-    cmd = [PY, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29519",
+    cmd = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(HERE / "run_tiny.py"), str(tmp_path), "train.sync_bn=true", "model.batch_norm=true", "train.iters=2"]
     r = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
