@@ -11,6 +11,7 @@ other images (COCO-style ground truth without the skipped ones). ``test.strict``
 from __future__ import annotations
 
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -77,8 +78,8 @@ def run_inference(model, loader: DataLoader, test_cfg, device: torch.device, des
         for e in batch["errors"]:
             if test_cfg.strict:
                 raise DataError(f"{e.message} (test.strict=true: evaluation stops at an unreadable image)")
-            if e.message not in {x.message for x in errors}:
-                get_logger().warning("skipped: %s", e.message)
+            if e.message not in {x.message for x in errors}:   # one line per image, as `infer` reports inputs
+                tqdm.write(f"skipped: {e.message}", file=sys.stderr)
             errors.append(e)
         bar.update(len(batch["errors"]))
         if not batch["metas"]:
