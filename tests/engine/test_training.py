@@ -65,6 +65,14 @@ def _train_iters(run: Path) -> list[int]:
     return [r["iter"] for r in recs if r["split"] == "train"]
 
 
+def _last_logged(run: Path) -> int:
+    """The last training iteration in ``run``'s metrics (0 if none yet; a line being written is not one yet)."""
+    try:
+        return max(_train_iters(run), default=0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
 def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120.0) -> bool:
     """SIGKILL ``proc`` as soon as ``ready()`` holds; False if the run ended first."""
     deadline = time.time() + timeout
@@ -83,7 +91,7 @@ def test_sigkills_at_random_points_and_inside_checkpoint_writes_then_resume_equa
     was completed yet). The final weights equal an uninterrupted run's, no temporary file remains, and the metrics
     hold every logged iteration once. Dropout and a loader worker make the exact resume non-trivial; 4 MB
     checkpoints make each write last long enough to be hit."""
-    common = ["train.iters=30", "train.batch_size=4", "model.dropout=0.3", "train.num_workers=1",
+    common = ["train.iters=40", "train.batch_size=4", "model.dropout=0.3", "train.num_workers=1",
               "train.log_period=2", "train.checkpoint_period=5", "model.pad_mb=4"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     _run(straight, *common)
@@ -98,18 +106,15 @@ def test_sigkills_at_random_points_and_inside_checkpoint_writes_then_resume_equa
             if _kill_when(proc, lambda: bool(set(killed.glob(".*.tmp")) - seen)):
                 killed_in_write += 1
                 assert list(killed.glob(".*.tmp")), "the kill left the write's temporary behind"
-        else:               # a random moment once training is under way
-            lines = lambda: len((killed / "metrics.jsonl").read_text().splitlines()) \
-                if (killed / "metrics.jsonl").exists() else 0
-            start = lines()
-            pause = rng.uniform(0.0, 0.4)
-            _kill_when(proc, lambda: lines() > start and not time.sleep(pause))
+        else:               # a random iteration a few ahead, at a random moment within it
+            target, pause = _last_logged(killed) + rng.randint(2, 8), rng.uniform(0.0, 0.03)
+            _kill_when(proc, lambda: _last_logged(killed) >= target and not time.sleep(pause))
     assert killed_in_write == 2, "the runs ended before they could be killed inside a checkpoint write"
     assert not (killed / "model_final.pth").exists()
     _run(killed, *common, "--resume" if (killed / "last.pth").exists() else "--overwrite")
     assert _max_diff(_weights(straight / "model_final.pth"), _weights(killed / "model_final.pth")) <= 1e-6
     assert not list(killed.glob("*.tmp")) and not list(killed.glob(".*.tmp"))
-    assert _train_iters(killed) == _train_iters(straight) == list(range(2, 31, 2))
+    assert _train_iters(killed) == _train_iters(straight) == list(range(2, 41, 2))
 
 
 def test_ctrl_c_or_sigterm_save_the_current_iteration_and_the_run_resumes_exactly(tmp_path):
@@ -125,10 +130,9 @@ def test_ctrl_c_or_sigterm_save_the_current_iteration_and_the_run_resumes_exactl
         proc = subprocess.Popen([PY, str(HERE / "run_tiny.py"), str(stopped), *(["--resume"] if k else []), *common,
                                  "model.sleep_ms=40"], env=ENV, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True, start_new_session=True)
-        lines = len(_train_iters(stopped)) if k else 0
+        before = _last_logged(stopped)
         deadline = time.time() + 120
-        while proc.poll() is None and time.time() < deadline and (not (stopped / "metrics.jsonl").exists()
-                                                                 or len(_train_iters(stopped)) <= lines):
+        while proc.poll() is None and time.time() < deadline and _last_logged(stopped) <= before:
             time.sleep(0.01)
         (os.killpg if sig == signal.SIGINT else os.kill)(proc.pid, sig)
         err = proc.communicate(timeout=60)[1]
