@@ -176,10 +176,14 @@ def to_dict(obj: Any) -> Any:
 class LrRule:
     """Parameters whose name matches ``pattern`` (a regular expression, ``re.search``) get lr x ``lr_mult``
     and weight decay x ``decay_mult``. The first matching rule wins. Papers need these: QueryPose trains its
-    flow at x10, Poseur / Deformable DETR sampling offsets at x0.1, detectors often scale the backbone."""
+    flow at x10, Poseur / Deformable DETR sampling offsets at x0.1, detectors often scale the backbone.
+    A rule that matches no trainable parameter is an error (a typo would silently train at the base lr), unless
+    it is ``optional``: a rule for a parameter only some variants of the model have (e.g. Poseur's learned
+    reference points, which exist only with ``model.query_init: learned``)."""
     pattern: str
     lr_mult: float = 1.0
     decay_mult: float = 1.0
+    optional: bool = False
 
 
 @dataclass

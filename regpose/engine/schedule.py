@@ -9,30 +9,36 @@ from torch import nn
 
 from ..config import ConfigError, TrainConfig
 
-__all__ = ["build_optimizer", "lr_factor", "set_lr"]
+__all__ = ["parameter_groups", "build_optimizer", "lr_factor", "set_lr"]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Group trainable parameters by the first matching ``cfg.lr_rules`` pattern (lr / decay multipliers)."""
+def parameter_groups(model: nn.Module, cfg: TrainConfig) -> list[dict]:
+    """Trainable parameters grouped by the first ``cfg.lr_rules`` pattern their name matches (``rule``: that
+    pattern, ``None`` for the parameters no rule matches), with the group's lr, weight decay and names."""
     rules = [(re.compile(r.pattern), r) for r in cfg.lr_rules]
-    groups: dict[tuple[float, float], list] = {}
-    names: dict[tuple[float, float], list[str]] = {}
-    used = [False] * len(rules)
+    members: dict[int, list[tuple[str, nn.Parameter]]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        mult, dmult = 1.0, 1.0
-        for i, (rx, r) in enumerate(rules):
-            if rx.search(name):
-                mult, dmult, used[i] = r.lr_mult, r.decay_mult, True
-                break
-        groups.setdefault((mult, dmult), []).append(p)
-        names.setdefault((mult, dmult), []).append(name)
-    for (rx, r), u in zip(rules, used):
-        if not u:
-            raise ConfigError(f"train.lr_rules: pattern {r.pattern!r} matches no trainable parameter")
-    param_groups = [{"params": ps, "lr": cfg.lr * m, "base_lr": cfg.lr * m, "weight_decay": cfg.weight_decay * d,
-                     "lr_mult": m, "names": names[(m, d)]} for (m, d), ps in groups.items()]
+        index = next((i for i, (rx, _) in enumerate(rules) if rx.search(name)), len(rules))
+        members.setdefault(index, []).append((name, p))
+    for i, (_, r) in enumerate(rules):
+        if i not in members and not r.optional:
+            raise ConfigError(f"train.lr_rules: pattern {r.pattern!r} matches no trainable parameter "
+                              f"(mark it 'optional: true' if only some variants of the model have it)")
+    groups = []
+    for index in sorted(members):
+        rule = rules[index][1] if index < len(rules) else None
+        mult, dmult = (rule.lr_mult, rule.decay_mult) if rule else (1.0, 1.0)
+        groups.append({"params": [p for _, p in members[index]], "names": [n for n, _ in members[index]],
+                       "rule": rule.pattern if rule else None, "lr": cfg.lr * mult, "base_lr": cfg.lr * mult,
+                       "weight_decay": cfg.weight_decay * dmult, "lr_mult": mult})
+    return groups
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The configured optimizer over :func:`parameter_groups` (each group keeps ``base_lr`` for the schedule)."""
+    param_groups = parameter_groups(model, cfg)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(param_groups, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
     if cfg.optimizer == "adam":

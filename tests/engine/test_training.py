@@ -119,3 +119,7 @@ def test_lr_rules_make_groups_and_unmatched_rule_is_an_error(tmp_path):
     cfg.lr_rules = [LrRule(pattern="flow")]
     with pytest.raises(ConfigError, match="matches no trainable parameter"):
         build_optimizer(TinyNet(), cfg)
+    # an optional rule (a parameter only some model variants have) may match nothing; the others still apply
+    cfg.lr_rules = [LrRule(pattern="flow", lr_mult=10.0, optional=True), LrRule(pattern=r"^head\.", lr_mult=0.1)]
+    opt = build_optimizer(TinyNet(), cfg)
+    assert [(g["rule"], len(g["names"])) for g in opt.param_groups] == [(r"^head\.", 2), (None, 4)]

@@ -226,3 +226,23 @@ def test_onnx_export_matches_pytorch(tmp_path):
         want = model(x)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("query_init,reference_tensors", [("coarse", 0), ("learned", 2)])
+def test_official_lr_rules_train_sampling_offsets_and_learned_reference_points_at_a_tenth(query_init,
+                                                                                            reference_tensors):
+    """Official paramwise_cfg: names containing 'sampling_offsets' or 'reference_points' at lr x0.1. The released
+    model (coarse queries) has only the offsets (weight + bias per decoder layer); the learned-query baseline also
+    has the reference-point linear. Building the optimizer of the shipped R50 config must not fail on either."""
+    from regpose.config import load_config
+    from regpose.engine.schedule import build_optimizer
+    from conftest import REPO
+
+    cfg = load_config(REPO / "configs/poseur/poseur_r50_coco_256x192.yaml", [f"model.query_init={query_init}"])
+    with torch.device("meta"):
+        model = Poseur(cfg.model, COCO_PAIRS)
+    groups = {g["rule"]: g for g in build_optimizer(model, cfg.train).param_groups}
+    offsets = groups["sampling_offsets"]
+    assert len(offsets["names"]) == 2 * 6 and offsets["lr"] == pytest.approx(1e-4)
+    assert len(groups.get("reference_proj", {"names": []})["names"]) == reference_tensors
+    assert groups[None]["lr"] == pytest.approx(1e-3)
