@@ -217,6 +217,12 @@ class TrainConfig:
     warmup_factor: float = 0.001      # lr factor at iteration 0 of the linear warm-up
     clip_grad_norm: float = 0.0       # 0 disables clipping
     accum_steps: int = 1              # gradient accumulation: optimizer step every N iterations' batches
+    # Total batch (processes x batch_size x accum_steps) the recipe's lr and schedule were tuned for; 0 = none.
+    # Training prints the effective total batch and warns when it differs.
+    reference_batch: int = 0
+    # linear: when the effective total batch differs from reference_batch, scale lr by their ratio and divide the
+    # warm-up, an iteration-based schedule and the eval / checkpoint periods by it (detectron2 REFERENCE_WORLD_SIZE)
+    batch_scaling: Literal["none", "linear"] = "none"
     max_minutes: float = 0.0          # wall-clock budget: stop early (then save and evaluate); 0 = no limit
     amp: Literal["none", "fp16", "bf16"] = "none"   # autocast on CUDA only; CPU runs fp32
     ema: EmaConfig = field(default_factory=EmaConfig)
