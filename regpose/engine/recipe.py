@@ -91,6 +91,11 @@ _LOSS_FIELD = re.compile(r"loss|weight(?!s$)|sigma|radius|focal|prior|flow|noise
                          r"center_sampling|assign|hm_target|normaliz|factor|aux|locator")
 
 
+_COLOR_FIELDS = {"none": ["kind"], "jitter": ["kind", "brightness", "contrast", "saturation", "hue", "cutout"],
+                 "photometric": ["kind", "brightness_delta", "contrast_range", "saturation_range", "hue_delta",
+                                 "official_quirks", "cutout", "cutout_prob"]}
+
+
 def _value(v) -> str:
     if isinstance(v, float):
         return f"{v:g}"
@@ -217,7 +222,7 @@ def recipe_text(cfg: Config, world_size: int = 1, name: str = "") -> str:
     lines += _section("schedule", *_schedule_texts(cfg, tc, family, world_size))
     lines += _section("data", f"{cfg.data.format}{size}; train {train_files}; val {val_files}")
     lines += _section("augment", f"{family}: {_fields(augment)}",
-                      f"color: {_fields(color) if color.kind != 'none' else 'none'}"
+                      f"color: {_fields(color, _COLOR_FIELDS[color.kind])}"
                       + (f"; train_min_keypoints={cfg.data.train_min_keypoints}"
                          if cfg.data.train_min_keypoints else ""))
     lines += _section("targets/loss", _fields(cfg.model, fields["loss"]) or "(no separate settings)")
