@@ -41,7 +41,8 @@ KNOWN_TRAIN_SIZES: dict[tuple[tuple[str, ...], str, bool], tuple[int, str]] = {
     (("mpii_train.json",), "topdown", False): (22_246, "MPII training people, as mmpose loads them"),
 }
 
-_WEIGHT_FIELDS = ("pretrained", "backbone_weights", "rescore_weights")   # model fields naming a file to read
+_TRUNK_FIELDS = ("pretrained", "backbone_weights")                    # model fields naming trunk weights
+_WEIGHT_FIELDS = (*_TRUNK_FIELDS, "rescore_weights")                  # every model field naming a file to read
 
 
 def no_download_overrides(cfg: Config) -> list[str]:
@@ -53,8 +54,8 @@ def no_download_overrides(cfg: Config) -> list[str]:
 
 def trunk_initialisation(cfg: Config) -> str:
     """How the trunk starts, as the config says (the counterpart of :func:`no_download_overrides`)."""
-    named = [f"model.{n}={getattr(cfg.model, n)!r}" for n in _WEIGHT_FIELDS[:2] if hasattr(cfg.model, n)]
-    files = [getattr(cfg.model, n) for n in _WEIGHT_FIELDS[:2] if getattr(cfg.model, n, "")]
+    named = [f"model.{n}={getattr(cfg.model, n)!r}" for n in _TRUNK_FIELDS if hasattr(cfg.model, n)]
+    files = [getattr(cfg.model, n) for n in _TRUNK_FIELDS if getattr(cfg.model, n, "")]
     start = f"from {files[0]}" if files else "random initialisation (no trunk weights named)"
     init = f"; then train.init_weights={cfg.train.init_weights}" if cfg.train.init_weights else ""
     return f"{', '.join(named) or 'no trunk-weights field'} -> {start}{init}"
@@ -129,7 +130,7 @@ def _model_fields(model_cfg) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {"model": [], "loss": [], "test": []}
     for f in dataclasses.fields(model_cfg):
         kind = "test" if _TEST_FIELD.search(f.name) else "loss" if _LOSS_FIELD.search(f.name) else "model"
-        if f.name not in _WEIGHT_FIELDS:
+        if f.name not in _TRUNK_FIELDS:
             groups[kind].append(f.name)
     return groups
 
