@@ -27,9 +27,10 @@ from .checkpoint import atomic_save, load_checkpoint, load_model_weights
 from .ema import ModelEMA
 from .logging import MetricWriter, format_seconds, get_logger
 from .samplers import SeededDataset, TrainBatchSampler
-from .schedule import build_optimizer, lr_factor, set_lr
+from .schedule import (build_optimizer, iteration_schedule, lr_factor, scale_to_total_batch, set_lr,
+                       total_batch_messages)
 
-__all__ = ["Trainer", "train", "TrainingError", "seed_everything"]
+__all__ = ["Trainer", "train", "TrainingError", "seed_everything", "freeze_parameters"]
 
 
 class TrainingError(RegposeError):
@@ -40,6 +41,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def freeze_parameters(model: nn.Module, patterns: list[str]) -> None:
+    """``train.freeze``: parameters whose name matches any regex pattern (``re.search``) stop training."""
+    for pattern in patterns:
+        rx = re.compile(pattern)
+        for name, p in model.named_parameters():
+            if rx.search(name):
+                p.requires_grad_(False)
 
 
 def _rng_state() -> dict:
@@ -78,12 +88,18 @@ class Trainer:
                  val_dataset=None):
         from ..models.registry import get_method
 
-        self.cfg, self.tc = cfg, cfg.train
         self.device = dist.init_distributed(device)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.main = self.rank == 0
         self.out = Path(cfg.output_dir)
         self.log = get_logger()
+        # the run's own train settings: the recipe's, moved to this total batch if batch_scaling asks for it
+        self.cfg, self.tc = cfg, scale_to_total_batch(cfg.train, self.world)
+        batch_line, batch_warning = total_batch_messages(cfg.train, self.tc, self.world)
+        if self.main:
+            self.log.info(batch_line)
+            if batch_warning:
+                self.log.warning(batch_warning)
         if self.tc.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.spec = get_method(cfg.method)
@@ -101,10 +117,7 @@ class Trainer:
             if self.tc.skip_corrupt_images and hasattr(train_dataset, "skip_corrupt"):
                 train_dataset.skip_corrupt = True
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
-        steps_per_epoch = len(train_dataset) / (self.tc.batch_size * self.world * self.tc.accum_steps)
-        self.total_iters = int(math.ceil(self.tc.epochs * steps_per_epoch)) if self.tc.epochs > 0 else self.tc.iters
-        self.steps = ([int(round(e * steps_per_epoch)) for e in self.tc.step_epochs] if self.tc.step_epochs
-                      else list(self.tc.steps))
+        self.total_iters, self.steps = iteration_schedule(self.tc, len(train_dataset), self.world)
 
         # Model: identical initialisation on every rank; rank 0 first, so trunk weights download once.
         model = self._build_model(resume)
@@ -147,11 +160,7 @@ class Trainer:
             report = load_model_weights(model, self.tc.init_weights, strict=False)
             self.log.info("train.init_weights=%s", report.summary())
             loaded = set(report.loaded)
-        for pattern in self.tc.freeze:
-            rx = re.compile(pattern)
-            for name, p in model.named_parameters():
-                if rx.search(name):
-                    p.requires_grad_(False)
+        freeze_parameters(model, self.tc.freeze)
         frozen = [] if resume else frozen_uninitialised(model, loaded)
         if frozen:
             raise ConfigError(
