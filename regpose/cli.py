@@ -20,6 +20,7 @@ EXAMPLES = """examples:
   regpose infer CONFIG --weights W.pth photos/ video.mp4 --out out/
   regpose evaluate --gt person_keypoints_val2017.json --results results.json --dataset coco
   regpose bench configs/dekr/dekr_hrnet_w32_coco_512.yaml --threads 2
+  regpose recipe configs/poseur/poseur_r50_coco_256x192.yaml --world-size 8
 """
 
 
@@ -152,6 +153,14 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_recipe(args) -> int:
+    from .engine.recipe import recipe_text
+
+    cfg = _load_cfg(args)
+    print(recipe_text(cfg, world_size=args.world_size, name=str(args.config)))
+    return 0
+
+
 def cmd_convert(args) -> int:
     from .compat.official import convert
 
@@ -265,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json-out")
     s.add_argument("overrides", nargs="*")
     s.set_defaults(fn=cmd_bench)
+
+    s = sub.add_parser("recipe", help="the effective training recipe: optimizer, parameter groups, schedule, "
+                                      "batch, augmentation, losses, init, test settings")
+    s.add_argument("config")
+    s.add_argument("--world-size", type=int, default=1, help="number of training processes (GPUs) to show it for")
+    s.add_argument("overrides", nargs="*")
+    s.set_defaults(fn=cmd_recipe)
 
     s = sub.add_parser("convert", help="convert an official checkpoint to regpose weights")
     s.add_argument("--from-official", required=True, choices=["dekr", "poseur", "querypose"])

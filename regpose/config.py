@@ -7,6 +7,7 @@ valid key, and are raised as :class:`ConfigError` (the CLI prints them without a
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
@@ -273,10 +274,14 @@ def to_dict(obj: Any) -> Any:
 class LrRule:
     """Parameters whose name matches ``pattern`` (a regular expression, ``re.search``) get lr x ``lr_mult``
     and weight decay x ``decay_mult``. The first matching rule wins. Papers need these: QueryPose trains its
-    flow at x10, Poseur / Deformable DETR sampling offsets at x0.1, detectors often scale the backbone."""
+    flow at x10, Poseur / Deformable DETR sampling offsets at x0.1, detectors often scale the backbone.
+    A rule that matches no trainable parameter is an error (a typo would silently train at the base lr), unless
+    it is ``optional``: a rule for a parameter only some variants of the model have (e.g. Poseur's learned
+    reference points, which exist only with ``model.query_init: learned``)."""
     pattern: Annotated[str, Regex()]
     lr_mult: NonNegativeFloat = 1.0
     decay_mult: NonNegativeFloat = 1.0
+    optional: bool = False
 
 
 @dataclass
@@ -310,6 +315,12 @@ class TrainConfig:
     clip_grad_norm: NonNegativeFloat = 0.0   # 0 disables clipping
     accum_steps: PositiveInt = 1      # gradient accumulation: optimizer step every N iterations' batches
     max_minutes: NonNegativeFloat = 0.0   # wall-clock budget: stop early (then save and evaluate); 0 = no limit
+    # Total batch (processes x batch_size x accum_steps) the recipe's lr and schedule were tuned for; 0 = none.
+    # Training prints the effective total batch and warns when it differs.
+    reference_batch: NonNegativeInt = 0
+    # linear: when the effective total batch differs from reference_batch, scale lr by their ratio and divide the
+    # warm-up, an iteration-based schedule and the eval / checkpoint periods by it (detectron2 REFERENCE_WORLD_SIZE)
+    batch_scaling: Literal["none", "linear"] = "none"
     amp: Literal["none", "fp16", "bf16"] = "none"   # autocast on CUDA only; CPU runs fp32
     ema: EmaConfig = field(default_factory=EmaConfig)
     sync_bn: bool = False
@@ -383,6 +394,43 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+# Hidden key put next to a split's files while merging: [data.format declared with them, where they were set].
+_FILES_FORMAT = "_files_format_"
+
+
+def _mark_data_files(raw: dict, source: str) -> dict:
+    """Record, next to each split's ``ann_files`` / ``root`` that ``raw`` sets, the ``data.format`` the same
+    mapping declares (or None). Merging carries the mark with the files, so :func:`_check_data_files` can tell
+    when a later base or override changed the format but not the files (e.g. COCO files in a CrowdPose run)."""
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return raw
+    fmt = data.get("format")
+    for split in ("train", "val"):
+        section = data.get(split)
+        if isinstance(section, dict) and ("ann_files" in section or "root" in section):
+            section[_FILES_FORMAT] = None if fmt is None else [fmt, source]
+    return raw
+
+
+def _check_data_files(data: dict) -> dict:
+    """Remove the marks of :func:`_mark_data_files` and refuse files written for another keypoint format."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    fmt = data.get("format")
+    for split in ("train", "val"):
+        if not isinstance(data.get(split), dict):
+            continue
+        data[split] = dict(data[split])
+        mark = data[split].pop(_FILES_FORMAT, None)
+        if mark and fmt is not None and mark[0] != fmt:
+            raise ConfigError(f"data.{split}: its files were set in {mark[1]} for data.format '{mark[0]}', but the "
+                              f"resolved data.format is '{fmt}' (a later base or override changed the format "
+                              f"without the files; in 'base:' lists later files win)")
+    return data
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     path = path.resolve()
     if path in seen:
@@ -397,6 +445,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     bases = raw.pop("base", None)
+    _mark_data_files(raw, path.name)
     if bases is None:
         return raw
     merged: dict = {}
@@ -430,8 +479,8 @@ def parse_overrides(items: list[str]) -> dict:
 
 
 def apply_overrides(raw: dict, overrides: list[str] | dict) -> dict:
-    over = parse_overrides(overrides) if isinstance(overrides, list) else overrides
-    return _deep_merge(raw, over)
+    over = parse_overrides(overrides) if isinstance(overrides, list) else copy.deepcopy(overrides)
+    return _deep_merge(raw, _mark_data_files(over, "the overrides"))
 
 
 def build_config(raw: dict, name: str = "") -> Config:
@@ -458,7 +507,7 @@ def build_config(raw: dict, name: str = "") -> Config:
     cfg = Config(
         method=method,
         model=from_dict(spec.config_cls, raw.get("model") or {}, "model"),
-        data=from_dict(data_cls, raw.get("data") or {}, "data"),
+        data=from_dict(data_cls, _check_data_files(raw.get("data") or {}), "data"),
         train=from_dict(TrainConfig, raw.get("train") or {}, "train"),
         test=from_dict(TestConfig, raw.get("test") or {}, "test"),
         output_dir=_convert(raw.get("output_dir", ""), str, "output_dir"),
@@ -472,7 +521,7 @@ def build_config(raw: dict, name: str = "") -> Config:
 def load_config(path: str | os.PathLike | dict, overrides: list[str] | dict | None = None) -> Config:
     """Read a YAML config (following ``base:``), apply dotted overrides, and type it."""
     if isinstance(path, dict):
-        raw, name = dict(path), str(path.get("name", ""))
+        raw, name = _mark_data_files(copy.deepcopy(path), "the given mapping"), str(path.get("name", ""))
     else:
         p = Path(path)
         raw, name = _read_yaml(p), p.stem

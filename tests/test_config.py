@@ -80,6 +80,36 @@ def test_numeric_fields_are_range_checked_and_finite_and_patterns_compile(overri
     load_config({"method": "tiny"}, ["train.batch_size=1", "train.lr=0", "test.scales=[0.5]"])   # bounds included
 
 
+def test_dataset_files_stay_with_their_format_through_base_lists(tmp_path):
+    """A dataset base listed before a model config whose own base is another dataset loses its files (later bases
+    win) while a restated data.format survives: COCO files read as CrowdPose. The config layer refuses that."""
+    def split(name):
+        return {"ann_files": [f"{name}.json"], "image_dir": name}
+
+    _write(tmp_path / "coco.yaml", {"data": {"format": "coco", "train": split("coco_train"), "val": split("coco_val")}})
+    _write(tmp_path / "crowd.yaml", {"data": {"format": "crowdpose", "train": split("crowd_trainval"),
+                                              "val": split("crowd_test")}})
+    _write(tmp_path / "model.yaml", {"base": "coco.yaml", "method": "tiny", "train": {"lr": 0.5}})
+    bad = _write(tmp_path / "bad.yaml", {"base": ["crowd.yaml", "model.yaml"], "data": {"format": "crowdpose"}})
+    with pytest.raises(ConfigError, match=r"data.train: its files were set in coco.yaml for data.format 'coco', "
+                                          r"but the resolved data.format is 'crowdpose'"):
+        load_config(bad)
+    good = load_config(_write(tmp_path / "good.yaml", {"base": ["model.yaml", "crowd.yaml"]}))
+    assert good.data.format == "crowdpose" and good.train.lr == 0.5
+    assert good.data.train.ann_files == ["crowd_trainval.json"] and good.data.val.ann_files == ["crowd_test.json"]
+    # the same through overrides: the format alone is refused, format and files together are fine
+    with pytest.raises(ConfigError, match=r"data.train: its files were set in coco.yaml"):
+        load_config(tmp_path / "model.yaml", ["data.format=crowdpose"])
+    moved = load_config(tmp_path / "model.yaml", ["data.format=crowdpose", "data.train.ann_files=[a.json]",
+                                                   "data.val.ann_files=[b.json]"])
+    assert moved.data.train.ann_files == ["a.json"]
+    # files set without a format (a user's own dataset) carry no claim; the resolved config saves without marks
+    mine = load_config(_write(tmp_path / "mine.yaml", {"base": "model.yaml", "data": {"train": split("mine")}}))
+    assert mine.data.train.ann_files == ["mine.json"]
+    save_config(mine, tmp_path / "resolved.yaml")
+    assert "_files_format_" not in (tmp_path / "resolved.yaml").read_text()
+
+
 def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "regpose", *args], capture_output=True, text=True, cwd=cwd,
                           timeout=120)

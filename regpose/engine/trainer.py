@@ -30,9 +30,10 @@ from .checkpoint import atomic_save, load_checkpoint, load_model_weights, remove
 from .ema import ModelEMA
 from .logging import MetricWriter, format_seconds, get_logger
 from .samplers import SeededDataset, TrainBatchSampler
-from .schedule import build_optimizer, lr_factor, set_lr
+from .schedule import (build_optimizer, iteration_schedule, lr_factor, scale_to_total_batch, set_lr,
+                       total_batch_messages)
 
-__all__ = ["Trainer", "train", "TrainingError", "seed_everything"]
+__all__ = ["Trainer", "train", "TrainingError", "seed_everything", "freeze_parameters"]
 
 
 class TrainingError(RegposeError):
@@ -55,6 +56,19 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def freeze_parameters(model: nn.Module, patterns: list[str]) -> None:
+    """``train.freeze``: parameters whose name matches any regex pattern (``re.search``) stop training. A pattern
+    matching nothing (a typo would train what was meant to stay frozen) or one leaving nothing to train is an
+    error."""
+    for i, pattern in enumerate(patterns):
+        rx = re.compile(pattern)
+        matched = [p.requires_grad_(False) for name, p in model.named_parameters() if rx.search(name)]
+        if not matched:
+            raise ConfigError(f"train.freeze[{i}]: pattern {pattern!r} matches no parameter of the model")
+    if patterns and not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError("train.freeze: every parameter is frozen, nothing would train")
 
 
 def _rng_state() -> dict:
@@ -122,7 +136,6 @@ class Trainer:
                  val_dataset=None, overwrite: bool = False):
         from ..models.registry import get_method
 
-        self.cfg, self.tc = cfg, cfg.train
         self.device = dist.init_distributed(device)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.main = self.rank == 0
@@ -133,6 +146,13 @@ class Trainer:
         problem = dist.all_gather_object(problem)[0]
         if problem:
             raise TrainingError(problem)
+        # the run's own train settings: the recipe's, moved to this total batch if batch_scaling asks for it
+        self.cfg, self.tc = cfg, scale_to_total_batch(cfg.train, self.world)
+        batch_line, batch_warning = total_batch_messages(cfg.train, self.tc, self.world)
+        if self.main:
+            self.log.info(batch_line)
+            if batch_warning:
+                self.log.warning(batch_warning)
         if self.tc.deterministic:
             torch.use_deterministic_algorithms(True, warn_only=True)
         self.spec = get_method(cfg.method)
@@ -154,10 +174,7 @@ class Trainer:
             from .evaluator import evaluation_dataset
 
             self.val_dataset = evaluation_dataset(cfg, "val")
-        steps_per_epoch = len(train_dataset) / (self.tc.batch_size * self.world * self.tc.accum_steps)
-        self.total_iters = int(math.ceil(self.tc.epochs * steps_per_epoch)) if self.tc.epochs > 0 else self.tc.iters
-        self.steps = ([int(round(e * steps_per_epoch)) for e in self.tc.step_epochs] if self.tc.step_epochs
-                      else list(self.tc.steps))
+        self.total_iters, self.steps = iteration_schedule(self.tc, len(train_dataset), self.world)
 
         # Model: identical initialisation on every rank; rank 0 first, so trunk weights download once.
         model = self._build_model(resume)
@@ -238,13 +255,7 @@ class Trainer:
             report = load_model_weights(model, self.tc.init_weights, strict=False)
             self.log.info("train.init_weights=%s", report.summary())
             loaded = set(report.loaded)
-        for i, pattern in enumerate(self.tc.freeze):
-            rx = re.compile(pattern)
-            matched = [p.requires_grad_(False) for name, p in model.named_parameters() if rx.search(name)]
-            if not matched:
-                raise ConfigError(f"train.freeze[{i}]: pattern {pattern!r} matches no parameter of the model")
-        if not any(p.requires_grad for p in model.parameters()):
-            raise ConfigError("train.freeze: every parameter is frozen, nothing would train")
+        freeze_parameters(model, self.tc.freeze)
         frozen = [] if resume else frozen_uninitialised(model, loaded)
         if frozen:
             raise ConfigError(

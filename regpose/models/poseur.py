@@ -10,6 +10,7 @@ Top-down, one person crop per sample:
        each layer: reference refinement in logit space + an extra additive delta, sigma branch
   Training: RLE loss (paper Eq. 2-4) on the coarse head and every decoder layer, with 3 noisy query groups.
   Inference: last layer's coordinates; keypoint score from sigma; optional flip test with the official fusions.
+  Mixed precision: the transformer part (coarse head, keypoint encoder, decoder) always computes in float32.
 
 Where the official code (aim-uofa/Poseur) differs from the paper text we follow the code (its checkpoints depend
 on it); each place is marked ``# Official code:``. The spec with every detail is ../shared/reference/poseur/spec.md.
@@ -17,6 +18,7 @@ on it); each place is marked ``# Official code:``. The spec with every detail is
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -84,6 +86,11 @@ class PoseurConfig:
 # ----------------------------------------------------------------------------------------------------------
 # Building blocks
 # ----------------------------------------------------------------------------------------------------------
+def _autocast_off(device: torch.device):
+    """A region computed in float32 whatever autocast the caller enabled (mmcv ``force_fp32``)."""
+    return torch.autocast(device.type, enabled=False) if device.type in ("cpu", "cuda") else nullcontext()
+
+
 def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
     """log(x / (1 - x)) with x clipped to [0, 1] and both terms floored at eps (Deformable DETR)."""
     x = x.clamp(0, 1)
@@ -238,17 +245,20 @@ class Poseur(RLETopDownInference, PoseModel):
         """Sine PE + level embedding of one level as tokens (h*w, C)."""
         return (self._grid_pe(h, w, ref) + self.level_embed[lvl].view(-1, 1, 1)).flatten(1).t()
 
-    def encode(self, images: torch.Tensor):
-        """Backbone + neck -> memory tokens (B, N, C) = features + sine PE + level embedding (spec 2.2; the official
-        code has no encoder layers), spatial shapes, and the stride-32 neck map (B, C, h, w) for the coarse head."""
+    def features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Backbone + neck: one (B, C, h, w) map per level, strides 4..32."""
         if self.cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        feats = self.neck(self.backbone(images))
+        return self.neck(self.backbone(images))
+
+    def memory(self, feats: list[torch.Tensor]):
+        """Memory tokens (B, N, C) = features + 2-D sine PE + level embedding (spec 2.2; the official code has no
+        encoder layers) and the levels' spatial shapes."""
         shapes = [(int(f.shape[-2]), int(f.shape[-1])) for f in feats]
         # channels-last maps flatten to (B, h*w, C) without a copy; one concatenation, one in-place add
         tokens = torch.cat([f.flatten(2).transpose(1, 2) for f in feats], dim=1)
         pe = torch.cat([self._level_pe(lvl, h, w, feats[0]) for lvl, (h, w) in enumerate(shapes)], dim=0)
-        return tokens.add_(pe), shapes, feats[-1]
+        return tokens.add_(pe), shapes
 
     def init_queries(self, coarse_mu: torch.Tensor, groups: int):
         """Keypoint encoder (spec 2.4 / 3.3): content (B, G*K, C), position (B, G*K, C), reference (B, G*K, 2)."""
@@ -283,9 +293,9 @@ class Poseur(RLETopDownInference, PoseModel):
 
     def decode(self, content, pos, ref, memory, shapes, groups: int = 1, all_layers: bool = True) -> dict:
         """Run the query decoder. Returns per-layer lists (all layers, or only the last when ``all_layers`` is
-        False): ``mu``, ``sigma``, ``hidden``, ``references`` (reference after each layer)."""
+        False): ``hidden`` states, ``references`` (reference after each layer) and ``layer`` (weight index)."""
         x = content
-        out = {"mu": [], "sigma": [], "hidden": [], "references": []}
+        out = {"hidden": [], "references": [], "layer": []}
         n = self.cfg.num_decoder_layers
         for i in range(n):
             j = self._layer(i)
@@ -293,24 +303,42 @@ class Poseur(RLETopDownInference, PoseModel):
             # Official code: reference refined in logit space and NOT detached between layers (spec 2.6)
             new_ref = (self.coord_branches[j](x) + inverse_sigmoid(ref)).sigmoid()
             if all_layers or i == n - 1:
-                # Official code: a second, un-squashed delta gives the layer's output (not fed to the next layer)
-                out["mu"].append(new_ref + self.coord_output_branches[j](x))
-                out["sigma"].append(self.sigma_branches[j](x).sigmoid())
                 out["hidden"].append(x)
                 out["references"].append(new_ref)
+                out["layer"].append(j)
             ref = new_ref
         return out
 
-    def forward_all(self, images: torch.Tensor, groups: int = 1, all_layers: bool = True) -> dict:
-        """Every intermediate output: ``coarse_mu``/``coarse_sigma`` (B, K, 2), ``init_reference`` (B, G*K, 2) and
-        the decoder lists of :meth:`decode`."""
-        memory, shapes, last = self.encode(images)
-        coarse_mu, coarse_sigma = self.coarse_head(last)
+    def transformer(self, feats: list[torch.Tensor], groups: int = 1, all_layers: bool = True) -> dict:
+        """Official ``PoseurTransformer.forward``: memory, coarse RLE head on the stride-32 level, keypoint encoder
+        and query decoder. ``coarse_mu``/``coarse_sigma`` (B, K, 2), ``init_reference`` (B, G*K, 2) and the lists
+        of :meth:`decode`."""
+        memory, shapes = self.memory(feats)
+        coarse_mu, coarse_sigma = self.coarse_head(feats[-1])
         content, pos, ref = self.init_queries(coarse_mu, groups)
         out = self.decode(content, pos, ref, memory, shapes, groups, all_layers)
         out.update(coarse_mu=coarse_mu, coarse_sigma=coarse_sigma, init_reference=ref.clamp(0, 1),
                    spatial_shapes=shapes)
         return out
+
+    def output_heads(self, out: dict) -> dict:
+        """Each kept layer's keypoints ``mu`` = refined reference + an extra, un-squashed delta (Official code: not
+        fed to the next layer) and ``sigma`` = sigmoid of the sigma branch."""
+        out["mu"] = [r + self.coord_output_branches[j](x) for j, x, r in zip(out["layer"], out["hidden"],
+                                                                             out["references"])]
+        out["sigma"] = [self.sigma_branches[j](x).sigmoid() for j, x in zip(out["layer"], out["hidden"])]
+        return out
+
+    def forward_all(self, images: torch.Tensor, groups: int = 1, all_layers: bool = True) -> dict:
+        """Every intermediate output: the dict of :meth:`transformer` plus per-layer ``mu`` and ``sigma``.
+
+        Mixed precision as the official code: backbone, neck and the per-layer output heads run under the caller's
+        autocast (``Poseur.forward`` is ``auto_fp16``), the transformer in float32 (``PoseurTransformer.forward``
+        is ``force_fp32``: autocast off, fp16 inputs cast up)."""
+        feats = self.features(images)
+        with _autocast_off(images.device):
+            out = self.transformer([f.float() for f in feats], groups, all_layers)
+        return self.output_heads(out)
 
     # ---------------------------------------------------------------- contract
     def forward(self, images: torch.Tensor, targets: list[dict] | None = None):

@@ -25,8 +25,8 @@ class StatsFrozenBatchNorm2d(nn.BatchNorm2d):
         return super().train(False)
 
 
-def build_with_frozen_bn_stats(cfg, _build=regpose.models.build_model, **kw):
-    model = _build(cfg, **kw)
+def build_with_frozen_bn_stats(cfg, init_trunk: bool = False, _build=regpose.models.build_model):
+    model = _build(cfg, init_trunk=init_trunk)
     for m in model.modules():
         if type(m) is nn.BatchNorm2d:
             m.__class__ = StatsFrozenBatchNorm2d

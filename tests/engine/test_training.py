@@ -197,6 +197,39 @@ def test_lr_rules_make_groups_and_unmatched_rule_is_an_error(tmp_path):
     cfg.lr_rules = [LrRule(pattern="flow")]
     with pytest.raises(ConfigError, match="matches no trainable parameter"):
         build_optimizer(TinyNet(), cfg)
+    # an optional rule (a parameter only some model variants have) may match nothing; the others still apply
+    cfg.lr_rules = [LrRule(pattern="flow", lr_mult=10.0, optional=True), LrRule(pattern=r"^head\.", lr_mult=0.1)]
+    opt = build_optimizer(TinyNet(), cfg)
+    assert [(g["rule"], len(g["names"])) for g in opt.param_groups] == [(r"^head\.", 2), (None, 4)]
+
+
+def test_training_prints_the_total_batch_and_follows_the_recipe_with_linear_scaling(tmp_path):
+    """Recipe for a total batch of 8 run with 4 per step: with linear scaling the run uses lr x0.5 for twice the
+    iterations; without, it keeps the recipe's values and warns."""
+    import json
+    import logging
+
+    from regpose.engine.logging import get_logger
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    get_logger().addHandler(handler)
+    try:
+        cfg = tiny_config(tmp_path / "linear", batch_size=4, iters=3, lr=0.01, reference_batch=8,
+                          batch_scaling="linear", log_period=1)
+        train(cfg, train_dataset=TinyDataset())
+        train(tiny_config(tmp_path / "none", batch_size=4, iters=3, reference_batch=8), train_dataset=TinyDataset())
+    finally:
+        get_logger().removeHandler(handler)
+    assert load_checkpoint(tmp_path / "linear" / "model_final.pth")["iteration"] == 6
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "linear" / "metrics.jsonl").read_text().splitlines()]
+    assert len(lrs) == 6 and lrs[0] == pytest.approx(0.005)
+    messages = [(r.levelno, r.getMessage()) for r in records]
+    assert (logging.INFO, "total batch 4 = 1 process(es) x 4 per process x 1 accumulation step(s); recipe: 8; "
+                          "linear scaling x0.5: lr 0.01 -> 0.005, iters 3 -> 6") in messages
+    assert any(level == logging.WARNING and "differs from the recipe's 8" in m for level, m in messages)
+    assert load_checkpoint(tmp_path / "none" / "model_final.pth")["iteration"] == 3
 
 
 def test_a_folder_holding_a_run_is_refused_unless_resume_or_overwrite(tmp_path):

@@ -310,3 +310,52 @@ def test_onnx_export_matches_pytorch(tmp_path):
         want = model(x)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("query_init,reference_tensors", [("coarse", 0), ("learned", 2)])
+def test_official_lr_rules_train_sampling_offsets_and_learned_reference_points_at_a_tenth(query_init,
+                                                                                            reference_tensors):
+    """Official paramwise_cfg: names containing 'sampling_offsets' or 'reference_points' at lr x0.1. The released
+    model (coarse queries) has only the offsets (weight + bias per decoder layer); the learned-query baseline also
+    has the reference-point linear. Building the optimizer of the shipped R50 config must not fail on either."""
+    from regpose.config import load_config
+    from regpose.engine.schedule import build_optimizer
+    from conftest import REPO
+
+    cfg = load_config(REPO / "configs/poseur/poseur_r50_coco_256x192.yaml", [f"model.query_init={query_init}"])
+    with torch.device("meta"):
+        model = Poseur(cfg.model, COCO_PAIRS)
+    groups = {g["rule"]: g for g in build_optimizer(model, cfg.train).param_groups}
+    offsets = groups["sampling_offsets"]
+    assert len(offsets["names"]) == 2 * 6 and offsets["lr"] == pytest.approx(1e-4)
+    assert len(groups.get("reference_proj", {"names": []})["names"]) == reference_tensors
+    assert groups[None]["lr"] == pytest.approx(1e-3)
+
+
+def test_transformer_computes_in_float32_under_autocast_as_the_official_force_fp32():
+    """Official: Poseur.forward is auto_fp16 (backbone, neck, per-layer output heads in low precision) while
+    PoseurTransformer.forward (coarse head, keypoint encoder, decoder) is force_fp32. CPU bf16 autocast stands in
+    for CUDA fp16: the dtype each module computes in is recorded by forward hooks."""
+    torch.manual_seed(0)
+    model = Poseur(_tiny(), COCO_PAIRS).train()
+    seen: dict[str, torch.dtype] = {}
+
+    def record(name):
+        def hook(_module, _inputs, output):
+            first = output[0] if isinstance(output, (tuple, list)) else output
+            seen[name] = first.dtype
+        return hook
+
+    watched = {"backbone": model.backbone, "neck": model.neck.convs[0], "coarse_head": model.coarse_head,
+               "query_proj": model.query_proj, "cross_attn": model.layers[0].cross_attn,
+               "decoder_layer": model.layers[-1], "coord_branch": model.coord_branches[-1],
+               "coord_output_branch": model.coord_output_branches[-1], "sigma_branch": model.sigma_branches[-1]}
+    for name, module in watched.items():
+        module.register_forward_hook(record(name))
+    images = torch.randn(2, 3, 64, 48)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(images, _targets(2))
+    low = {"backbone", "neck", "coord_output_branch", "sigma_branch"}
+    assert {k: v for k, v in seen.items() if k in low} == {k: torch.bfloat16 for k in low}
+    assert {k: v for k, v in seen.items() if k not in low} == {k: torch.float32 for k in watched if k not in low}
+    assert torch.isfinite(total_loss(losses))
