@@ -93,7 +93,7 @@ def train_variant(args, config: Path, common: list[str], sched: list[str], name:
     vcfg = load_config(config, common + sched + overrides + [f"output_dir={run_dir}"])
     print(f"\n=== {name}: {' '.join(overrides) or '(paper default)'}; {vcfg.train.iters} iterations", flush=True)
     t0 = time.time()
-    final = train(vcfg) or {}
+    final = train(vcfg, overwrite=True) or {}     # each bench run trains its variants afresh
     minutes = (time.time() - t0) / 60
     weights = run_dir / "model_final.pth"
     done = int(torch.load(weights, map_location="cpu", weights_only=True).get("iteration", -1)) \

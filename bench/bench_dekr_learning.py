@@ -109,9 +109,8 @@ def main() -> None:
               f"decays at {cfg.train.steps}, evaluations every {cfg.train.eval_period}")
     print(f"config {args.config}: {cfg.train.iters} iterations x batch {cfg.train.batch_size}, lr {cfg.train.lr}, "
           f"input {cfg.data.input_size}, budget {cfg.train.max_minutes} min, threads {torch.get_num_threads()}")
-    (Path(cfg.output_dir) / "metrics.jsonl").unlink(missing_ok=True)     # a fresh curve for this run
     t0 = time.time()
-    metrics = train(cfg, device="cpu")
+    metrics = train(cfg, device="cpu", overwrite=True)    # a fresh run (and curve) each time the bench runs
     wall = time.time() - t0
 
     train_rows, val_rows = read_curve(Path(cfg.output_dir) / "metrics.jsonl")

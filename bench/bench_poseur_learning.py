@@ -96,7 +96,7 @@ def main() -> None:
     from regpose.engine.trainer import train
 
     t_train = time.time()
-    train(cfg, device="cpu")
+    train(cfg, device="cpu", overwrite=True)     # each bench run starts afresh
     train_minutes = (time.time() - t_train) / 60
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()] \
         if (out / "metrics.jsonl").is_file() else []

@@ -67,7 +67,7 @@ def run_variant(name: str, args, budget: float, iters: int | None) -> dict:
     print(f"[{name}] calibration {sec_per_iter:.3f} s/iteration ({cfg.train.batch_size} crops) -> {planned} "
           f"iterations in {budget:.1f} min", flush=True)
     t0 = time.time()
-    metrics = train(cfg, device="cpu") or {}
+    metrics = train(cfg, device="cpu", overwrite=True) or {}    # each bench run starts its variants afresh
     minutes = (time.time() - t0) / 60
     log = read_log(out)
     train_rows = [r for r in log if r.get("split") == "train" and "loss" in r]

@@ -101,7 +101,7 @@ def cmd_train(args) -> int:
     cfg = _load_cfg(args)
     if _main_process():
         require_writable_dir(cfg.output_dir, "--output-dir" if args.output_dir else "output_dir")
-    metrics = train(cfg, resume=args.resume, device=args.device)
+    metrics = train(cfg, resume=args.resume, device=args.device, overwrite=args.overwrite)
     if metrics:
         print(format_metrics(metrics, cfg.data.format))
     return 0
@@ -119,6 +119,8 @@ def cmd_test(args) -> int:
         cfg.test.flip = True
     if args.scales:
         cfg.test.scales = list(args.scales)
+    if args.strict:
+        cfg.test.strict = True
     out = args.output_dir or str(Path(cfg.output_dir) / "test")
     if _main_process():
         require_writable_dir(out, "--output-dir" if args.output_dir else "output_dir")
@@ -238,6 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("config")
     s.add_argument("--output-dir", help="run folder (default: runs/<config name>)")
     s.add_argument("--resume", action="store_true", help="continue from <output-dir>/last.pth")
+    s.add_argument("--overwrite", action="store_true",
+                   help="remove the run already in <output-dir> (checkpoints, metrics) and start over")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
     s.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.lr=1e-4 model.num_queries=50")
     s.set_defaults(fn=cmd_train)
@@ -248,6 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="val", choices=["val", "train"])
     s.add_argument("--flip", action="store_true", help="flip test")
     s.add_argument("--scales", type=positive_float, nargs="+", help="multi-scale test factors, e.g. 0.5 1 2")
+    s.add_argument("--strict", action="store_true",
+                   help="stop at the first unreadable image (default: report it, skip it, evaluate the rest)")
     s.add_argument("--output-dir")
     s.add_argument("--device", default="auto")
     s.add_argument("overrides", nargs="*")

@@ -10,19 +10,22 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
+import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 
 from .errors import RegposeError
 
 __all__ = [
-    "ConfigError", "Config", "TrainConfig", "TestConfig", "LrRule", "EmaConfig",
+    "ConfigError", "Config", "TrainConfig", "TestConfig", "LrRule", "EmaConfig", "Range", "Regex", "PositiveInt",
+    "NonNegativeInt", "PositiveFloat", "NonNegativeFloat", "Fraction",
     "load_config", "from_dict", "to_dict", "save_config", "apply_overrides", "parse_overrides",
 ]
 
@@ -31,11 +34,55 @@ class ConfigError(RegposeError, ValueError):
     """A config problem the user can fix; the message is a single line naming the key."""
 
 
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a numeric field, attached to its type: ``batch_size: Annotated[int, Range(ge=1)]``. Values are
+    checked when the config is typed (files and overrides alike), so a bad value is one line naming its key
+    instead of a crash deep in training. (Every float must also be finite: see :func:`_convert`.)"""
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def describe(self) -> str:
+        bounds = ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+        return " and ".join(f"{op} {b:g}" for op, b in bounds if b is not None)
+
+    def check(self, value: float, key: str) -> None:
+        if ((self.ge is not None and value < self.ge) or (self.gt is not None and value <= self.gt)
+                or (self.le is not None and value > self.le) or (self.lt is not None and value >= self.lt)):
+            raise ConfigError(f"{key}: expected a value {self.describe()}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Regex:
+    """Marks a str field as a regular expression (``Annotated[str, Regex()]``): it must compile."""
+
+    def describe(self) -> str:
+        return "(a regular expression)"
+
+    def check(self, value: str, key: str) -> None:
+        try:
+            re.compile(value)
+        except re.error as e:
+            raise ConfigError(f"{key}: invalid regular expression {value!r} ({e})") from None
+
+
+PositiveInt = Annotated[int, Range(ge=1)]
+NonNegativeInt = Annotated[int, Range(ge=0)]
+PositiveFloat = Annotated[float, Range(gt=0)]
+NonNegativeFloat = Annotated[float, Range(ge=0)]
+Fraction = Annotated[float, Range(ge=0, le=1)]      # probabilities, factors of a base value
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Generic dataclass <-> dict machinery
 # ----------------------------------------------------------------------------------------------------------
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        base, *rules = typing.get_args(tp)
+        return " ".join([_type_name(base)] + [r.describe() for r in rules if isinstance(r, (Range, Regex))])
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
     if origin in (Union, types.UnionType):
@@ -65,6 +112,12 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     args = typing.get_args(tp)
     if tp is Any:
         return value
+    if origin is Annotated:
+        out = _convert(value, args[0], key)
+        for rule in args[1:]:
+            if isinstance(rule, (Range, Regex)):
+                rule.check(out, key)
+        return out
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -117,14 +170,19 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
             return int(value)
         raise ConfigError(f"{key}: expected int, got {type(value).__name__} {value!r}")
     if tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{key}: expected float, got {type(value).__name__} {value!r}")
+        if number is None:
+            raise ConfigError(f"{key}: expected float, got {type(value).__name__} {value!r}")
+        if not math.isfinite(number):  # no config value means NaN or infinity; it would only poison training
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value
@@ -173,7 +231,7 @@ def _field_value(f: dataclasses.Field, tp: Any, value: Any) -> Any:
 def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
     """Build dataclass ``cls`` from a plain mapping, checking keys and types recursively."""
     data = dict(data or {})
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     pre = f"{prefix}." if prefix else ""
     for k in data:
@@ -220,17 +278,17 @@ class LrRule:
     A rule that matches no trainable parameter is an error (a typo would silently train at the base lr), unless
     it is ``optional``: a rule for a parameter only some variants of the model have (e.g. Poseur's learned
     reference points, which exist only with ``model.query_init: learned``)."""
-    pattern: str
-    lr_mult: float = 1.0
-    decay_mult: float = 1.0
+    pattern: Annotated[str, Regex()]
+    lr_mult: NonNegativeFloat = 1.0
+    decay_mult: NonNegativeFloat = 1.0
     optional: bool = False
 
 
 @dataclass
 class EmaConfig:
     enabled: bool = False
-    decay: float = 0.9998
-    warmup: int = 2000        # effective decay ramps as decay * (1 - exp(-iter / warmup)), YOLOX style
+    decay: Fraction = 0.9998
+    warmup: NonNegativeInt = 2000        # effective decay ramps as decay * (1 - exp(-iter / warmup)), YOLOX style
     eval_with_ema: bool = True
 
 
@@ -238,60 +296,61 @@ class EmaConfig:
 class TrainConfig:
     """Optimisation and bookkeeping. Lengths are in iterations; ``epochs`` (if > 0) overrides ``iters`` and
     ``step_epochs`` overrides ``steps`` once the training set size is known."""
-    batch_size: int = 2               # images (or crops) per process
-    iters: int = 1000
-    epochs: int = 0
+    batch_size: PositiveInt = 2       # images (or crops) per process
+    iters: NonNegativeInt = 1000
+    epochs: NonNegativeInt = 0
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    momentum: float = 0.9
-    betas: tuple[float, float] = (0.9, 0.999)
+    lr: NonNegativeFloat = 1e-4
+    weight_decay: NonNegativeFloat = 1e-4
+    momentum: Fraction = 0.9
+    betas: tuple[Annotated[float, Range(ge=0, lt=1)], Annotated[float, Range(ge=0, lt=1)]] = (0.9, 0.999)
     lr_rules: list[LrRule] = field(default_factory=list)
     schedule: Literal["step", "cosine", "constant"] = "step"
-    steps: list[int] = field(default_factory=list)
-    step_epochs: list[int] = field(default_factory=list)
-    gamma: float = 0.1
-    min_lr_factor: float = 0.0         # cosine floor as a fraction of the base lr
-    warmup_iters: int = 0
-    warmup_factor: float = 0.001      # lr factor at iteration 0 of the linear warm-up
-    clip_grad_norm: float = 0.0       # 0 disables clipping
-    accum_steps: int = 1              # gradient accumulation: optimizer step every N iterations' batches
+    steps: list[NonNegativeInt] = field(default_factory=list)
+    step_epochs: list[NonNegativeInt] = field(default_factory=list)
+    gamma: PositiveFloat = 0.1
+    min_lr_factor: Fraction = 0.0     # cosine floor as a fraction of the base lr
+    warmup_iters: NonNegativeInt = 0
+    warmup_factor: Fraction = 0.001   # lr factor at iteration 0 of the linear warm-up
+    clip_grad_norm: NonNegativeFloat = 0.0   # 0 disables clipping
+    accum_steps: PositiveInt = 1      # gradient accumulation: optimizer step every N iterations' batches
+    max_minutes: NonNegativeFloat = 0.0   # wall-clock budget: stop early (then save and evaluate); 0 = no limit
     # Total batch (processes x batch_size x accum_steps) the recipe's lr and schedule were tuned for; 0 = none.
     # Training prints the effective total batch and warns when it differs.
-    reference_batch: int = 0
+    reference_batch: NonNegativeInt = 0
     # linear: when the effective total batch differs from reference_batch, scale lr by their ratio and divide the
     # warm-up, an iteration-based schedule and the eval / checkpoint periods by it (detectron2 REFERENCE_WORLD_SIZE)
     batch_scaling: Literal["none", "linear"] = "none"
-    max_minutes: float = 0.0          # wall-clock budget: stop early (then save and evaluate); 0 = no limit
     amp: Literal["none", "fp16", "bf16"] = "none"   # autocast on CUDA only; CPU runs fp32
     ema: EmaConfig = field(default_factory=EmaConfig)
     sync_bn: bool = False
     seed: int = 0
     deterministic: bool = False
-    num_workers: int = 2
-    log_period: int = 20
-    eval_period: int = 0              # iterations between evaluations; 0 evaluates only at the end
-    checkpoint_period: int = 0        # iterations between periodic checkpoints; 0 keeps only last/best
+    num_workers: NonNegativeInt = 2
+    log_period: PositiveInt = 20
+    eval_period: NonNegativeInt = 0   # iterations between evaluations; 0 evaluates only at the end
+    checkpoint_period: NonNegativeInt = 0   # iterations between periodic checkpoints; 0 keeps only last/best
     best_metric: str = "AP"
     tensorboard: bool = False
     skip_corrupt_images: bool = False  # skip unreadable training images with a counted warning
     init_weights: str = ""            # optional checkpoint to initialise from (ours or converted)
-    freeze: list[str] = field(default_factory=list)  # regex patterns of parameters kept frozen
+    freeze: list[Annotated[str, Regex()]] = field(default_factory=list)  # patterns of parameters kept frozen
 
 
 @dataclass
 class TestConfig:
     """Evaluation and inference options shared by all methods (method specific ones live in ``model``)."""
-    batch_size: int = 1
+    batch_size: PositiveInt = 1
     flip: bool = False
-    scales: list[float] = field(default_factory=lambda: [1.0])
+    scales: list[PositiveFloat] = field(default_factory=lambda: [1.0])
     score_threshold: float = 0.0      # people below this instance score are dropped from results
-    max_people: int = 100
+    max_people: NonNegativeInt = 100
     boxes: Literal["gt", "detections", "model"] = "gt"   # top-down methods: where person boxes come from
     detections: str = ""              # COCO results json of person boxes (boxes: detections)
     det_score_threshold: float = 0.0
     detector_config: str = ""         # a one-stage regpose config giving boxes (boxes: model)
     detector_weights: str = ""
+    strict: bool = False              # evaluation stops at an unreadable image (default: skipped and counted)
 
 
 # Filled by regpose.data.config at import time (kept there so the data layer owns its own fields).

@@ -63,7 +63,7 @@ def run_demo(method: str = DEFAULT_METHOD, minutes: float = DEFAULT_MINUTES, out
     iters = fit_schedule_to_budget(cfg, minutes, sec)
     log.info("[2/4] training %s for %d iterations (%.2f s each here, at most %.1f minutes) -> %s",
              cfg.name, iters, sec, minutes, out)
-    metrics = train(cfg)
+    metrics = train(cfg, overwrite=True)   # the demo's folder is its own: running the demo again starts over
     log.info("[3/4] rendering predictions on %d validation images%s", num_render,
              " (top-down: given the ground-truth person boxes, as in its evaluation)"
              if cfg.test.boxes == "gt" else "")

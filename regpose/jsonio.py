@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .errors import DataError
 
-__all__ = ["read_json"]
+__all__ = ["read_json", "non_finite"]
 
 
 def read_json(path: str | Path, what: str = "annotation"):
@@ -27,3 +27,10 @@ def read_json(path: str | Path, what: str = "annotation"):
     finally:
         if gc_was_on:
             gc.enable()
+
+
+def non_finite(value) -> str:
+    """What is wrong with a JSON value (a number or a list of numbers) that is not finite, for error messages: JSON
+    null becomes NaN when converted to floats, but the user wrote null, so name it."""
+    values = value if isinstance(value, (list, tuple)) else [value]
+    return "null" if any(v is None for v in values) else "NaN or infinity"

@@ -32,7 +32,6 @@ from conftest import REAL  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 RLE_CONFIG = str(REPO / "configs" / "rle" / "rle_tiny_synthetic.yaml")
 PICTURE = REAL / "coco" / "000000000785.jpg"
-ENGINE = pytest.mark.xfail(strict=True, reason="needs branch engine")
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -247,26 +246,25 @@ CASES = [
     # checkpoint whose trunk fits, e.g. QueryPose's ResNet, loads partially with a report: tests/engine)
     ("train-init-weights-of-another-method",
      _train(lambda e: [f"train.init_weights={write_tiny('dekr', e.root / 'models' / 'dekr')[1]}"]), ["dekr.pth"]),
-    ("train-into-an-existing-run", _train(out=lambda p, t: p / "run"), ["--resume"], ENGINE),
+    ("train-into-an-existing-run", _train(out=lambda p, t: p / "run"), ["--resume"]),
     ("train-empty-training-set",
      _train(lambda e: [f"data.train.ann_files=[{e.bad('noann.json', {**e.gt, 'annotations': []})}]"]),
-     ["noann.json"], ENGINE),
-    ("train-batch-size-0", _train(["train.batch_size=0"]), ["train.batch_size"], ENGINE),
-    ("train-lr-nan", _train(["train.lr=nan"]), ["train.lr"], ENGINE),
+     ["noann.json"]),
+    ("train-batch-size-0", _train(["train.batch_size=0"]), ["train.batch_size"]),
+    ("train-lr-nan", _train(["train.lr=nan"]), ["train.lr"]),
     ("train-non-finite-ground-truth",
-     _train(lambda e: [f"data.train.ann_files=[{e.gt_with('nan.json', keypoints=_nan_first)}]"]), ["nan.json"],
-     ENGINE),
+     _train(lambda e: [f"data.train.ann_files=[{e.gt_with('nan.json', keypoints=_nan_first)}]"]), ["nan.json"]),
     ("train-corrupt-image",               # batch 6: every image of the split is read
      _train(lambda e: [f"data.train.image_dir={_corrupt_image(e)}", "train.batch_size=6"]), ["000002.jpg"]),
     ("train-corrupt-image-in-a-worker",
      _train(lambda e: [f"data.train.image_dir={_corrupt_image(e)}", "train.batch_size=6", "train.num_workers=1"]),
-     ["000002.jpg"], ENGINE),
+     ["000002.jpg"]),
     ("train-unknown-backbone", _train(["model.backbone=resnet999"]), ["resnet999"]),
     # ---- test
     ("test-weights-missing", _test(weights=lambda e: e.root / "nope.pth"), ["nope.pth"]),
     ("test-weights-not-a-checkpoint", _test(weights=lambda e: e.bad("text.pth", TEXT)), ["text.pth"]),
     ("test-weights-of-another-method", _test(weights=lambda e: e.qp[1]), ["querypose.pth"]),
-    ("test-weights-with-code", _test(weights=_evil_checkpoint), ["evil.pth", "refused"], ENGINE),
+    ("test-weights-with-code", _test(weights=_evil_checkpoint), ["evil.pth", "refused"]),
     ("test-out-unwritable", _test(out=lambda p, t: PROC), ["--output-dir", PROC]),
     ("test-out-is-a-file", _test(out=lambda p, t: t / "afile"), ["--output-dir", "afile"]),
     ("test-gt-corrupt", _test(lambda e: [f"data.val.ann_files=[{e.bad('c.json', 'not json')}]"]), ["c.json"]),
@@ -326,7 +324,7 @@ CASES = [
     ("evaluate-results-nan", _evaluate(res=lambda e: e.results("r.json", keypoints=lambda k: [float("nan")] * 51)),
      ["r.json", "entry 0"]),
     ("evaluate-results-null-score", _evaluate(res=lambda e: e.results("r.json", score=None)),
-     ["r.json", "entry 0", "null"], ENGINE),
+     ["r.json", "entry 0", "null"]),
     ("evaluate-wrong-dataset", _evaluate(extra=["--dataset", "crowdpose"]), ["annotations.json", "crowdpose"]),
     ("evaluate-json-out-unwritable", _evaluate(out=lambda p, t: PROC + "/m.json"), ["--json-out", PROC]),
     ("evaluate-json-out-is-a-folder", _evaluate(out=lambda p, t: p), ["--json-out", "prev"]),
@@ -435,7 +433,6 @@ def test_bad_inputs_next_to_good_ones(case, model, make_bad, detections, names, 
     assert list(res["videos"]) == ([str(video)] if video else [])
 
 
-@ENGINE
 def test_a_bad_validation_image_is_skipped_and_counted(env, tmp_path, capfd):
     """``test`` with one undecodable image among the validation images: the others are evaluated, one line names
     the bad one (issue 18 item 5)."""

@@ -58,6 +58,28 @@ def test_wrong_types_and_values_are_rejected(tmp_path):
         parse_overrides(["train.lr"])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("train.batch_size=0", "train.batch_size: expected a value >= 1, got 0"),
+    ("train.batch_size=-1", "train.batch_size: expected a value >= 1, got -1"),
+    ("train.lr=nan", "train.lr: expected a finite number, got 'nan'"),
+    ("train.lr=.inf", "train.lr: expected a finite number, got inf"),
+    ("model.dropout=.nan", "model.dropout: expected a finite number, got nan"),   # every float, method's too
+    ("train.betas=[0.9, 1.0]", "train.betas[1]: expected a value >= 0 and < 1, got 1.0"),
+    ("test.scales=[1, 0]", "test.scales[1]: expected a value > 0, got 0.0"),
+    ("data.augment.topdown.flip_prob=1.5", "data.augment.topdown.flip_prob: expected a value >= 0 and <= 1, got 1.5"),
+    ("data.input_size=[0, 64]", "data.input_size[0]: expected a value >= 1, got 0"),
+    ("train.freeze=['backbone(']", "train.freeze[0]: invalid regular expression 'backbone(' (missing ), "
+                                   "unterminated subpattern at position 8)"),
+    ("train.lr_rules=[{pattern: '*x'}]", "train.lr_rules[0].pattern: invalid regular expression '*x' (nothing to "
+                                         "repeat at position 0)"),
+])
+def test_numeric_fields_are_range_checked_and_finite_and_patterns_compile(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_config({"method": "tiny"}, [override])
+    assert str(e.value) == message
+    load_config({"method": "tiny"}, ["train.batch_size=1", "train.lr=0", "test.scales=[0.5]"])   # bounds included
+
+
 def test_dataset_files_stay_with_their_format_through_base_lists(tmp_path):
     """A dataset base listed before a model config whose own base is another dataset loses its files (later bases
     win) while a restated data.format survives: COCO files read as CrowdPose. The config layer refuses that."""
@@ -93,7 +115,8 @@ def _cli(*args: str, cwd=None) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
-@pytest.mark.parametrize("case", ["unknown_key", "wrong_type", "missing_file", "bad_checkpoint", "mismatch"])
+@pytest.mark.parametrize("case", ["unknown_key", "wrong_type", "nan_value", "missing_file", "bad_checkpoint",
+                                  "mismatch"])
 def test_cli_errors_are_one_line_without_traceback(tmp_path, case):
     import torch
 
@@ -107,6 +130,10 @@ def test_cli_errors_are_one_line_without_traceback(tmp_path, case):
         _write(cfg, base)
         r = _cli("train", str(cfg), "train.lr=fast")
         expect = "train.lr: expected float, got str 'fast'"
+    elif case == "nan_value":
+        _write(cfg, base)
+        r = _cli("train", str(cfg), "train.lr=nan")
+        expect = "train.lr: expected a finite number, got 'nan'"
     elif case == "missing_file":
         r = _cli("train", str(tmp_path / "missing.yaml"))
         expect = "config file not found"

@@ -9,7 +9,9 @@ section of its family (``cfg.data.augment.<family>``) through the ``from_config`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
+
+from ..config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range
 
 __all__ = ["DataConfig", "SplitConfig", "SynthSpec", "AugmentConfig", "BottomUpAugment", "OneStageAugment",
            "TopDownAugment", "ColorAugment"]
@@ -18,10 +20,10 @@ __all__ = ["DataConfig", "SplitConfig", "SynthSpec", "AugmentConfig", "BottomUpA
 @dataclass
 class SynthSpec:
     """Generate the split with ``regpose synth`` into ``SplitConfig.root`` when its annotations are missing."""
-    num_images: int = 0               # 0: not synthetic
+    num_images: NonNegativeInt = 0    # 0: not synthetic
     seed: int = 0
-    size: tuple[int, int] = (256, 256)   # (width, height)
-    max_people: int = 6
+    size: tuple[PositiveInt, PositiveInt] = (256, 256)   # (width, height)
+    max_people: PositiveInt = 6
 
 
 @dataclass
@@ -36,40 +38,40 @@ class SplitConfig:
 class BottomUpAugment:
     """DEKR random affine to a fixed square input (spec §2.2) + horizontal flip."""
     scale_type: Literal["short", "long"] = "short"   # base scale = min(h, w) / 200 ('short') or max ('long')
-    min_scale: float = 0.75
-    max_scale: float = 1.5
-    max_rotation: float = 30.0        # degrees, uniform in [-max, max)
-    max_translate: float = 40.0       # integer shift in [-40 s, 40 s) original pixels
-    flip_prob: float = 0.5
+    min_scale: PositiveFloat = 0.75
+    max_scale: PositiveFloat = 1.5
+    max_rotation: NonNegativeFloat = 30.0   # degrees, uniform in [-max, max)
+    max_translate: NonNegativeFloat = 40.0  # integer shift in [-40 s, 40 s) original pixels
+    flip_prob: Fraction = 0.5
 
 
 @dataclass
 class OneStageAugment:
     """Sparse R-CNN / QueryPose mapper (detectron2 semantics): flip, multi-scale short side, optional crop."""
-    min_sizes: list[int] = field(default_factory=lambda: list(range(480, 801, 32)))
-    max_size: int = 1333
+    min_sizes: list[PositiveInt] = field(default_factory=lambda: list(range(480, 801, 32)))
+    max_size: PositiveInt = 1333
     sample_style: Literal["choice", "range"] = "choice"
-    flip_prob: float = 0.5
+    flip_prob: Fraction = 0.5
     crop: bool = True                 # with probability crop_prob take the resize -> crop -> resize branch
-    crop_prob: float = 0.5
-    crop_pre_sizes: list[int] = field(default_factory=lambda: [400, 500, 600])
+    crop_prob: Fraction = 0.5
+    crop_pre_sizes: list[PositiveInt] = field(default_factory=lambda: [400, 500, 600])
     crop_type: Literal["absolute_range", "absolute", "relative_range", "relative"] = "absolute_range"
-    crop_size: tuple[float, float] = (384.0, 600.0)
-    test_size: int = 800              # test: ResizeShortestEdge(test_size, test_max_size)
-    test_max_size: int = 1333
+    crop_size: tuple[PositiveFloat, PositiveFloat] = (384.0, 600.0)
+    test_size: PositiveInt = 800      # test: ResizeShortestEdge(test_size, test_max_size)
+    test_max_size: PositiveInt = 1333
 
 
 @dataclass
 class TopDownAugment:
     """mmpose / Poseur top-down pipeline: box -> centre/scale, flip, half body, scale/rotation, affine crop."""
-    padding: float = 1.25
-    flip_prob: float = 0.5
-    half_body_prob: float = 0.3
-    half_body_min_joints: int = 8     # applied when more than this many joints are labelled
-    half_body_padding: float = 1.5
-    scale_factor: float = 0.5         # scale *= clip(N(0,1) * f + 1, 1 - f, 1 + f)
-    rot_factor: float = 40.0          # rotation = clip(N(0,1) * f, -2f, 2f) with probability rot_prob
-    rot_prob: float = 0.6
+    padding: PositiveFloat = 1.25
+    flip_prob: Fraction = 0.5
+    half_body_prob: Fraction = 0.3
+    half_body_min_joints: NonNegativeInt = 8   # applied when more than this many joints are labelled
+    half_body_padding: PositiveFloat = 1.5
+    scale_factor: Annotated[float, Range(ge=0, lt=1)] = 0.5   # scale *= clip(N(0,1) * f + 1, 1 - f, 1 + f)
+    rot_factor: NonNegativeFloat = 40.0   # rotation = clip(N(0,1) * f, -2f, 2f) with probability rot_prob
+    rot_prob: Fraction = 0.6
     udp: bool = False                 # unbiased data processing (Huang et al. 2020) instead of mmpose's default
 
 
@@ -78,18 +80,18 @@ class ColorAugment:
     """Photometric augmentation applied to the network input (after the geometric transforms)."""
     kind: Literal["none", "jitter", "photometric"] = "none"
     # jitter: torchvision-like factors drawn uniformly in [1 - x, 1 + x] (hue: shift in [-x, x] of a turn)
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
+    brightness: NonNegativeFloat = 0.4
+    contrast: NonNegativeFloat = 0.4
+    saturation: NonNegativeFloat = 0.4
+    hue: Annotated[float, Range(ge=0, le=0.5)] = 0.1
     # photometric: mmcv PhotometricDistortion (Poseur HRNet-W48 configs), incl. the official quirks
-    brightness_delta: int = 32
-    contrast_range: tuple[float, float] = (0.5, 1.5)
-    saturation_range: tuple[float, float] = (0.5, 1.5)
-    hue_delta: int = 18
+    brightness_delta: NonNegativeInt = 32
+    contrast_range: tuple[NonNegativeFloat, NonNegativeFloat] = (0.5, 1.5)
+    saturation_range: tuple[NonNegativeFloat, NonNegativeFloat] = (0.5, 1.5)
+    hue_delta: NonNegativeInt = 18
     official_quirks: bool = True      # HSV conversion treats RGB as BGR; the random channel swap is discarded
     cutout: bool = False              # one elliptical black patch (Poseur W48 configs)
-    cutout_prob: float = 1.0
+    cutout_prob: Fraction = 1.0
 
 
 @dataclass
@@ -105,8 +107,11 @@ class DataConfig:
     format: Literal["coco", "crowdpose", "mpii", "ochuman"] = "coco"   # keypoint layout and evaluator
     train: SplitConfig = field(default_factory=SplitConfig)
     val: SplitConfig = field(default_factory=SplitConfig)
-    input_size: tuple[int, int] = (512, 512)   # (width, height) of the network input
+    input_size: tuple[PositiveInt, PositiveInt] = (512, 512)   # (width, height) of the network input
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Whole-image training keeps images whose people have at least this many labelled keypoints in total
     # (DirectPose / FCPose drop images without any; 0 keeps the family's official filter only).
-    train_min_keypoints: int = 0
+    train_min_keypoints: NonNegativeInt = 0
+    # Annotations with a NaN / infinite / null labelled keypoint, box or area: "error" stops at the first one
+    # (naming file and annotation id); "skip" drops them with a counted warning.
+    invalid_annotations: Literal["error", "skip"] = "error"

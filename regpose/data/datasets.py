@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from dataclasses import dataclass, field
@@ -44,7 +45,7 @@ from .keypoints import get_meta
 
 __all__ = ["ImageRecord", "read_image", "load_records", "load_annotation_file", "ensure_synthetic", "ignore_mask",
            "load_detections", "read_detections", "ImageDataset", "TopDownDataset", "build_dataset", "evaluation_gt",
-           "filter_records", "clean_gt_boxes", "annotation_paths", "raw_sample"]
+           "filter_records", "clean_gt_boxes", "annotation_paths", "raw_sample", "check_finite"]
 
 log = logging.getLogger("regpose.data")
 
@@ -114,15 +115,46 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise DataError(f"cannot read image {p}: {e.strerror or e}") from None
     if data.size == 0:
         raise DataError(f"empty image file: {p}")
-    if _IMREAD_RGB is not None:
-        img = cv2.imdecode(data, _IMREAD_RGB)
-    else:  # OpenCV < 5
-        img = cv2.imdecode(data, cv2.IMREAD_COLOR)
-        if img is not None:
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    with _DecoderMessages() as said:
+        img = cv2.imdecode(data, _IMREAD_RGB if _IMREAD_RGB is not None else cv2.IMREAD_COLOR)
     if img is None or img.size == 0:
         raise DataError(f"cannot decode image (corrupt or unsupported format): {p}")
+    if said.text and str(p) not in _warned:
+        _warned.add(str(p))
+        log.warning("%s: damaged image, used as decoded (%s)", p, said.text)
+    if _IMREAD_RGB is None:  # OpenCV < 5
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     return np.ascontiguousarray(img)
+
+
+_warned: set[str] = set()   # files already reported as damaged (once per process)
+
+
+class _DecoderMessages:
+    """Captures what libjpeg / libpng print straight to the process's stderr while decoding a damaged file (e.g.
+    "Corrupt JPEG data: premature end of data segment", a stray line naming no file), so that
+    :func:`read_image` reports it once, with the file name. Redirects file descriptor 2 to a per-process
+    temporary file for the duration of the decode."""
+    _sink: tuple[int, object] | None = None    # (pid, file): a forked loader worker opens its own
+
+    def __enter__(self) -> "_DecoderMessages":
+        if self._sink is None or self._sink[0] != os.getpid():
+            _DecoderMessages._sink = (os.getpid(), tempfile.TemporaryFile())
+        self.text = ""
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        os.dup2(self._sink[1].fileno(), 2)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        sink = self._sink[1]
+        if sink.tell():
+            sink.seek(0)
+            self.text = " ".join(sink.read().decode(errors="replace").split())[:200]
+            sink.seek(0)
+            sink.truncate()
 
 
 # ==========================================================================================================
@@ -130,7 +162,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
 # ==========================================================================================================
 def _image_dir(ann_file: Path, image_dir: str) -> Path:
     if image_dir:
-        return Path(image_dir).expanduser().resolve()
+        d = Path(image_dir).expanduser().resolve()
+        if not d.is_dir():  # else every image would be reported missing, one by one, once training has started
+            raise DataError(f"image folder not found: {d} (the image_dir given for {ann_file.name})")
+        return d
     d = ann_file.parent / "images"
     return (d if d.is_dir() else ann_file.parent).resolve()
 
@@ -145,8 +180,9 @@ def _read_coco_like(path: Path, data: dict, fmt: str, image_dir: Path) -> list[I
     """COCO / CrowdPose / OCHuman keypoint json (same schema; CrowdPose adds crowdIndex, omits area/segmentation)."""
     meta = get_meta(fmt)
     k = meta.num_keypoints
-    if not isinstance(data, dict) or "images" not in data:
-        raise DataError(f"{path}: expected a COCO-style keypoint json with 'images' and 'annotations' "
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("annotations") or [], list):
+        raise DataError(f"{path}: expected a COCO-style keypoint json with lists 'images' and 'annotations' "
                         f"(format {fmt!r})")
     for c in data.get("categories") or []:
         names = c.get("keypoints") if isinstance(c, dict) else None
@@ -156,51 +192,110 @@ def _read_coco_like(path: Path, data: dict, fmt: str, image_dir: Path) -> list[I
     cat_ids = _person_category_ids(data, path)
     per_image: dict[int, list] = {}
     for i, a in enumerate(data.get("annotations") or []):
+        if not isinstance(a, dict):
+            raise DataError(f"{path}: annotation entry {i} is not an object ({a!r:.60})")
         if a.get("category_id", 1) not in cat_ids:
             continue
         kp = a.get("keypoints")
         if kp is None:
             kp = [0.0] * (3 * k)
-        if len(kp) != 3 * k:
-            raise DataError(f"{path}: annotation {a.get('id', i)} has {len(kp)} keypoint values, expected {3 * k} "
+        if not isinstance(kp, list) or len(kp) != 3 * k:
+            got = f"{len(kp)} keypoint values" if isinstance(kp, list) else f"'keypoints' {kp!r:.40}"
+            raise DataError(f"{path}: annotation {a.get('id', i)} has {got}, expected {3 * k} numbers "
                             f"({k} keypoints x 3) for format {fmt!r}")
-        if "bbox" not in a or len(a["bbox"]) != 4:
+        if not isinstance(a.get("bbox"), list) or len(a["bbox"]) != 4:
             raise DataError(f"{path}: annotation {a.get('id', i)} has no valid 'bbox' [x, y, w, h]")
         per_image.setdefault(a.get("image_id"), []).append(a)
 
-    records = []
+    records, seen = [], set()
     for img in data["images"]:
-        iid = img.get("id")
-        if iid is None or "file_name" not in img:
+        if not isinstance(img, dict) or img.get("id") is None or "file_name" not in img:
             raise DataError(f"{path}: image entry {img!r:.80} lacks 'id' or 'file_name'")
+        iid = img["id"]
+        if iid in seen:  # its people and predictions would be counted twice
+            raise DataError(f"{path}: image id {iid!r} appears twice in 'images'")
+        seen.add(iid)
         anns = per_image.pop(iid, [])
-        n = len(anns)
-        if n:
-            kps = np.asarray([a["keypoints"] if a.get("keypoints") is not None else [0.0] * (3 * k)
-                              for a in anns], dtype=np.float32).reshape(n, k, 3)
-            boxes = np.asarray([a["bbox"] for a in anns], dtype=np.float32).reshape(n, 4)
-            areas = np.asarray([a["area"] if "area" in a else b[2] * b[3] for a, b in zip(anns, boxes)],
-                               dtype=np.float32)
-            arrays = dict(
-                boxes=boxes, keypoints=kps, areas=areas,
-                iscrowd=np.asarray([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
-                num_keypoints=np.asarray([a["num_keypoints"] if "num_keypoints" in a
-                                          else int(np.count_nonzero(kp[:, 2] > 0)) for a, kp in zip(anns, kps)],
-                                         dtype=np.int64),
-                ann_ids=np.asarray([a.get("id", -1) for a in anns], dtype=np.int64))
-            segs = [a.get("segmentation") for a in anns]
-        else:
-            arrays, segs = _empty_arrays(k), []
-        ci = img.get("crowdIndex")
-        records.append(ImageRecord(
-            image_id=int(iid), file_name=str(image_dir / img["file_name"]), width=int(img.get("width", 0)),
-            height=int(img.get("height", 0)), segmentations=segs,
-            crowd_index=float(ci) if ci is not None else None, dataset=fmt, **arrays))
+        try:
+            arrays, segs = (_coco_arrays(anns, k), [a.get("segmentation") for a in anns]) if anns \
+                else (_empty_arrays(k), [])
+            ci = img.get("crowdIndex")
+            records.append(ImageRecord(
+                image_id=int(iid), file_name=str(image_dir / img["file_name"]), width=int(img.get("width", 0)),
+                height=int(img.get("height", 0)), segmentations=segs,
+                crowd_index=float(ci) if ci is not None else None, dataset=fmt, **arrays))
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: {_non_numeric_entry(img, anns, k)}: expected numbers") from None
     if per_image:
         iid = next(iter(per_image))
         raise DataError(f"{path}: annotation {per_image[iid][0].get('id')} refers to image_id {iid}, which is not "
                         f"in 'images'")
     return records
+
+
+def _coco_arrays(anns: list[dict], k: int) -> dict:
+    """The per-person arrays of one image's COCO annotations (raises TypeError / ValueError on non-numbers)."""
+    n = len(anns)
+    kps = np.asarray([a["keypoints"] if a.get("keypoints") is not None else [0.0] * (3 * k)
+                      for a in anns], dtype=np.float32).reshape(n, k, 3)
+    boxes = np.asarray([a["bbox"] for a in anns], dtype=np.float32).reshape(n, 4)
+    areas = np.asarray([a["area"] if "area" in a else b[2] * b[3] for a, b in zip(anns, boxes)], dtype=np.float32)
+    return dict(
+        boxes=boxes, keypoints=kps, areas=areas,
+        iscrowd=np.asarray([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool),
+        num_keypoints=np.asarray([a["num_keypoints"] if "num_keypoints" in a
+                                  else int(np.count_nonzero(kp[:, 2] > 0)) for a, kp in zip(anns, kps)],
+                                 dtype=np.int64),
+        ann_ids=np.asarray([a.get("id", -1) for a in anns], dtype=np.int64))
+
+
+def _non_numeric_entry(img: dict, anns: list[dict], k: int) -> str:
+    """Names the field of an image entry or one of its annotations that is not a number (for the error)."""
+    for key in ("id", "width", "height", "crowdIndex"):
+        try:
+            float(img.get(key) or 0)
+        except (TypeError, ValueError):
+            return f"image {img.get('id')!r:.40}: '{key}' is {img[key]!r:.40}"
+    for a in anns:
+        for key in ("keypoints", "bbox", "area", "num_keypoints", "id"):
+            try:
+                np.asarray(a.get(key) or 0, dtype=np.float64)
+            except (TypeError, ValueError):
+                return f"annotation {a.get('id')!r:.40} (image {img.get('id')!r:.40}): '{key}' is {a[key]!r:.60}"
+    return f"image {img.get('id')!r:.40}: an entry"
+
+
+def check_finite(records: list[ImageRecord], path: Path, policy: Literal["error", "skip"] = "error"
+                 ) -> list[ImageRecord]:
+    """Non-finite ground truth (NaN, infinity or null in a labelled keypoint, a box or an area) would train silently
+    on garbage or stop at a non-finite loss that names no annotation. ``policy='error'`` raises one line naming the
+    file and annotation; ``'skip'`` drops such annotations (counted in one warning). Coordinates of unlabelled
+    joints (v <= 0) carry no information and are set to 0."""
+    skipped, first, out = 0, None, []
+    for r in records:
+        kp = r.keypoints
+        unlabelled = kp[..., 2] <= 0       # False for a NaN visibility: that joint counts as labelled, not finite
+        kp[unlabelled] = np.nan_to_num(kp[unlabelled], nan=0.0, posinf=0.0, neginf=0.0)
+        finite_kp = np.isfinite(kp).all(-1)
+        ok = finite_kp.all(1) & np.isfinite(r.boxes).all(1) & np.isfinite(r.areas)
+        if ok.all():
+            out.append(r)
+            continue
+        i = int(np.argmin(ok))
+        if policy == "error":
+            names = get_meta(r.dataset).keypoint_names
+            what = (f"keypoint {names[int(np.argmin(finite_kp[i]))]!r}" if not finite_kp[i].all()
+                    else "center / scale" if r.dataset == "mpii" else "bbox" if not np.isfinite(r.boxes[i]).all()
+                    else "area")
+            raise DataError(f"{path}: annotation {int(r.ann_ids[i])} (image {r.image_id}): {what} is NaN, infinite "
+                            f"or null; fix the file, or set data.invalid_annotations=skip to drop such annotations")
+        skipped += int((~ok).sum())
+        first = int(r.ann_ids[i]) if first is None else first
+        out.append(r.select(ok))
+    if skipped:
+        log.warning("%s: skipped %d annotations with NaN, infinite or null values (first: annotation %d)", path,
+                    skipped, first)
+    return out
 
 
 def mpii_image_ids(names: list[str]) -> dict[str, int]:
@@ -267,14 +362,15 @@ def _read_mpii(path: Path, data, image_dir: Path) -> list[ImageRecord]:
     return records
 
 
-def load_annotation_file(path: str | os.PathLike, fmt: str, image_dir: str = "") -> list[ImageRecord]:
-    """Read one annotation file of format ``fmt`` into records."""
+def load_annotation_file(path: str | os.PathLike, fmt: str, image_dir: str = "",
+                         invalid: Literal["error", "skip"] = "error") -> list[ImageRecord]:
+    """Read one annotation file of format ``fmt`` into records; ``invalid`` says what happens to annotations with
+    non-finite values (:func:`check_finite`)."""
     p = Path(path).expanduser().resolve()
     data = read_json(p)
     idir = _image_dir(p, image_dir)
-    if fmt == "mpii":
-        return _read_mpii(p, data, idir)
-    return _read_coco_like(p, data, fmt, idir)
+    records = _read_mpii(p, data, idir) if fmt == "mpii" else _read_coco_like(p, data, fmt, idir)
+    return check_finite(records, p, invalid)
 
 
 def annotation_paths(split, fmt: str) -> list[Path]:
@@ -287,16 +383,16 @@ def annotation_paths(split, fmt: str) -> list[Path]:
     return [Path(a).expanduser().resolve() for a in split.ann_files]
 
 
-def load_records(split, fmt: str) -> list[ImageRecord]:
+def load_records(split, fmt: str, invalid: Literal["error", "skip"] = "error") -> list[ImageRecord]:
     """Every image of a split (:class:`regpose.data.config.SplitConfig`); several annotation files are
-    concatenated in order."""
+    concatenated in order. ``invalid``: see :func:`check_finite`."""
     get_meta(fmt)  # validates the format
     records: list[ImageRecord] = []
     image_dir = split.image_dir
     if split.synthetic.num_images > 0 and not split.ann_files and not image_dir:
         image_dir = str(Path(split.root) / "images")
     for p in annotation_paths(split, fmt):
-        records.extend(load_annotation_file(p, fmt, image_dir))
+        records.extend(load_annotation_file(p, fmt, image_dir, invalid))
     return records
 
 
@@ -530,7 +626,8 @@ class _SkippingDataset(Dataset):
         self.skip_corrupt = skip_corrupt
         self.num_skipped = 0
 
-    def _record_of(self, index: int) -> ImageRecord:  # pragma: no cover - abstract
+    def record_of(self, index: int) -> ImageRecord:  # pragma: no cover - abstract
+        """The image record sample ``index`` comes from."""
         raise NotImplementedError
 
     def _make(self, index: int, image: np.ndarray) -> dict:  # pragma: no cover - abstract
@@ -541,7 +638,7 @@ class _SkippingDataset(Dataset):
         for attempt in range(n if self.skip_corrupt else 1):
             i = (index + attempt) % n
             try:
-                image = read_image(self._record_of(i).file_name)
+                image = read_image(self.record_of(i).file_name)
             except DataError as e:
                 if not self.skip_corrupt:
                     raise
@@ -564,7 +661,7 @@ class ImageDataset(_SkippingDataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _record_of(self, index: int) -> ImageRecord:
+    def record_of(self, index: int) -> ImageRecord:
         return self.records[index]
 
     def _make(self, index: int, image: np.ndarray) -> dict:
@@ -609,7 +706,7 @@ class TopDownDataset(_SkippingDataset):
     def __len__(self) -> int:
         return len(self._rec)
 
-    def _record_of(self, index: int) -> ImageRecord:
+    def record_of(self, index: int) -> ImageRecord:
         return self.records[self._rec[index]]
 
     def _make(self, index: int, image: np.ndarray) -> dict:
@@ -631,12 +728,16 @@ def build_dataset(cfg, split: Literal["train", "val"], transform: Callable | Non
     if split not in ("train", "val"):
         raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
     fmt = cfg.data.format
-    records = load_records(getattr(cfg.data, split), fmt)
+    records = load_records(getattr(cfg.data, split), fmt, cfg.data.invalid_annotations)
     train = split == "train"
     skip = bool(train and getattr(cfg.train, "skip_corrupt_images", False))
     if family == "topdown":
         if train or cfg.test.boxes == "gt":
-            return TopDownDataset(records, transform, boxes="gt", skip_corrupt=skip)
+            dataset = TopDownDataset(records, transform, boxes="gt", skip_corrupt=skip)
+            if train:
+                _require_samples(dataset, records, cfg, "people with labelled keypoints, not crowd, and a box of "
+                                 "positive size inside the image")
+            return dataset
         if cfg.test.boxes == "detections":
             if not cfg.test.detections:
                 raise ConfigError("test.detections: a detections json is required when test.boxes is 'detections'")
@@ -650,9 +751,22 @@ def build_dataset(cfg, split: Literal["train", "val"], transform: Callable | Non
                               det_score_threshold=cfg.test.det_score_threshold)
     if family not in ("bottomup", "onestage"):
         raise ConfigError(f"unknown method family {family!r}")
-    if train:
-        records = filter_records(records, family, cfg.data.train_min_keypoints)
-    return ImageDataset(records, transform, skip_corrupt=skip)
+    if not train:
+        return ImageDataset(records, transform)
+    dataset = ImageDataset(filter_records(records, family, cfg.data.train_min_keypoints), transform, skip_corrupt=skip)
+    need = "images with a person who is not a crowd region" + (
+        f" and at least {cfg.data.train_min_keypoints} labelled keypoints" if cfg.data.train_min_keypoints else "")
+    _require_samples(dataset, records, cfg, need)
+    return dataset
+
+
+def _require_samples(dataset: Dataset, records: list[ImageRecord], cfg, need: str) -> None:
+    """An empty training set is a data problem: say which files hold what, instead of failing in the sampler."""
+    if len(dataset) == 0:
+        files = ", ".join(str(p) for p in annotation_paths(cfg.data.train, cfg.data.format))
+        people = sum(r.num_people for r in records)
+        raise DataError(f"data.train ({files}): no training samples: {len(records)} images with {people} "
+                        f"annotations, none usable (training needs {need})")
 
 
 def evaluation_gt(cfg, split: str = "val") -> str:

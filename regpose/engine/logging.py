@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -41,21 +42,48 @@ def format_seconds(s: float) -> str:
 
 
 class MetricWriter:
-    """Appends one JSON object per record to ``metrics.jsonl``; mirrors scalars to TensorBoard if asked."""
+    """Appends one JSON object per record to ``metrics.jsonl``; mirrors scalars to TensorBoard if asked.
 
-    def __init__(self, out_dir: str | Path, tensorboard: bool = False, enabled: bool = True):
+    ``resume_from``: the iteration of the checkpoint a run resumes from. Records written after it (by the run
+    that was interrupted) are dropped, and so are TensorBoard events, so every iteration appears once even when
+    the checkpoint period is not a multiple of the log period."""
+
+    def __init__(self, out_dir: str | Path, tensorboard: bool = False, enabled: bool = True,
+                 resume_from: int | None = None):
         self.enabled = enabled
         self.path = Path(out_dir) / "metrics.jsonl"
         self.tb = None
+        self.dropped = 0
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if resume_from is not None:
+            self.dropped = self._drop_after(resume_from)
         if tensorboard:
             try:
                 from torch.utils.tensorboard import SummaryWriter
-                self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
+                purge = None if resume_from is None else resume_from + 1
+                self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=purge)
             except ImportError:
                 get_logger().warning("tensorboard is not installed (pip install tensorboard); logging to JSONL only")
+
+    def _drop_after(self, iteration: int) -> int:
+        """Rewrite the file without records past ``iteration`` (or cut off by a kill mid-line); returns how many."""
+        if not self.path.is_file():
+            return 0
+        lines = self.path.read_text().splitlines()
+        keep = []
+        for line in lines:
+            try:
+                if int(json.loads(line)["iter"]) <= iteration:
+                    keep.append(line)
+            except (ValueError, KeyError, TypeError):
+                pass
+        if len(keep) < len(lines):
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(line + "\n" for line in keep))
+            os.replace(tmp, self.path)
+        return len(lines) - len(keep)
 
     def write(self, record: dict, step: int, prefix: str = "train") -> None:
         if not self.enabled:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..jsonio import read_json
+from ..jsonio import non_finite, read_json
 from ..data.keypoints import COCO_SIGMAS, CROWDPOSE_SIGMAS
 from .oks import oks_core
 
@@ -70,10 +70,15 @@ def load_gt(gt) -> tuple[dict, str]:
         data, name = read_json(p, "ground-truth"), str(p)
     else:
         data, name = gt, "<ground truth>"
-    if not isinstance(data, dict) or "images" not in data:
-        raise DataError(f"{name}: expected a COCO keypoint json with 'images' and 'annotations'")
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("annotations") or [], list):
+        raise DataError(f"{name}: expected a COCO keypoint json with lists 'images' and 'annotations'")
     if not data.get("annotations"):
         raise DataError(f"{name}: has no annotations to evaluate against (a test-dev file?)")
+    for what, key, entries in (("image", "id", data["images"]), ("annotation", "image_id", data["annotations"])):
+        bad = next((i for i, e in enumerate(entries) if not isinstance(e, dict) or key not in e), None)
+        if bad is not None:
+            raise DataError(f"{name}: {what} entry {bad} is not an object with '{key}' ({entries[bad]!r:.60})")
     return data, name
 
 
@@ -178,8 +183,9 @@ class _DT:
         bad = ~np.isfinite(kp).all(1) | ~np.isfinite(score)
         if bad.any():
             i = int(np.argmax(bad))
-            what = "keypoints" if not np.isfinite(kp[i]).all() else "score"
-            raise DataError(f"{name}: entry {i} (image_id {img[i]}): {what} contain NaN or infinity")
+            what = "keypoints contain" if not np.isfinite(kp[i]).all() else "score is"
+            raise DataError(f"{name}: entry {i} (image_id {img[i]}): {what} "
+                            f"{non_finite(res[i][what.split()[0]])} (finite numbers expected)")
         known = np.isin(img, gt.img_ids)
         if not known.all():
             i = int(np.argmin(known))

@@ -76,6 +76,9 @@ def test_wrong_keypoint_count_and_missing_files_are_one_line_errors(tmp_path):
     assert "test_coco.json" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(DataError, match="annotation file not found"):
         load_records(split(tmp_path / "nope.json"), "coco")
+    with pytest.raises(DataError, match=rf"image folder not found: {tmp_path / 'imgs'} \(the image_dir given for "
+                                        rf"test_coco.json\)"):
+        load_records(split(COCO, image_dir=str(tmp_path / "imgs")), "coco")
     bad = tmp_path / "bad.json"
     bad.write_text("{ not json")
     with pytest.raises(DataError, match="invalid JSON"):
@@ -115,6 +118,21 @@ def test_read_image_handles_odd_files(tmp_path):
         read_image(tmp_path / "t.jpg")
     with pytest.raises(DataError, match=r"image not found: .*missing\.jpg"):
         read_image(tmp_path / "missing.jpg")
+
+
+def test_a_damaged_jpeg_is_reported_once_with_its_name_not_as_a_stray_libjpeg_line(tmp_path):
+    img = (np.random.default_rng(0).uniform(0, 255, (64, 64, 3))).astype(np.uint8)
+    data = bytearray(cv2.imencode(".jpg", img)[1].tobytes())
+    for i in range(len(data) // 2, len(data) // 2 + 40, 7):      # garble the entropy-coded data
+        data[i] = 0xFF
+    path = tmp_path / "damaged.jpg"
+    path.write_bytes(bytes(data))
+    code = ("import sys; from regpose.data.datasets import read_image; "
+            f"print(read_image({str(path)!r}).shape, read_image({str(path)!r}).shape)")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "(64, 64, 3) (64, 64, 3)"
+    assert r.stderr.strip().splitlines() == [f"{path}: damaged image, used as decoded (Corrupt JPEG data: "
+                                             f"premature end of data segment)"]
 
 
 def test_ignore_mask_blanks_crowd_and_unlabelled_people():
@@ -259,3 +277,81 @@ def test_two_processes_racing_to_generate_agree(tmp_path):
         assert p.returncode == 0, err.decode()[-500:]
     assert len(os.listdir(tmp_path / "race" / "images")) == 6
     assert [p.name for p in tmp_path.iterdir()] == ["race"]                        # no temporary folder left
+
+
+@pytest.mark.parametrize("family", ["topdown", "bottomup", "onestage"])
+@pytest.mark.parametrize("case", ["no_annotations", "all_boxes_invalid"])
+def test_empty_training_set_is_one_line_naming_the_file(tmp_path, family, case):
+    data = json.loads(COCO.read_text())
+    if case == "no_annotations":
+        data["annotations"] = []
+    else:   # crowd regions without keypoints with empty boxes: nothing any method can learn from
+        for a in data["annotations"]:
+            a["bbox"], a["iscrowd"], a["num_keypoints"], a["keypoints"] = [0, 0, 0, 0], 1, 0, [0] * 51
+    path = tmp_path / "train.json"
+    path.write_text(json.dumps(data))
+    cfg = _cfg({"ann_files": [str(path)]}, {"ann_files": [str(COCO)]})
+    with pytest.raises(DataError) as e:
+        build_dataset(cfg, "train", None, family)
+    msg = str(e.value)
+    assert msg.startswith(f"data.train ({path}): no training samples: {len(data['images'])} images with "
+                          f"{len(data['annotations'])} annotations") and "\n" not in msg
+    assert len(build_dataset(cfg, "val", None, "bottomup")) == len(json.loads(COCO.read_text())["images"])
+
+
+@pytest.mark.parametrize("field, value, what", [
+    ("keypoints", float("nan"), "keypoint 'nose'"), ("keypoints", float("inf"), "keypoint 'nose'"),
+    ("keypoints", None, "keypoint 'nose'"), ("bbox", float("nan"), "bbox"), ("area", float("inf"), "area")])
+def test_non_finite_ground_truth_fails_naming_the_annotation_or_is_skipped_on_request(tmp_path, field, value, what):
+    data = json.loads(COCO.read_text())
+    ann = next(a for a in data["annotations"] if a["keypoints"][2] > 0 and not a["iscrowd"])   # nose labelled
+    if field == "area":
+        ann["area"] = value
+    else:
+        ann[field][0] = value
+    # unlabelled joints may hold anything: their coordinates are ignored (and zeroed)
+    other = next(a for a in data["annotations"] if a is not ann and a["keypoints"][5] == 0)
+    other["keypoints"][3] = float("nan")
+    path = tmp_path / "nan.json"
+    path.write_text(json.dumps(data))          # NaN / Infinity tokens, as Python's json writes them; null for None
+    with pytest.raises(DataError) as e:
+        load_records(split(path), "coco")
+    assert str(e.value) == (f"{path}: annotation {ann['id']} (image {ann['image_id']}): {what} is NaN, infinite or "
+                            f"null; fix the file, or set data.invalid_annotations=skip to drop such annotations")
+    recs = load_records(split(path), "coco", invalid="skip")
+    good = load_records(split(COCO), "coco")
+    ids = np.concatenate([r.ann_ids for r in recs])
+    assert ann["id"] not in ids and len(ids) == sum(r.num_people for r in good) - 1
+    kept = next(r for r in recs if other["id"] in r.ann_ids)
+    assert np.isfinite(kept.keypoints).all()
+    cfg = _cfg({"ann_files": [str(path)]}, {"ann_files": [str(COCO)]})
+    cfg.data.invalid_annotations = "skip"
+    assert len(build_dataset(cfg, "train", None, "topdown")) == len(build_dataset(
+        _cfg({"ann_files": [str(COCO)]}, {"ann_files": [str(COCO)]}), "train", None, "topdown")) - 1
+
+
+def test_non_numeric_annotation_values_are_one_line_errors(tmp_path):
+    data = json.loads(COCO.read_text())
+    ann = data["annotations"][2]
+    ann["bbox"][1] = "12px"
+    path = tmp_path / "str.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=rf"annotation {ann['id']} \(image {ann['image_id']}\): 'bbox' is "
+                                        rf"\[.*'12px'.*expected numbers"):
+        load_records(split(path), "coco")
+    data["annotations"][2] = "not an object"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match="annotation entry 2 is not an object"):
+        load_records(split(path), "coco")
+
+
+def test_duplicate_image_ids_and_non_list_sections_are_one_line_errors(tmp_path):
+    data = json.loads(COCO.read_text())
+    data["images"].append(dict(data["images"][1]))
+    path = tmp_path / "dup.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=rf"dup.json: image id {data['images'][1]['id']} appears twice in 'images'"):
+        load_records(split(path), "coco")
+    path.write_text(json.dumps(dict(data, images={"a": 1})))
+    with pytest.raises(DataError, match="expected a COCO-style keypoint json with lists 'images' and 'annotations'"):
+        load_records(split(path), "coco")

@@ -1,6 +1,6 @@
 """Launch a tiny training run (used by the engine tests, also under torchrun).
 
-usage: python run_tiny.py OUT [--resume] [key=value ...]   (train.* overrides; model.dropout=...)
+usage: python run_tiny.py OUT [--resume | --overwrite] [key=value ...]   (train.* overrides; model.dropout=...)
 """
 import sys
 from pathlib import Path
@@ -16,9 +16,9 @@ from tiny_method import TinyDataset  # noqa: E402,F401 - registers "tiny"
 if __name__ == "__main__":
     torch.set_num_threads(1)
     out, rest = sys.argv[1], sys.argv[2:]
-    resume = "--resume" in rest
-    overrides = [a for a in rest if a != "--resume"]
+    flags = {a for a in rest if a.startswith("--")}
+    overrides = [a for a in rest if a not in flags]
     raw = {"method": "tiny", "output_dir": out,
            "train": {"batch_size": 4, "iters": 8, "lr": 0.01, "num_workers": 0, "log_period": 2, "seed": 3}}
     cfg = load_config(apply_overrides(raw, overrides))
-    train(cfg, resume=resume, train_dataset=TinyDataset())
+    train(cfg, resume="--resume" in flags, overwrite="--overwrite" in flags, train_dataset=TinyDataset())

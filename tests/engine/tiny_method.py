@@ -24,6 +24,7 @@ class TinyConfig:
     batch_norm: bool = False
     nan_after: int = -1      # forward calls after which the loss becomes NaN (tests the NaN guard)
     sleep_ms: float = 0.0    # slow each training step down (lets a test kill a run mid-way)
+    pad_mb: float = 0.0      # a constant buffer making checkpoints this large (lets a test kill a run mid-write)
 
 
 class TinyNet(PoseModel):
@@ -82,6 +83,8 @@ class TinyDataset(Dataset):
 def _build(cfg) -> TinyNet:
     net = TinyNet(cfg.model.width, cfg.model.dropout, cfg.model.batch_norm, cfg.model.nan_after)
     net.sleep_ms = cfg.model.sleep_ms
+    if cfg.model.pad_mb > 0:
+        net.register_buffer("pad", torch.zeros(int(cfg.model.pad_mb * 2**18)))
     return net
 
 

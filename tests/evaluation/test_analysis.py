@@ -131,6 +131,17 @@ def test_bad_results_are_one_line_errors(scene):
         analyse_keypoint_errors(scene, exact_predictions(scene), dataset="mpii")
 
 
+def test_errors_name_the_files_given(scene, tmp_path):
+    res = exact_predictions(scene)
+    res[1]["score"] = None
+    (tmp_path / "gt.json").write_text(json.dumps(scene))
+    (tmp_path / "res.json").write_text(json.dumps(res))
+    with pytest.raises(DataError) as e:
+        analyse_keypoint_errors(tmp_path / "gt.json", tmp_path / "res.json")
+    assert str(e.value) == f"{tmp_path / 'res.json'}: entry 1 (image_id {res[1]['image_id']}): score is null " \
+                           f"(finite numbers expected)"
+
+
 def test_cli_writes_the_report(scene, tmp_path):
     (tmp_path / "gt.json").write_text(json.dumps(scene))
     (tmp_path / "res.json").write_text(json.dumps(exact_predictions(scene)))

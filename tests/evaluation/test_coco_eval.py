@@ -125,7 +125,12 @@ def test_bad_results_are_one_line_errors_naming_file_and_entry(tmp_path):
     good = {"image_id": 785, "category_id": 1, "score": 0.9, "keypoints": [1.0] * 51}
     cases = {
         "short.json": ([good, dict(good, keypoints=[1.0] * 42)], r"short\.json: entry 1 .*expected 51 keypoint values"),
-        "nan.json": ([good, good, dict(good, keypoints=[float("nan")] + [1.0] * 50)], r"nan\.json: entry 2 .*NaN"),
+        "nan.json": ([good, good, dict(good, keypoints=[float("nan")] + [1.0] * 50)],
+                     r"nan\.json: entry 2 \(image_id 785\): keypoints contain NaN or infinity \(finite numbers"),
+        "nullscore.json": ([good, dict(good, score=None)],
+                           r"nullscore\.json: entry 1 \(image_id 785\): score is null \(finite numbers expected\)$"),
+        "nullkp.json": ([dict(good, keypoints=[None] + [1.0] * 50)],
+                        r"nullkp\.json: entry 0 \(image_id 785\): keypoints contain null \(finite numbers expected"),
         "unknown.json": ([dict(good, image_id=12345)], r"unknown\.json: entry 0: image_id 12345 is not in"),
         "noscore.json": ([{k: v for k, v in good.items() if k != "score"}], r"noscore\.json: entry 0 lacks 'score'"),
         "notlist.json": ({"a": 1}, r"notlist\.json: expected a list"),
@@ -143,6 +148,22 @@ def test_bad_results_are_one_line_errors_naming_file_and_entry(tmp_path):
         evaluate(gt, tmp_path / "missing.json", "coco")
     with pytest.raises(DataError, match="unknown dataset 'lsp'"):
         evaluate(gt, [good], "lsp")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda g: g.__setitem__("images", {"a": 1}), "expected a COCO keypoint json with lists 'images' and"),
+    (lambda g: g["annotations"].append("x"), r"annotation entry \d+ is not an object with 'image_id'"),
+    (lambda g: g["images"].append({"file_name": "x.jpg"}), r"image entry \d+ is not an object with 'id'"),
+])
+def test_malformed_ground_truth_is_a_one_line_error(tmp_path, change, message):
+    """'images' as a mapping, or entries that are not objects with their id: TypeError / KeyError tracebacks before."""
+    gt = json.loads((REAL / "coco" / "test_coco.json").read_text())
+    change(gt)
+    path = tmp_path / "gt.json"
+    path.write_text(json.dumps(gt))
+    with pytest.raises(DataError, match=message) as e:
+        evaluate(path, [], "coco")
+    assert "\n" not in str(e.value)
 
 
 def test_crowdpose_needs_crowd_index_and_format_table(tmp_path):
