@@ -24,7 +24,7 @@ import yaml
 from .errors import RegposeError
 
 __all__ = [
-    "ConfigError", "Config", "TrainConfig", "TestConfig", "LrRule", "EmaConfig", "Range", "Regex", "PositiveInt",
+    "ConfigError", "Config", "TrainConfig", "TestConfig", "RuntimeConfig", "LrRule", "EmaConfig", "Range", "Regex", "PositiveInt",
     "NonNegativeInt", "PositiveFloat", "NonNegativeFloat", "Fraction",
     "load_config", "from_dict", "to_dict", "save_config", "apply_overrides", "parse_overrides",
 ]
@@ -360,12 +360,24 @@ def _data_config_cls():
 
 
 @dataclass
+class RuntimeConfig:
+    """How a model computes, never what: implementation switches that leave the outputs equal (up to float
+    rounding), kept apart from the paper's knobs in ``model``. Each method reads the ones it has."""
+    channels_last: bool = True        # CPU: run convolutions in NHWC memory (faster; same numbers)
+    conv_impl: Literal["direct", "winograd"] = "winograd"   # QueryPose keypoint-decoder 3x3 convs at CPU inference
+    parallel_chunks: bool = True      # QueryPose CPU inference: proposal chunks on worker threads
+    attention_sampler: Literal["auto", "gather", "grid_sample"] = "auto"   # Poseur / TFPose deformable attention
+    adaptive_conv_impl: Literal["auto", "grid_sample", "deform_conv2d"] = "auto"   # DEKR adaptive convolutions
+
+
+@dataclass
 class Config:
     method: str
     model: Any
     data: Any
     train: TrainConfig = field(default_factory=TrainConfig)
     test: TestConfig = field(default_factory=TestConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     output_dir: str = ""              # default: runs/<config file stem>
     name: str = ""                    # default: config file stem
 
@@ -510,6 +522,7 @@ def build_config(raw: dict, name: str = "") -> Config:
         data=from_dict(data_cls, _check_data_files(raw.get("data") or {}), "data"),
         train=from_dict(TrainConfig, raw.get("train") or {}, "train"),
         test=from_dict(TestConfig, raw.get("test") or {}, "test"),
+        runtime=from_dict(RuntimeConfig, raw.get("runtime") or {}, "runtime"),
         output_dir=_convert(raw.get("output_dir", ""), str, "output_dir"),
         name=_convert(raw.get("name", "") or name, str, "name"),
     )
