@@ -30,6 +30,7 @@ from torch import nn
 from .backbones import BackboneConfig, build_backbone
 from .base import PoseModel
 from .layers.deform_attn import MultiScaleDeformableAttention
+from .layers.linear import inverse_sigmoid
 from .layers.position import sine_grid_encoding, sine_point_encoding
 from .layers.rle import RealNVP, rle_loss, rle_terms, saturated_fraction
 from .registry import MethodSpec, register_method
@@ -37,7 +38,7 @@ from .rle_regression import (CoarseRLEHead, FlipFusion, KeypointScore, PlainLine
                              TopDownRegressionTransform, keypoint_meta_for, topdown_regression_transform)
 
 __all__ = ["PoseurConfig", "Poseur", "ChannelMapper", "PoseurDecoderLayer", "build_poseur", "poseur_transform",
-           "topdown_regression_transform", "TopDownRegressionTransform", "inverse_sigmoid"]
+           "topdown_regression_transform", "TopDownRegressionTransform"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -89,12 +90,6 @@ class PoseurConfig:
 def _autocast_off(device: torch.device):
     """A region computed in float32 whatever autocast the caller enabled (mmcv ``force_fp32``)."""
     return torch.autocast(device.type, enabled=False) if device.type in ("cpu", "cuda") else nullcontext()
-
-
-def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """log(x / (1 - x)) with x clipped to [0, 1] and both terms floored at eps (Deformable DETR)."""
-    x = x.clamp(0, 1)
-    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
 
 
 class ConvGN(nn.Module):

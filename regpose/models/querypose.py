@@ -33,8 +33,9 @@ from torchvision.ops import generalized_box_iou_loss, roi_align, sigmoid_focal_l
 from ..structures import PoseResult
 from .backbones import BackboneConfig, build_backbone
 from .base import PoseModel
-from .layers.dynamic_conv import DynamicConv, eager_cpu_inference
 from .layers.distributed import global_normalizer
+from .layers.dynamic_conv import DynamicConv, eager_cpu_inference
+from .layers.linear import NormalizedLinear
 from .layers.matcher import HungarianMatcher
 from .layers.rle import RealNVP, rle_loss
 from .necks import FPN, HRFPN, HRFPNv1
@@ -408,14 +409,6 @@ def _worker_pool(threads: int):
 # ==========================================================================================================
 # Keypoint decoder stage (paper Eq. 2, Sec. 3.2-3.3, spec 4)
 # ==========================================================================================================
-class NormalizedLinear(nn.Linear):
-    """y = (x W^T) / ||x||_2 + b (RLE's normalised linear; official ``fc_coord``). No epsilon, as official."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x.matmul(self.weight.t()) / torch.norm(x, dim=-1, keepdim=True)
-        return y + self.bias if self.bias is not None else y
-
-
 class SPEGM(nn.Module):
     """Spatial Part Embedding Generation Module (Sec. 3.2): deconv x2 -> per-part spatial softmax attention
     -> attention-weighted sum of the upsampled RoI features -> Linear(d -> dp). E = Linear(A (x) ROI^T)."""

@@ -20,6 +20,7 @@ from ..data.transforms import transform_boxes
 from ..structures import PoseResult
 from .backbones import BackboneConfig, build_backbone
 from .base import PoseModel
+from .layers.linear import NormalizedLinear
 from .layers.rle import RealNVP, rle_loss
 from .registry import MethodSpec, register_method
 
@@ -35,17 +36,16 @@ KeypointScore = Literal["rle", "uncertainty", "none"]
 # Layers
 # ----------------------------------------------------------------------------------------------------------
 class NormLinear(nn.Module):
-    """RLE's ``Linear(norm=True)``: y = (x W^T) / ||x||_2 + b. The bias is added after the normalisation
-    (official RLE / Poseur code), so the pooled feature's scale does not change the coordinates."""
+    """RLE's ``Linear(norm=True)`` under the official parameter names (``.linear.weight`` / ``.linear.bias``): a
+    :class:`~regpose.models.layers.linear.NormalizedLinear` with RLE's init."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True):
         super().__init__()
-        self.linear = nn.Linear(in_features, out_features, bias=bias)
+        self.linear = NormalizedLinear(in_features, out_features, bias=bias)
         nn.init.xavier_uniform_(self.linear.weight, gain=0.01)    # RLE's Linear init
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x.matmul(self.linear.weight.t()) / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
-        return y + self.linear.bias if self.linear.bias is not None else y
+        return self.linear(x)
 
 
 class PlainLinear(nn.Module):

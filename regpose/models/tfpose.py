@@ -30,11 +30,12 @@ from ..structures import PoseResult
 from .backbones import BackboneConfig, build_backbone
 from .base import PoseModel
 from .layers.deform_attn import MultiScaleDeformableAttention
+from .layers.linear import inverse_sigmoid
 from .layers.position import sine_grid_encoding
 from .registry import MethodSpec, register_method
 
 __all__ = ["TFPoseConfig", "TFPose", "TFPoseEncoderLayer", "TFPoseDecoderLayer", "TFPoseDecoder",
-           "AuxHeatmapHead", "CoordinateMLP", "inverse_sigmoid", "coordinate_l1_loss", "joints_mse_loss",
+           "AuxHeatmapHead", "CoordinateMLP", "coordinate_l1_loss", "joints_mse_loss",
            "flip_back_coords", "build_tfpose", "tfpose_transform", "TFPoseTransform", "tfpose_lr_rules",
            "deformable_sampling_flops"]
 
@@ -98,12 +99,6 @@ class TFPoseConfig:
 # ----------------------------------------------------------------------------------------------------------
 # Small pieces
 # ----------------------------------------------------------------------------------------------------------
-def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    """sigma^-1 of Eq. 4 with Deformable DETR's clamping (eps 1e-5)."""
-    x = x.clamp(0, 1)
-    return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
-
-
 class CoordinateMLP(nn.Module):
     """Per-decoder-layer MLP C -> C -> C -> 2 (ReLU) predicting the logit-space refinement delta J_d."""
 

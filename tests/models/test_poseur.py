@@ -9,7 +9,8 @@ import torch
 
 from regpose.models.backbones import BackboneConfig
 from regpose.models.base import total_loss
-from regpose.models.poseur import Poseur, PoseurConfig, inverse_sigmoid
+from regpose.models.layers.linear import inverse_sigmoid
+from regpose.models.poseur import Poseur, PoseurConfig
 from conftest import REFERENCE
 
 SIZES = json.loads((REFERENCE / "poseur" / "sizes_flops.json").read_text())

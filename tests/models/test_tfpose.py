@@ -13,8 +13,9 @@ import torch
 from regpose.engine.bench import count_flops
 from regpose.models.backbones import BackboneConfig
 from regpose.models.base import total_loss
+from regpose.models.layers.linear import inverse_sigmoid
 from regpose.models.tfpose import (TFPose, TFPoseConfig, coordinate_l1_loss, deformable_sampling_flops,
-                                   flip_back_coords, inverse_sigmoid, joints_mse_loss)
+                                   flip_back_coords, joints_mse_loss)
 
 FLIP_PAIRS = [[1, 2], [3, 4]]
 
