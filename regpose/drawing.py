@@ -158,10 +158,15 @@ class _Layers:
             cv2.circle(self.mask, _fixed(c), int(round(radius * _ONE)), 255, ring, cv2.LINE_AA, _SHIFT)
 
     def blend(self) -> np.ndarray:
-        """The picture with the faded layer blended in; solid primitives are drawn on this afterwards."""
-        a = self.mask[..., None].astype(np.float32) * (FADED_ALPHA / 255.0)
-        self.out = (self.base.astype(np.float32) * (1.0 - a) + self.faded.astype(np.float32) * a + 0.5).astype(
-            np.uint8)
+        """The picture with the faded layer blended in (only inside the faded primitives' bounding rectangle);
+        solid primitives are drawn on this afterwards."""
+        self.out = self.base.copy()
+        x, y, w, h = cv2.boundingRect(self.mask)
+        if w and h:
+            roi = np.s_[y:y + h, x:x + w]
+            a = self.mask[roi][..., None].astype(np.float32) * (FADED_ALPHA / 255.0)
+            base = self.base[roi].astype(np.float32)
+            self.out[roi] = (base + (self.faded[roi].astype(np.float32) - base) * a + 0.5).astype(np.uint8)
         return self.out
 
     def solid_limb(self, p, q, color, thickness: int) -> None:
