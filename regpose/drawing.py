@@ -32,7 +32,7 @@ FADED_ALPHA = 0.6                # opacity of below-threshold keypoints and limb
 _OUTLINE = (20, 20, 20)          # dark rim under solid limbs and around solid dots
 # hue ranges (HSV, 0..1) per body side; keypoints take the middle of their side's range
 _HUES = {"left": (0.22, 0.42), "right": (0.02, 0.13), "centre": (0.55, 0.72)}
-# radius and line width as fractions of a person's size sqrt(box area), and their bounds
+# radius and line width as fractions of a person's size sqrt(box area)
 _RADIUS_PER_SIZE, _THICKNESS_PER_SIZE = 0.03, 0.018
 
 
@@ -200,51 +200,69 @@ def draw_poses(image: np.ndarray, result: PoseResult, skeleton: Sequence[tuple[i
         raise ValueError(f"draw_poses: expected a uint8 (H, W, 3) image, got {img.dtype} {img.shape}")
     if not len(result):
         return img.copy()
-    h, w = img.shape[:2]
     keep = np.nonzero(np.asarray(result.scores) >= score_threshold)[0]
     order = keep[np.argsort(result.scores[keep], kind="stable")]          # best person drawn last (on top)
+    out = _draw_skeletons(img, result, order, skeleton, left_ids, right_ids, kpt_threshold, radius, thickness)
+    tracks = result.extras.get("track_id")
+    if show_boxes or show_scores or tracks is not None:
+        _draw_labels(out, result, order, show_boxes, show_scores, score_max)
+    return out
+
+
+def _line_sizes(result: PoseResult, shape, radius: float | None, thickness: int | None):
+    """Per person: dot radius 0.03 x size and line width 0.018 x size (size: :func:`person_sizes`), the radius at
+    most 1/40 of the canvas' shorter side and the width at most half that; fixed values when given."""
+    n = len(result)
+    sizes = person_sizes(result)
+    cap = max(1.0, min(shape[:2]) / 40.0)
+    radii = np.clip(_RADIUS_PER_SIZE * sizes, 1.0, cap) if radius is None else np.full(n, float(radius))
+    widths = np.clip(np.round(_THICKNESS_PER_SIZE * sizes), 1, max(1, round(cap / 2))) if thickness is None \
+        else np.full(n, thickness)
+    return radii, widths.astype(int)
+
+
+def _draw_skeletons(img, result, order, skeleton, left_ids, right_ids, kpt_threshold, radius, thickness):
+    """Keypoints and limbs of the people in ``order``: the faded ones of everybody first, the solid ones on top."""
     kpts = np.asarray(result.keypoints, dtype=np.float64)
     k = kpts.shape[1]
     drawable = np.isfinite(kpts[..., :2]).all(-1)
     solid = drawable & (np.nan_to_num(kpts[..., 2], nan=-np.inf) >= kpt_threshold)
-    sizes = person_sizes(result)
-    canvas_cap = max(1.0, min(h, w) / 40.0)                              # no dot bigger than 1/40 of the canvas
-    radii = np.clip(_RADIUS_PER_SIZE * sizes, 1.0, canvas_cap) if radius is None else np.full(len(result), radius)
-    widths = (np.clip(np.round(_THICKNESS_PER_SIZE * sizes), 1, max(1, round(canvas_cap / 2)))
-              if thickness is None else np.full(len(result), thickness)).astype(int)
-    limb_rgb = limb_colors(skeleton, left_ids, right_ids)
+    radii, widths = _line_sizes(result, img.shape, radius, thickness)
     kpt_rgb = keypoint_colors(k, left_ids, right_ids)
-    limbs = [(a, b, c) for (a, b), c in zip(skeleton, limb_rgb) if a < k and b < k]
-
+    limbs = [(a, b, c) for (a, b), c in zip(skeleton, limb_colors(skeleton, left_ids, right_ids)) if a < k and b < k]
     layers = _Layers(img)
-    for solid_pass in (False, True):                                     # faded under solid
+    for solid_pass in (False, True):
         if solid_pass:
-            out = layers.blend()
+            layers.blend()
+        draw_limb = layers.solid_limb if solid_pass else layers.faded_limb
+        draw_dot = layers.solid_dot if solid_pass else layers.faded_dot
         for p in order:
-            t, r = int(widths[p]), float(radii[p])
             for a, b, color in limbs:
                 if drawable[p, a] and drawable[p, b] and bool(solid[p, a] and solid[p, b]) == solid_pass:
-                    (layers.solid_limb if solid_pass else layers.faded_limb)(kpts[p, a, :2], kpts[p, b, :2], color, t)
+                    draw_limb(kpts[p, a, :2], kpts[p, b, :2], color, int(widths[p]))
             for j in np.nonzero(drawable[p] & (solid[p] == solid_pass))[0]:
-                (layers.solid_dot if solid_pass else layers.faded_dot)(kpts[p, j, :2], r, kpt_rgb[j])
+                draw_dot(kpts[p, j, :2], float(radii[p]), kpt_rgb[j])
+    return layers.out
 
+
+def _draw_labels(out, result, order, show_boxes: bool, show_scores: bool, score_max: float | None) -> None:
+    """Boxes (white, or the track's colour) and labels ``#track score`` above them, kept inside the canvas."""
+    h, w = out.shape[:2]
     tracks = result.extras.get("track_id")
-    if show_boxes or show_scores or tracks is not None:
-        font_scale = float(np.clip(min(h, w) / 1000, 0.35, 1.2))
-        for p in order:
-            tid = int(tracks[p]) if tracks is not None and int(tracks[p]) >= 0 else None
-            color = track_color(tid) if tid is not None else (255, 255, 255)
-            box = np.asarray(result.boxes[p], dtype=np.float64)
-            if not np.isfinite(box).all():
-                continue
-            x1, y1, x2, y2 = np.clip(box, -2.0, [w + 1, h + 1, w + 1, h + 1])
-            if show_boxes:
-                cv2.rectangle(out, _fixed((x1, y1)), _fixed((x2, y2)), color, 1, cv2.LINE_AA, _SHIFT)
-            label = " ".join(s for s in (f"#{tid}" if tid is not None else "",
-                                         format_score(result.scores[p], score_max) if show_scores else "") if s)
-            if label:
-                (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
-                org = (int(np.clip(x1, 0, max(0, w - tw))), int(np.clip(y1 - 3, th + 2, h - 2)))
-                cv2.putText(out, label, org, cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), 3, cv2.LINE_AA)
-                cv2.putText(out, label, org, cv2.FONT_HERSHEY_SIMPLEX, font_scale, color, 1, cv2.LINE_AA)
-    return out
+    font_scale = float(np.clip(min(h, w) / 1000, 0.35, 1.2))
+    for p in order:
+        tid = int(tracks[p]) if tracks is not None and int(tracks[p]) >= 0 else None
+        color = track_color(tid) if tid is not None else (255, 255, 255)
+        box = np.asarray(result.boxes[p], dtype=np.float64)
+        if not np.isfinite(box).all():
+            continue
+        x1, y1, x2, y2 = np.clip(box, -2.0, [w + 1, h + 1, w + 1, h + 1])
+        if show_boxes:
+            cv2.rectangle(out, _fixed((x1, y1)), _fixed((x2, y2)), color, 1, cv2.LINE_AA, _SHIFT)
+        label = " ".join(s for s in (f"#{tid}" if tid is not None else "",
+                                     format_score(result.scores[p], score_max) if show_scores else "") if s)
+        if label:
+            (tw, th), _ = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)
+            org = (int(np.clip(x1, 0, max(0, w - tw))), int(np.clip(y1 - 3, th + 2, h - 2)))
+            cv2.putText(out, label, org, cv2.FONT_HERSHEY_SIMPLEX, font_scale, (0, 0, 0), 3, cv2.LINE_AA)
+            cv2.putText(out, label, org, cv2.FONT_HERSHEY_SIMPLEX, font_scale, color, 1, cv2.LINE_AA)
