@@ -73,24 +73,24 @@ def _synthetic_cfg(method, *overrides):
 def test_display_defaults_follow_what_each_methods_scores_mean():
     from regpose.inference.visualize import SOLID_SIGMA, Renderer, display_defaults
 
-    assert SOLID_SIGMA == 0.1                                  # the hand-computed values below assume it
-    # Poseur, flip test with type2 fusion: Eq. 8 x 0.7 at sigma 0.1 = 0.7 (1 - e^-2)^2; rescored box + mean + max
+    assert SOLID_SIGMA == 0.25                                 # the hand-computed values below assume it
+    # Poseur, flip test with type2 fusion: Eq. 8 x 0.7 at sigma 0.25 = 0.7 (1 - e^-0.8)^2; rescored box + mean + max
     d = display_defaults(_synthetic_cfg("poseur"))
-    assert d.kpt_threshold == pytest.approx(0.7 * (1 - np.exp(-2.0)) ** 2, abs=1e-3) and d.score_max == pytest.approx(2.4)
+    assert d.kpt_threshold == pytest.approx(0.7 * (1 - np.exp(-0.8)) ** 2, abs=1e-3) and d.score_max == pytest.approx(2.4)
     d = display_defaults(_synthetic_cfg("poseur", "test.flip=false"))           # mean(1 - sigma)
-    assert d.kpt_threshold == pytest.approx(0.9) and d.score_max == pytest.approx(3.0)
+    assert d.kpt_threshold == pytest.approx(0.75) and d.score_max == pytest.approx(3.0)
     d = display_defaults(_synthetic_cfg("poseur", "test.flip=false", "model.keypoint_score=none",
                                         "model.rescore=false"))
     assert d.kpt_threshold == 1.0 and d.score_max is None    # constant scores 1: every joint solid
-    assert display_defaults(_synthetic_cfg("querypose")).kpt_threshold == pytest.approx(0.9)
+    assert display_defaults(_synthetic_cfg("querypose")).kpt_threshold == pytest.approx(0.75)
     assert display_defaults(_synthetic_cfg("dekr")).kpt_threshold == 0.15
     assert display_defaults(_synthetic_cfg("directpose")).kpt_threshold == 0.3
     assert display_defaults(_synthetic_cfg("tfpose")).kpt_threshold <= 1.0     # its keypoint scores are all 1
     # the Predictor's renderer carries them; a per-call option (e.g. --kpt-thr) overrides, None keeps the default
     renderer = Renderer.for_config(_synthetic_cfg("poseur"))
-    kp = _person(0.3)
+    kp = _person(0.15)
     res = PoseResult(np.array([[20, 20, 180, 180]]), kp[None], [1.16])
     img = np.zeros((200, 200, 3), np.uint8)
-    default, faded, solid = (renderer(img, res, kpt_threshold=t) for t in (None, 0.523, 0.2))
+    default, faded, solid = (renderer(img, res, kpt_threshold=t) for t in (None, 0.212, 0.1))
     np.testing.assert_array_equal(default, faded)
     assert not np.array_equal(default, solid)
