@@ -8,7 +8,7 @@ import json
 import sys
 from pathlib import Path
 
-from .clitypes import positive_float, positive_int, size_pair
+from .clitypes import finite_float, positive_float, positive_int, size_pair
 from .errors import RegposeError
 from .paths import require_writable_dir, require_writable_file
 
@@ -86,7 +86,9 @@ def cmd_analyze(args) -> int:
 
 def cmd_show_data(args) -> int:
     from .data.show import show_data
+    from .engine.logging import get_logger
 
+    get_logger()                 # the data layer's notes (e.g. a synthetic split generated first) reach the console
     cfg = _load_cfg(args)
     require_writable_dir(args.out, "--out")
     paths = show_data(cfg, args.out, num_samples=args.num, split=args.split, seed=args.seed)
@@ -193,7 +195,7 @@ def cmd_demo(args) -> int:
 
     require_writable_dir(args.out, "--out")
     kw = {k: v for k, v in (("method", args.method), ("minutes", args.minutes)) if v is not None}
-    return run_demo(out=args.out, **kw)
+    return run_demo(out=args.out, kpt_threshold=args.kpt_threshold, **kw)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -206,11 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("synth", help="generate the built-in synthetic crowd dataset")
     s.add_argument("out", help="output folder (images/ and annotations.json)")
-    s.add_argument("--num-images", type=positive_int, default=1000)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--format", choices=["coco", "crowdpose", "mpii"], default="coco")
+    s.add_argument("--num-images", type=positive_int, default=1000, help="how many images (default 1000)")
+    s.add_argument("--seed", type=int, default=0,
+                   help="random seed: the same seed and options give the same bytes (default 0)")
+    s.add_argument("--format", choices=["coco", "crowdpose", "mpii"], default="coco",
+                   help="keypoint layout of the annotations: COCO-17, CrowdPose-14 or MPII-16 (default coco)")
     s.add_argument("--size", type=size_pair, default=(256, 256), help="image size WxH (default 256x256)")
-    s.add_argument("--max-people", type=positive_int, default=6)
+    s.add_argument("--max-people", type=positive_int, default=6, help="at most this many people per image (default 6)")
     s.set_defaults(fn=cmd_synth)
 
     s = sub.add_parser("evaluate", help="COCO / CrowdPose OKS AP, MPII PCKh of a results json")
@@ -228,11 +232,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_analyze)
 
     s = sub.add_parser("show-data", help="render augmented training samples with their targets")
-    s.add_argument("config")
-    s.add_argument("--out", required=True)
-    s.add_argument("--num", type=positive_int, default=8)
-    s.add_argument("--split", choices=["train", "val"], default="train")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("config", help="method config (YAML) whose data and transform are shown")
+    s.add_argument("--out", required=True, help="output folder for the pictures (sample_XX_<image id>.png)")
+    s.add_argument("--num", type=positive_int, default=8, help="how many samples (default 8)")
+    s.add_argument("--split", choices=["train", "val"], default="train",
+                   help="train: the training transform with its augmentation; val: the test transform "
+                        "(default train)")
+    s.add_argument("--seed", type=int, default=0, help="picks the samples and their augmentation (default 0)")
     s.add_argument("overrides", nargs="*", help="dotted config overrides key=value")
     s.set_defaults(fn=cmd_show_data)
 
@@ -303,11 +309,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*")
     s.set_defaults(fn=cmd_train_rescore)
 
+    from .demo import DEFAULT_METHOD, DEFAULT_MINUTES, SYNTHETIC_CONFIGS
     s = sub.add_parser("demo", help="synthetic data -> train a few CPU minutes -> evaluate -> rendered predictions")
-    s.add_argument("--method", default=None, help="method to train (default: the demo's default method)")
+    s.add_argument("--method", default=None, choices=list(SYNTHETIC_CONFIGS),
+                   help=f"method to train on its synthetic config (default: {DEFAULT_METHOD})")
     s.add_argument("--minutes", type=positive_float, default=None,
-                   help="training budget in minutes (default: the demo's)")
-    s.add_argument("--out", default="runs/demo")
+                   help=f"training budget in minutes (default: {DEFAULT_MINUTES:g})")
+    s.add_argument("--out", default="runs/demo", help="output folder; the run goes to OUT/METHOD (default runs/demo)")
+    s.add_argument("--kpt-thr", dest="kpt_threshold", type=finite_float, metavar="T",
+                   help="keypoints scoring at least T are drawn solid, the others faded and dashed (default: the "
+                        "method's, from what its keypoint scores mean)")
     s.set_defaults(fn=cmd_demo)
 
     # Commands whose arguments live with their implementation (inference surface).

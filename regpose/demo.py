@@ -11,7 +11,7 @@ from pathlib import Path
 from .engine.logging import get_logger
 from .errors import RegposeError
 
-__all__ = ["SYNTHETIC_CONFIGS", "DEFAULT_METHOD", "DEFAULT_MINUTES", "run_demo", "configs_dir"]
+__all__ = ["SYNTHETIC_CONFIGS", "DEFAULT_METHOD", "DEFAULT_MINUTES", "run_demo", "configs_dir", "people_source"]
 
 #: the small config of each method that learns on a CPU from the synthetic data
 SYNTHETIC_CONFIGS = {
@@ -36,8 +36,24 @@ def configs_dir() -> Path:
     return here
 
 
+#: how the demo finds the people it renders and evaluates, by method family
+_PEOPLE_SOURCE = {
+    "topdown": "top-down: given the ground-truth person boxes, as in its evaluation",
+    "bottomup": "bottom-up: people found at the peaks of the predicted centre heatmap, no boxes given",
+    "onestage": "one-stage: the network finds the people itself, no boxes given",
+}
+
+
+def people_source(cfg) -> str:
+    """How the demo's method finds the people it evaluates and renders (by its family), for the log."""
+    from .models.registry import get_method
+
+    return _PEOPLE_SOURCE[get_method(cfg.method).family]
+
+
 def run_demo(method: str = DEFAULT_METHOD, minutes: float = DEFAULT_MINUTES, out: str | Path = "runs/demo",
-             num_render: int = 8, overrides: list[str] | None = None) -> int:
+             num_render: int = 8, overrides: list[str] | None = None, kpt_threshold: float | None = None) -> int:
+    """The demo; ``kpt_threshold``: keypoints drawn solid from this confidence (default: the method's)."""
     import cv2
     import numpy as np
 
@@ -64,9 +80,7 @@ def run_demo(method: str = DEFAULT_METHOD, minutes: float = DEFAULT_MINUTES, out
     log.info("[2/4] training %s for %d iterations (%.2f s each here, at most %.1f minutes) -> %s",
              cfg.name, iters, sec, minutes, out)
     metrics = train(cfg, overwrite=True)   # the demo's folder is its own: running the demo again starts over
-    log.info("[3/4] rendering predictions on %d validation images%s", num_render,
-             " (top-down: given the ground-truth person boxes, as in its evaluation)"
-             if cfg.test.boxes == "gt" else "")
+    log.info("[3/4] rendering predictions on %d validation images (%s)", num_render, people_source(cfg))
     predictor = Predictor(cfg, out / "model_final.pth", device="cpu")
     render_dir = out / "predictions"
     render_dir.mkdir(parents=True, exist_ok=True)
@@ -78,7 +92,7 @@ def run_demo(method: str = DEFAULT_METHOD, minutes: float = DEFAULT_MINUTES, out
             labelled = rec.num_keypoints > 0
             boxes = np.concatenate([rec.boxes[labelled], np.ones((int(labelled.sum()), 1), np.float32)], 1)
         result = predictor(image, boxes=boxes, image_id=rec.image_id)
-        canvas = predictor.render(image, result, bgr=False)
+        canvas = predictor.render(image, result, bgr=False, kpt_threshold=kpt_threshold)
         cv2.imwrite(str(render_dir / (Path(rec.file_name).stem + ".jpg")), canvas[..., ::-1])
     log.info("[4/4] done in %.1f min; predictions rendered to %s", (time.time() - t0) / 60, render_dir)
     if metrics:

@@ -414,6 +414,8 @@ def ensure_synthetic(split, fmt: str) -> Path:
     ann = root / "annotations.json"
     want = synth_info(spec.num_images, spec.seed, fmt, tuple(spec.size), spec.max_people)
     if not ann.is_file():
+        log.info("generating the synthetic split %s first: %d images (seed %d), once; later runs reuse it",
+                 split.root, spec.num_images, spec.seed)
         root.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
         try:

@@ -3,7 +3,7 @@ skeleton and every heatmap-like target overlaid, so a person can check augmentat
 
 The keypoints drawn are the raw annotations mapped through the sample's own ``meta["inverse"]`` (inverted), so
 the picture also checks the method's inverse affine: a keypoint off its joint means the inverse is wrong. After a
-mirror (negative determinant) labels are swapped through the flip map, so left limbs (orange) must lie on the
+mirror (negative determinant) labels are swapped through the flip map, so left limbs (greens) must lie on the
 person's left in the rendered image just as in the original.
 """
 from __future__ import annotations
@@ -19,33 +19,24 @@ from .keypoints import KeypointMeta, get_meta
 
 __all__ = ["show_data", "draw_keypoints", "render_sample"]
 
-_LEFT, _RIGHT, _MID = (255, 140, 0), (0, 160, 255), (60, 220, 60)   # RGB
+def draw_keypoints(image: np.ndarray, keypoints: np.ndarray, meta: KeypointMeta,
+                   highlight: int | None = None) -> np.ndarray:
+    """Draw annotated people (N, K, 3: x, y, visibility) on an RGB uint8 image with the shared renderer
+    (:func:`regpose.drawing.draw_poses`, the same colours as predictions): visible keypoints solid, occluded ones
+    (v = 1) faded with dashed limbs, unlabelled ones (v = 0) not at all. When ``highlight`` names a person (the
+    person a top-down crop is about), everyone else is drawn faded."""
+    from ..drawing import draw_poses
+    from ..structures import PoseResult
 
-
-def _side_colors(meta: KeypointMeta) -> list[tuple]:
-    left, right = set(meta.left_ids), set(meta.right_ids)
-    return [_LEFT if i in left else _RIGHT if i in right else _MID for i in range(meta.num_keypoints)]
-
-
-def draw_keypoints(image: np.ndarray, keypoints: np.ndarray, meta: KeypointMeta, highlight: int | None = None,
-                   radius: int = 3) -> np.ndarray:
-    """Draw people (N, K, 3) on an RGB uint8 image: limbs coloured left / right / centre, visible keypoints
-    filled, occluded ones hollow; person ``highlight`` thicker."""
-    out = np.ascontiguousarray(image.copy())
-    colors = _side_colors(meta)
-    kps = np.asarray(keypoints, dtype=np.float64).reshape(-1, meta.num_keypoints, 3)
-    for n, kp in enumerate(kps):
-        thick = 2 if n == highlight else 1
-        for a, b in meta.skeleton:
-            if kp[a, 2] > 0 and kp[b, 2] > 0:
-                c = colors[a] if colors[a] == colors[b] else _MID
-                cv2.line(out, (int(round(kp[a, 0])), int(round(kp[a, 1]))), (int(round(kp[b, 0])), int(round(kp[b, 1]))),
-                         c, thick, cv2.LINE_AA)
-        for k, (x, y, v) in enumerate(kp):
-            if v > 0:
-                cv2.circle(out, (int(round(x)), int(round(y))), radius + (thick - 1), colors[k],
-                           -1 if v >= 2 else 1, cv2.LINE_AA)
-    return out
+    kps = np.array(keypoints, dtype=np.float64).reshape(-1, meta.num_keypoints, 3)
+    v = kps[..., 2]
+    kps[v <= 0, :2] = np.nan
+    focus = np.ones(len(kps), bool) if highlight is None or not 0 <= highlight < len(kps) else \
+        np.arange(len(kps)) == highlight
+    kps[..., 2] = ((v >= 2) & focus[:, None]).astype(np.float64)
+    people = PoseResult(np.zeros((len(kps), 4)), kps, focus.astype(np.float32))
+    return draw_poses(image, people, meta.skeleton, meta.left_ids, meta.right_ids, kpt_threshold=0.5,
+                      show_boxes=False, show_scores=False)
 
 
 def _heat_panel(t: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -78,18 +69,26 @@ def _display(tensor) -> np.ndarray:
 
 
 def render_sample(sample: dict, raw_keypoints: np.ndarray, meta: KeypointMeta, person_index: int = -1,
-                  max_panels: int = 4) -> np.ndarray:
+                  max_panels: int = 4, min_side: int = 200) -> np.ndarray:
     """One picture of a transformed sample: the input image with the raw keypoints mapped in, followed by panels
-    of the heatmap-like targets (tensors (C, h, w) or masks (h, w), max over channels, resized to the input)."""
+    of the heatmap-like targets (tensors (C, h, w) or masks (h, w), max over channels, resized to the input).
+
+    Inputs whose shorter side is below ``min_side`` (top-down crops such as 72x96) are enlarged by a whole factor,
+    pixels repeated (nearest neighbour: still exactly what the network sees), so the skeleton drawn over them is
+    legible; the keypoints are mapped into the enlarged pixels."""
     from .transforms import apply_affine
 
     img = sample["image"]
     if not isinstance(img, np.ndarray):
         img = _display(img)
+    factor = max(1, -(-min_side // min(img.shape[:2])))
+    if factor > 1:
+        img = cv2.resize(img, None, fx=factor, fy=factor, interpolation=cv2.INTER_NEAREST)
     h, w = img.shape[:2]
     inv = np.eye(3)
     inv[:2] = np.asarray(sample["meta"]["inverse"], dtype=np.float64)
-    fwd = np.linalg.inv(inv)
+    # original pixels -> input pixels -> enlarged pixels (pixel centres: x' = (x + 0.5) f - 0.5)
+    fwd = np.array([[factor, 0, (factor - 1) / 2], [0, factor, (factor - 1) / 2], [0, 0, 1]]) @ np.linalg.inv(inv)
     kp = np.asarray(raw_keypoints, dtype=np.float64).copy()
     kp[..., :2] = apply_affine(kp[..., :2], fwd)
     if np.linalg.det(fwd[:2, :2]) < 0:            # mirrored: the point that was left is now labelled right

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["Predictor", "PoseTracker", "draw_poses", "Renderer", "export_onnx", "OnnxRuntimeNetwork",
+__all__ = ["Predictor", "PoseTracker", "Renderer", "export_onnx", "OnnxRuntimeNetwork",
            "attach_onnx", "TopDownPredictor"]
 
 _LAZY = {
-    "Predictor": "predictor", "PoseTracker": "tracking", "draw_poses": "visualize", "Renderer": "visualize",
+    "Predictor": "predictor", "PoseTracker": "tracking", "Renderer": "visualize",
     "export_onnx": "export", "OnnxRuntimeNetwork": "onnx_backend", "attach_onnx": "onnx_backend",
     "TopDownPredictor": "topdown",
 }

@@ -71,7 +71,9 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-boxes", action="store_true", help="do not draw person boxes")
     g.add_argument("--no-scores", action="store_true", help="do not draw instance scores")
     g.add_argument("--vis-threshold", type=finite_float, default=0.0, help="draw only people scoring at least this")
-    g.add_argument("--kpt-threshold", type=finite_float, default=0.05, help="hide keypoints below this confidence")
+    g.add_argument("--kpt-thr", "--kpt-threshold", dest="kpt_threshold", type=finite_float, metavar="T",
+                   help="keypoints scoring at least T are drawn solid, the others faded and dashed (default: the "
+                        "method's, from what its keypoint scores mean; see regpose.inference.visualize)")
     g.add_argument("--max-frames", type=positive_int, help="stop each video / webcam after this many frames")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 

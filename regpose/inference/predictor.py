@@ -199,7 +199,7 @@ class Predictor:
         self.transform = self.spec.transform(cfg, False)
         topdown = self.family == "topdown"
         self.batch_size = int(batch_size or max(32 if topdown else 8, t.batch_size))
-        self.renderer = Renderer(cfg.data.format)
+        self.renderer = Renderer.for_config(cfg)       # solid-joint threshold and score range of the method
         self.box_source = self._box_source(boxes, detector, detector_weights) if topdown else None
 
     # ---- set-up helpers --------------------------------------------------------------------------------
@@ -347,8 +347,9 @@ class Predictor:
 
     # ---- pictures, video, tracking ------------------------------------------------------------------------
     def render(self, image, result: PoseResult, *, bgr: bool = False, **options) -> np.ndarray:
-        """``image`` with ``result`` drawn on it (RGB uint8; BGR in and out with ``bgr``). Options: kpt_threshold,
-        score_threshold, show_boxes, show_scores, radius, thickness (see :func:`visualize.draw_poses`)."""
+        """``image`` with ``result`` drawn on it (RGB uint8; BGR in and out with ``bgr``). Options: kpt_threshold
+        (default: the method's, :func:`visualize.display_defaults`), score_threshold, show_boxes, show_scores,
+        radius, thickness (see :func:`regpose.drawing.draw_poses`); None keeps the default."""
         img = load_image(image) if isinstance(image, (str, os.PathLike)) else as_rgb_image(image, bgr)
         out = self.renderer(img, result, **options)
         return out[..., ::-1].copy() if bgr else out

@@ -39,20 +39,28 @@ def test_show_data_writes_pictures_with_target_panels(tmp_path):
     paths = show_data(cfg, tmp_path / "show", num_samples=3, seed=1)
     assert len(paths) == 3 and all(p.is_file() for p in paths)
     img = cv2.imread(str(paths[0]))
-    assert img.shape == (128, 3 * 128, 3)                               # input | heatmaps | mask
+    assert img.shape == (256, 3 * 256, 3)            # input | heatmaps | mask, 128 enlarged x2 to reach 200 px
     again = show_data(cfg, tmp_path / "again", num_samples=3, seed=1)
     assert all(np.array_equal(cv2.imread(str(a)), cv2.imread(str(b))) for a, b in zip(paths, again))
 
 
 def test_keypoints_are_drawn_where_the_inverse_puts_them():
     from regpose.data.keypoints import get_meta
+    from regpose.drawing import keypoint_colors
+    meta = get_meta("coco")
     img = np.zeros((40, 60, 3), np.uint8)
     raw_kp = np.zeros((1, 17, 3))
     raw_kp[0, 9] = [20, 10, 2]                                          # left wrist at (20, 10) in the original
     inv = np.array([[-0.5, 0, 29.5], [0, 0.5, 0]])                      # input -> original: mirror and halve
     sample = {"image": img, "meta": {"inverse": inv}, "target": {}}
-    pic = render_sample(sample, raw_kp, get_meta("coco"))
+    pic = render_sample(sample, raw_kp, meta, min_side=0)
+    assert pic.shape == (40, 60, 3)
     ys, xs = np.nonzero(pic.any(-1))
     # forward map: x_in = (29.5 - 20) / 0.5 = 19, y_in = 20; drawn with the *right* colour after the mirror
     assert abs(xs.mean() - 19) < 1 and abs(ys.mean() - 20) < 1
-    assert tuple(pic[20, 19]) == (0, 160, 255)
+    assert tuple(pic[20, 19]) == keypoint_colors(17, meta.left_ids, meta.right_ids)[meta.index("right_wrist")]
+    # a small input is enlarged x5 to reach 200 px: pixel centres map as (x + 0.5) 5 - 0.5 -> (97, 102)
+    big = render_sample(sample, raw_kp, meta)
+    assert big.shape == (200, 300, 3)
+    ys, xs = np.nonzero(big.any(-1))
+    assert abs(xs.mean() - 97) < 1 and abs(ys.mean() - 102) < 1

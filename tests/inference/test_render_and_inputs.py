@@ -1,5 +1,5 @@
-"""Rendering (per-limb colours, keypoints faded by confidence, thresholds, boxes) and in-memory image inputs
-(grayscale, RGBA, 16-bit, float, BGR)."""
+"""Rendering (per-limb colours, person threshold, boxes and track labels; the renderer itself: tests/test_drawing.py)
+and in-memory image inputs (grayscale, RGBA, 16-bit, float, BGR)."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +8,7 @@ import pytest
 from regpose.data.keypoints import get_meta
 from regpose.errors import InputError
 from regpose.inference.predictor import as_rgb_image
-from regpose.inference.visualize import draw_poses, limb_colors
+from regpose.drawing import draw_poses, limb_colors
 from regpose.structures import PoseResult
 
 META = get_meta("coco")
@@ -24,21 +24,6 @@ def _draw(result, skeleton=META.skeleton, **kw):
     img = np.full((200, 200, 3), 0, np.uint8)
     return img, draw_poses(img, result, skeleton, META.left_ids, META.right_ids, show_boxes=False,
                            show_scores=False, **kw)
-
-
-def test_keypoints_fade_with_confidence():
-    conf = np.full(17, 1.0)
-    conf[3], conf[4] = 0.3, 0.01                        # faint, and below the default threshold 0.05
-    kp = _person(conf)
-    img, out = _draw(PoseResult(np.zeros((1, 4)), kp[None], [1.0]), skeleton=(), radius=4)   # keypoints only
-    at = lambda k: out[int(round(kp[k, 1])), int(round(kp[k, 0]))].astype(int)  # noqa: E731
-    assert at(0).sum() > 250                           # full-confidence keypoint: full colour
-    assert 0 < at(3).sum() < 0.5 * at(0).sum()         # 0.3: a faint version of the same kind of colour
-    assert at(4).sum() == 0                            # hidden
-    _, limbs = _draw(PoseResult(np.zeros((1, 4)), kp[None], [1.0]), radius=4)
-    mid = (kp[5, :2] + kp[11, :2]) / 2                 # on the left torso limb (5, 11), away from every keypoint
-    assert np.linalg.norm(kp[:, :2] - mid, axis=1).min() > 8
-    assert limbs[int(round(mid[1])), int(round(mid[0]))].sum() > 0 == out[int(round(mid[1])), int(round(mid[0]))].sum()
 
 
 def test_limb_colours_distinguish_sides_and_limbs():
@@ -77,3 +62,35 @@ def test_in_memory_images_of_every_kind():
     for bad in (np.zeros((4, 4, 2), np.uint8), np.zeros((0, 3, 3), np.uint8), np.zeros(5, np.uint8)):
         with pytest.raises(InputError, match="expected an"):
             as_rgb_image(bad)
+
+
+def _synthetic_cfg(method, *overrides):
+    from regpose.config import load_config
+    from regpose.demo import SYNTHETIC_CONFIGS, configs_dir
+    return load_config(configs_dir() / SYNTHETIC_CONFIGS[method], list(overrides))
+
+
+def test_display_defaults_follow_what_each_methods_scores_mean():
+    from regpose.inference.visualize import SOLID_SIGMA, Renderer, display_defaults
+
+    assert SOLID_SIGMA == 0.25                                 # the hand-computed values below assume it
+    # Poseur, flip test with type2 fusion: Eq. 8 x 0.7 at sigma 0.25 = 0.7 (1 - e^-0.8)^2; rescored box + mean + max
+    d = display_defaults(_synthetic_cfg("poseur"))
+    assert d.kpt_threshold == pytest.approx(0.7 * (1 - np.exp(-0.8)) ** 2, abs=1e-3) and d.score_max == pytest.approx(2.4)
+    d = display_defaults(_synthetic_cfg("poseur", "test.flip=false"))           # mean(1 - sigma)
+    assert d.kpt_threshold == pytest.approx(0.75) and d.score_max == pytest.approx(3.0)
+    d = display_defaults(_synthetic_cfg("poseur", "test.flip=false", "model.keypoint_score=none",
+                                        "model.rescore=false"))
+    assert d.kpt_threshold == 1.0 and d.score_max is None    # constant scores 1: every joint solid
+    assert display_defaults(_synthetic_cfg("querypose")).kpt_threshold == pytest.approx(0.75)
+    assert display_defaults(_synthetic_cfg("dekr")).kpt_threshold == 0.15
+    assert display_defaults(_synthetic_cfg("directpose")).kpt_threshold == 0.3
+    assert display_defaults(_synthetic_cfg("tfpose")).kpt_threshold <= 1.0     # its keypoint scores are all 1
+    # the Predictor's renderer carries them; a per-call option (e.g. --kpt-thr) overrides, None keeps the default
+    renderer = Renderer.for_config(_synthetic_cfg("poseur"))
+    kp = _person(0.15)
+    res = PoseResult(np.array([[20, 20, 180, 180]]), kp[None], [1.16])
+    img = np.zeros((200, 200, 3), np.uint8)
+    default, faded, solid = (renderer(img, res, kpt_threshold=t) for t in (None, 0.212, 0.1))
+    np.testing.assert_array_equal(default, faded)
+    assert not np.array_equal(default, solid)
