@@ -193,10 +193,10 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
 
 
 def _former_key(cls: type, key: str, prefix: str = "") -> str | None:
-    """The current full dotted name of a key that moved: into a nested section (the nested dataclass lists its former
-    names in ``__former_keys__``, e.g. ``pretrained`` -> ``backbone.weights``), or out of ``cls`` to another section
-    of the config (``cls`` lists them with their full new names in ``__moved_keys__``, e.g. ``sampler`` ->
-    ``runtime.attention_sampler``). ``prefix`` is ``cls``'s own dotted place (``model.``)."""
+    """The current full dotted name of a key of section ``cls`` (at dotted ``prefix``) that moved: into a nested
+    section (the nested dataclass lists its former names in ``__former_keys__``, e.g. ``pretrained`` ->
+    ``backbone.weights``), or to another section of the config (``cls`` lists it in ``__moved_keys__`` with its
+    full new name, e.g. ``conv_impl`` -> ``runtime.conv_impl``)."""
     moved_out = getattr(cls, "__moved_keys__", {})
     if key in moved_out:
         return moved_out[key]
@@ -242,8 +242,8 @@ def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
     for k in data:
         if k not in names:
             former = _former_key(cls, str(k), pre)
-            close = [former] if former else [pre + c for c in difflib.get_close_matches(str(k), _all_keys(cls), n=1,
-                                                                                        cutoff=0.5)]
+            close = [pre + c for c in difflib.get_close_matches(str(k), _all_keys(cls), n=1, cutoff=0.5)]
+            close = [former] if former else close
             hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(sorted(names))})"
             raise ConfigError(f"unknown config key '{pre}{k}'{hint}")
     kwargs = {}
