@@ -395,9 +395,14 @@ def test_runtime_options_reach_the_network_and_leave_its_outputs_equal():
     default = build_model(load_config({"method": "poseur", "model": TINY_YAML})).eval()
     other = build_model(load_config({"method": "poseur", "model": TINY_YAML},
                                     ["runtime.attention_sampler=grid_sample", "runtime.channels_last=false"])).eval()
-    samplers = lambda m: {a.sampler for a in m.modules() if isinstance(a, MultiScaleDeformableAttention)}  # noqa: E731
+
+    def samplers(m):
+        return {a.sampler for a in m.modules() if isinstance(a, MultiScaleDeformableAttention)}
+
+    def stem(m):
+        return next(c.weight for c in m.modules() if isinstance(c, torch.nn.Conv2d) and c.kernel_size[0] > 1)
+
     assert samplers(default) == {"auto"} and samplers(other) == {"grid_sample"}
-    stem = lambda m: next(c.weight for c in m.modules() if isinstance(c, torch.nn.Conv2d) and c.kernel_size[0] > 1)  # noqa: E731
     assert stem(default).is_contiguous(memory_format=torch.channels_last) and not stem(default).is_contiguous()
     assert stem(other).is_contiguous()
     other.load_state_dict(default.state_dict())

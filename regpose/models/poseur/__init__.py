@@ -5,9 +5,11 @@ Top-down, one person crop per sample: backbone + neck -> coarse RLE proposal -> 
 the coarse head and every decoder layer, with 3 noisy query groups. Inference: last layer's coordinates, keypoint score
 from sigma, optional flip test with the official fusions.
 
-  config.py  PoseurConfig (the paper's knobs)     model.py  Poseur (the network)     loss.py  poseur_losses
-  decoding to people, flip test, data transform:  ../topdown_regression.py (shared with the RLE baseline)
-  official checkpoints:                           regpose/compat/poseur.py
+  config.py  PoseurConfig (the paper's knobs)
+  model.py   Poseur (the network), build_poseur
+  loss.py    poseur_losses (RLE on the coarse head and every decoder layer)
+  decoding to people, flip test, data transform: ../topdown_regression.py (shared with the RLE baseline)
+  official checkpoints: regpose/compat/poseur.py
 
 Where the official code (aim-uofa/Poseur) differs from the paper text we follow the code (its checkpoints depend
 on it); each place is marked ``# Official code:``. The spec with every detail is ../shared/reference/poseur/spec.md.
@@ -15,21 +17,12 @@ on it); each place is marked ``# Official code:``. The spec with every detail is
 from __future__ import annotations
 
 from ..registry import MethodSpec, register_method
-from ..topdown_regression import keypoint_meta_for, topdown_regression_transform
+from ..topdown_regression import topdown_regression_transform
 from .config import PoseurConfig
 from .loss import poseur_losses
-from .model import Poseur
+from .model import Poseur, build_poseur
 
 __all__ = ["PoseurConfig", "Poseur", "poseur_losses", "build_poseur"]
-
-
-def build_poseur(cfg) -> Poseur:
-    """The network a full ``Config`` describes: the paper's knobs from ``cfg.model``, the data format's flip pairs
-    and OKS sigmas, and the runtime options ``cfg.runtime.attention_sampler`` / ``cfg.runtime.channels_last``."""
-    info = keypoint_meta_for(cfg)
-    return Poseur(cfg.model, info.flip_pairs, info.sigmas, attention_sampler=cfg.runtime.attention_sampler,
-                  channels_last=cfg.runtime.channels_last)
-
 
 register_method(MethodSpec(name="poseur", config_cls=PoseurConfig, build=build_poseur, family="topdown",
                            transform=topdown_regression_transform))

@@ -24,11 +24,11 @@ from ..layers.deform_attn import MultiScaleDeformableAttention, Sampler
 from ..layers.linear import inverse_sigmoid
 from ..layers.position import sine_grid_encoding, sine_point_encoding
 from ..layers.rle import RealNVP
-from ..topdown_regression import CoarseRLEHead, PlainLinear, RLETopDownInference
+from ..topdown_regression import CoarseRLEHead, PlainLinear, RLETopDownInference, keypoint_meta_for
 from .config import PoseurConfig
 from .loss import poseur_losses
 
-__all__ = ["Poseur", "ChannelMapper", "PoseurDecoderLayer"]
+__all__ = ["Poseur", "ChannelMapper", "PoseurDecoderLayer", "build_poseur"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -299,3 +299,11 @@ class Poseur(RLETopDownInference, PoseModel):
         target = torch.stack([t["coords"] for t in targets]).to(images)             # (B, K, 2)
         weight = torch.stack([t["coord_weights"] for t in targets]).to(images)      # (B, K, 2)
         return poseur_losses(out, target, weight, groups, self.coarse_flow, self.decoder_flow)
+
+
+def build_poseur(cfg) -> Poseur:
+    """The network a full ``Config`` describes: the paper's knobs from ``cfg.model``, the data format's flip pairs
+    and OKS sigmas, and the runtime options ``cfg.runtime.attention_sampler`` / ``cfg.runtime.channels_last``."""
+    info = keypoint_meta_for(cfg)
+    return Poseur(cfg.model, info.flip_pairs, info.sigmas, attention_sampler=cfg.runtime.attention_sampler,
+                  channels_last=cfg.runtime.channels_last)

@@ -1,5 +1,5 @@
-"""The RLE baseline's loss: the residual log-likelihood (RLE paper Eq. 8-10, :func:`~regpose.models.layers.rle.rle_loss`)
-of the ground-truth coordinates under the predicted (mu, sigma) and the flow."""
+"""The RLE baseline's loss: the residual log-likelihood (RLE paper Eq. 8-10,
+:func:`~regpose.models.layers.rle.rle_loss`) of the ground-truth coordinates under the predicted (mu, sigma)."""
 from __future__ import annotations
 
 from typing import Literal

@@ -9,11 +9,11 @@ from torch import nn
 from ..backbones import build_backbone
 from ..base import PoseModel
 from ..layers.rle import RealNVP
-from ..topdown_regression import CoarseRLEHead, RLETopDownInference
+from ..topdown_regression import CoarseRLEHead, RLETopDownInference, keypoint_meta_for
 from .config import RLEConfig
 from .loss import rle_regression_loss
 
-__all__ = ["RLERegression"]
+__all__ = ["RLERegression", "build_rle"]
 
 
 class RLERegression(RLETopDownInference, PoseModel):
@@ -41,3 +41,9 @@ class RLERegression(RLETopDownInference, PoseModel):
         target = torch.stack([t["coords"] for t in targets]).to(mu)                    # (B, K, 2)
         weight = torch.stack([t["coord_weights"] for t in targets]).to(mu)             # (B, K, 2)
         return rle_regression_loss(mu, sigma, target, weight, self.flow, self.cfg.loss_normalizer)
+
+
+def build_rle(cfg) -> RLERegression:
+    """The network a full ``Config`` describes, with the data format's flip pairs and OKS sigmas."""
+    info = keypoint_meta_for(cfg)
+    return RLERegression(cfg.model, info.flip_pairs, info.sigmas)

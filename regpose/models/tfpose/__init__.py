@@ -4,8 +4,10 @@ Top-down, one person per crop: ResNet C3..C5 -> deformable encoder -> K keypoint
 logit space (paper Eq. 4) -> K (x, y) in [0, 1] of the crop. Training: L1 on every decoder layer (Eq. 5) + lambda x
 the MSE of an auxiliary heatmap head (Eq. 6-7), which never runs in eval.
 
-  config.py     TFPoseConfig (the paper's knobs), check_data       model.py   TFPose (the network)
-  loss.py       tfpose_losses (Eq. 5-7)                            decode.py  coordinates -> people
+  config.py     TFPoseConfig (the paper's knobs), check_data (the data section fits the model)
+  model.py      TFPose (the network), build_tfpose
+  loss.py       tfpose_losses (Eq. 5-7)
+  decode.py     normalised coordinates -> people
   transform.py  TFPoseTransform (crop, coordinate + heatmap targets)
 
 No official code was released: ``../shared/reference/tfpose/spec.md`` (the paper plus the structure pinned by its
@@ -14,22 +16,13 @@ GFLOPs columns) is the authority. Choices the paper leaves open are marked ``# A
 from __future__ import annotations
 
 from ..registry import MethodSpec, register_method
-from .config import TFPoseConfig, check_data
+from .config import TFPoseConfig
 from .decode import tfpose_results
 from .loss import tfpose_losses
-from .model import TFPose
+from .model import TFPose, build_tfpose
 from .transform import TFPoseTransform
 
 __all__ = ["TFPoseConfig", "TFPose", "tfpose_losses", "tfpose_results", "TFPoseTransform", "build_tfpose"]
-
-
-def build_tfpose(cfg) -> TFPose:
-    """The network a full ``Config`` describes: the paper's knobs from ``cfg.model``, the data format's flip pairs
-    and OKS sigmas, UDP from ``data.augment.topdown.udp`` and the runtime option ``cfg.runtime.attention_sampler``."""
-    info = check_data(cfg)
-    return TFPose(cfg.model, info.flip_pairs, info.sigmas, udp=bool(cfg.data.augment.topdown.udp),
-                  attention_sampler=cfg.runtime.attention_sampler)
-
 
 register_method(MethodSpec(name="tfpose", config_cls=TFPoseConfig, build=build_tfpose, family="topdown",
                            transform=TFPoseTransform))

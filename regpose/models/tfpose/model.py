@@ -26,12 +26,12 @@ from ..layers.deform_attn import MultiScaleDeformableAttention, Sampler
 from ..layers.linear import inverse_sigmoid
 from ..layers.position import sine_grid_encoding
 from ..topdown_regression import flip_back_coords
-from .config import TFPoseConfig
+from .config import TFPoseConfig, check_data
 from .decode import flip_center, tfpose_results
 from .loss import tfpose_losses
 
 __all__ = ["TFPose", "TFPoseEncoderLayer", "TFPoseDecoderLayer", "TFPoseDecoder", "AuxHeatmapHead", "CoordinateMLP",
-           "deformable_sampling_flops"]
+           "deformable_sampling_flops", "build_tfpose"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -355,3 +355,11 @@ def deformable_sampling_flops(cfg: TFPoseConfig, input_hw: tuple[int, int], batc
     queries = tokens * cfg.num_encoder_layers + cfg.num_keypoints * cfg.num_decoder_layers
     per_query_macs = cfg.num_heads * len(cfg.levels) * cfg.num_points * 4 * (cfg.embed_dim // cfg.num_heads)
     return 2 * batch * queries * per_query_macs
+
+
+def build_tfpose(cfg) -> TFPose:
+    """The network a full ``Config`` describes: the paper's knobs from ``cfg.model``, the data format's flip pairs
+    and OKS sigmas, UDP from ``data.augment.topdown.udp`` and the runtime option ``cfg.runtime.attention_sampler``."""
+    info = check_data(cfg)
+    return TFPose(cfg.model, info.flip_pairs, info.sigmas, udp=bool(cfg.data.augment.topdown.udp),
+                  attention_sampler=cfg.runtime.attention_sampler)
