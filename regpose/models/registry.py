@@ -15,7 +15,7 @@ __all__ = ["MethodSpec", "register_method", "get_method", "method_names"]
 _METHOD_MODULES = {
     "dekr": "regpose.models.dekr",
     "poseur": "regpose.models.poseur",
-    "rle": "regpose.models.rle_regression",
+    "rle": "regpose.models.rle",
     "querypose": "regpose.models.querypose",
     "tfpose": "regpose.models.tfpose",
     "directpose": "regpose.models.directpose",

@@ -34,7 +34,7 @@ def _transform(cfg):
         return get_method(cfg.method).transform(cfg, False)
     except NotImplementedError:
         if cfg.method == "tfpose":
-            from regpose.models.rle_regression import topdown_regression_transform
+            from regpose.models.topdown_regression import topdown_regression_transform
             return topdown_regression_transform(cfg, False)
         return None
 

@@ -10,7 +10,7 @@ import torch
 from regpose.models.backbones import BackboneConfig
 from regpose.models.base import total_loss
 from regpose.models.layers.linear import inverse_sigmoid
-from regpose.models.poseur import Poseur, PoseurConfig
+from regpose.models.poseur import Poseur, PoseurConfig, poseur_losses
 from conftest import REFERENCE
 
 SIZES = json.loads((REFERENCE / "poseur" / "sizes_flops.json").read_text())
@@ -181,12 +181,30 @@ def test_decoder_loss_divisor_counts_groups():
     t = _targets(2)
     target, weight = torch.stack([x["coords"] for x in t]), torch.stack([x["coord_weights"] for x in t])
     out = model.forward_all(images, groups=1)
-    l1 = model.losses(out, target, weight, 1)
+    flows = model.coarse_flow, model.decoder_flow
+    l1 = poseur_losses(out, target, weight, 1, *flows)
     out4 = {k: ([v.repeat(1, 4, 1) for v in out[k]] if k in ("mu", "sigma") else out[k]) for k in out}
-    l4 = model.losses(out4, target, weight, 4)
+    l4 = poseur_losses(out4, target, weight, 4, *flows)
     torch.testing.assert_close(l1["loss_dec1"], l4["loss_dec1"])        # 4 identical groups / (B*K*4)
-    zero = model.losses(out, target, torch.zeros_like(weight), 1)
+    zero = poseur_losses(out, target, torch.zeros_like(weight), 1, *flows)
     assert all(v.item() == 0.0 for v in zero.values())
+
+
+def test_poseur_losses_equal_official_case():
+    """Poseur's loss wiring (coarse + per-layer RLE, both flows, group-counting divisors) on the official case."""
+    from regpose.compat.poseur import build_reference_model
+
+    model, _ = build_reference_model(REFERENCE / "poseur" / "tiny")
+    case = np.load(REFERENCE / "poseur" / "tiny" / "rle_loss_case.npz")
+    t = {k: torch.from_numpy(case[k]) for k in case.files}
+    out = {"coarse_mu": t["enc_mu"], "coarse_sigma": t["enc_sigma"], "mu": list(t["dec_mu"]),
+           "sigma": list(t["dec_sigma"])}
+    with torch.no_grad():
+        losses = poseur_losses(out, t["target"], t["target_weight"], 4, model.coarse_flow, model.decoder_flow)
+    assert abs(losses["loss_coarse"].item() - float(case["loss_enc"])) <= 1e-5 * max(1.0, float(case["loss_enc"]))
+    for i in range(2):
+        assert abs(losses[f"loss_dec{i}"].item() - float(case["loss_dec"][i])) <= 1e-5 * float(case["loss_dec"][i])
+    assert abs(total_loss(losses).item() - float(case["loss_total"])) <= 1e-5 * float(case["loss_total"])
 
 
 def test_saturated_sigma_head_is_reported():
@@ -269,13 +287,13 @@ def test_transform_targets_map_back_to_the_annotations():
     from regpose.config import load_config
     from regpose.data.datasets import TopDownDataset, load_records
     from regpose.data.keypoints import get_meta
-    from regpose.models.poseur import poseur_transform
+    from regpose.models import get_method
 
     cfg = load_config({"method": "poseur", "data": {"input_size": [192, 256],
                                                     "val": {"ann_files": [str(REAL / "coco" / "test_coco.json")]}}})
     records = load_records(cfg.data.val, "coco")
     for train in (False, True):
-        ds = TopDownDataset(records, poseur_transform(cfg, train))
+        ds = TopDownDataset(records, get_method("poseur").transform(cfg, train))
         for i in range(len(ds)):
             s = ds[i]
             assert s["image"].shape == (3, 256, 192)
@@ -360,3 +378,45 @@ def test_transformer_computes_in_float32_under_autocast_as_the_official_force_fp
     assert {k: v for k, v in seen.items() if k in low} == {k: torch.bfloat16 for k in low}
     assert {k: v for k, v in seen.items() if k not in low} == {k: torch.float32 for k in watched if k not in low}
     assert torch.isfinite(total_loss(losses))
+
+
+TINY_YAML = {"backbone": {"name": "resnet18", "kwargs": {"stem_width": 16, "channels": [16, 32, 64, 128]}},
+             "embed_dim": 64, "num_decoder_layers": 2, "self_attn_heads": 4, "num_points": 2, "ffn_dim": 128}
+
+
+def test_runtime_options_reach_the_network_and_leave_its_outputs_equal():
+    """``runtime.attention_sampler`` and ``runtime.channels_last`` configure the built Poseur (the builder passes them
+    explicitly); they change how it computes, never what."""
+    from regpose.config import load_config
+    from regpose.models import build_model
+    from regpose.models.layers.deform_attn import MultiScaleDeformableAttention
+
+    torch.manual_seed(0)
+    default = build_model(load_config({"method": "poseur", "model": TINY_YAML})).eval()
+    other = build_model(load_config({"method": "poseur", "model": TINY_YAML},
+                                    ["runtime.attention_sampler=grid_sample", "runtime.channels_last=false"])).eval()
+
+    def samplers(m):
+        return {a.sampler for a in m.modules() if isinstance(a, MultiScaleDeformableAttention)}
+
+    def stem(m):
+        return next(c.weight for c in m.modules() if isinstance(c, torch.nn.Conv2d) and c.kernel_size[0] > 1)
+
+    assert samplers(default) == {"auto"} and samplers(other) == {"grid_sample"}
+    assert stem(default).is_contiguous(memory_format=torch.channels_last) and not stem(default).is_contiguous()
+    assert stem(other).is_contiguous()
+    other.load_state_dict(default.state_dict())
+    images = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        for a, b in zip(default(images), other(images)):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("old,new", [("sampler", "attention_sampler"), ("channels_last", "channels_last")])
+def test_former_model_switches_name_their_runtime_place(old, new):
+    from regpose.config import ConfigError, load_config
+
+    for model, overrides in (({old: "gather"}, []), ({}, [f"model.{old}=gather"])):
+        with pytest.raises(ConfigError) as e:
+            load_config({"method": "poseur", "model": model}, overrides)
+        assert str(e.value) == f"unknown config key 'model.{old}' (did you mean 'runtime.{new}'?)"

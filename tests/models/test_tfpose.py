@@ -14,8 +14,11 @@ from regpose.engine.bench import count_flops
 from regpose.models.backbones import BackboneConfig
 from regpose.models.base import total_loss
 from regpose.models.layers.linear import inverse_sigmoid
-from regpose.models.tfpose import (TFPose, TFPoseConfig, coordinate_l1_loss, deformable_sampling_flops,
-                                   flip_back_coords, joints_mse_loss)
+from regpose.models.tfpose import TFPose, TFPoseConfig
+from regpose.models.tfpose.decode import coords_to_crop_pixels
+from regpose.models.tfpose.loss import coordinate_l1_loss, joints_mse_loss
+from regpose.models.tfpose.model import deformable_sampling_flops
+from regpose.models.topdown_regression import flip_back_coords
 
 FLIP_PAIRS = [[1, 2], [3, 4]]
 
@@ -336,7 +339,7 @@ def test_training_uses_the_grid_sample_kernel_and_eval_the_gather_kernel():
     assert attn and all(a.sampler == "grid_sample" for a in attn)              # built in training mode
     m.eval()
     assert all(a.sampler == "auto" for a in attn)
-    m = TFPose(tiny_cfg(sampler="gather")).train()
+    m = TFPose(tiny_cfg(), attention_sampler="gather").train()
     assert all(x.sampler == "gather" for x in m.modules() if isinstance(x, MultiScaleDeformableAttention))
 
 
@@ -356,10 +359,10 @@ def test_flip_test_averages_with_the_mirrored_crop():
 
 def test_coords_to_crop_pixels_udp_and_plain():
     c = torch.tensor([[[1.0, 1.0], [0.5, 0.25]]])
-    m = TFPose(tiny_cfg(), udp=True)
-    torch.testing.assert_close(m.coords_to_crop_pixels(c, (256, 192)), torch.tensor([[[191.0, 255.0], [95.5, 63.75]]]))
-    m = TFPose(tiny_cfg(), udp=False)
-    torch.testing.assert_close(m.coords_to_crop_pixels(c, (256, 192)), torch.tensor([[[192.0, 256.0], [96.0, 64.0]]]))
+    torch.testing.assert_close(coords_to_crop_pixels(c, (256, 192), udp=True),
+                               torch.tensor([[[191.0, 255.0], [95.5, 63.75]]]))
+    torch.testing.assert_close(coords_to_crop_pixels(c, (256, 192), udp=False),
+                               torch.tensor([[[192.0, 256.0], [96.0, 64.0]]]))
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -158,3 +158,16 @@ def test_pose_hrnet_checkpoint_loads_into_querypose_with_the_missing_fuse_layers
     assert all(torch.equal(ours[k], v) for k, v in state.items() if k in ours)
     assert 0.5 < report.coverage < 1.0
     assert "left at init: stage4.1.fuse_layers.1, stage4.1.fuse_layers.2, stage4.1.fuse_layers.3" in report.summary()
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"stem_width": 16, "channels": [16, 32, 64, 128]}])
+def test_backbone_loads_local_pretrained_weights(tmp_path, kwargs):
+    src = build_backbone(BackboneConfig("resnet18", kwargs=kwargs), (1, 2, 3, 4))
+    for p in src.parameters():
+        torch.nn.init.normal_(p)
+    path = tmp_path / "r18.pth"
+    torch.save(src.body.state_dict(), path)
+    dst = build_backbone(BackboneConfig("resnet18", weights=str(path), kwargs=kwargs), (1, 2, 3, 4))
+    assert dst.load_initial_weights().coverage == 1.0
+    for (n, a), (_, b) in zip(src.body.state_dict().items(), dst.body.state_dict().items()):
+        assert torch.equal(a, b), n

@@ -30,10 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MultiScaleDeformableAttention", "deformable_sample", "deformable_sample_gather",
+__all__ = ["MultiScaleDeformableAttention", "Sampler", "deformable_sample", "deformable_sample_gather",
            "deformable_sample_grid", "level_start_index"]
 
 Shapes = Sequence[tuple[int, int]]
+#: the sampling kernel (a runtime option, ``runtime.attention_sampler``): ``auto`` = gather, grid_sample when exporting
+Sampler = Literal["auto", "gather", "grid_sample"]
 
 
 def level_start_index(spatial_shapes: Shapes) -> list[int]:
@@ -131,7 +133,7 @@ def _exporting() -> bool:
                 or torch.compiler.is_exporting())
 
 
-def deformable_sample(value, spatial_shapes, locations, weights, sampler: str = "auto",
+def deformable_sample(value, spatial_shapes, locations, weights, sampler: Sampler = "auto",
                       shared: bool | None = None) -> torch.Tensor:
     """Dispatch to the gather sampler (fast) or the grid_sample one (export); see the module docstring."""
     if sampler == "grid_sample" or (sampler == "auto" and _exporting()):
@@ -157,7 +159,7 @@ class MultiScaleDeformableAttention(nn.Module):
     """
 
     def __init__(self, embed_dim: int = 256, num_heads: int = 8, num_levels: int = 4, num_points: int = 4,
-                 mode: Literal["msda", "emsda"] = "msda", sampler: Literal["auto", "gather", "grid_sample"] = "auto"):
+                 mode: Literal["msda", "emsda"] = "msda", sampler: Sampler = "auto"):
         super().__init__()
         if embed_dim % num_heads:
             raise ValueError(f"embed_dim {embed_dim} must be divisible by num_heads {num_heads}")

@@ -1,6 +1,4 @@
-"""Poseur: direct human pose regression with transformers (Mao et al., ECCV 2022).
-
-Top-down, one person crop per sample:
+"""Poseur's network (Mao et al., ECCV 2022): backbone + neck + coarse RLE head + keypoint encoder + query decoder.
 
   backbone levels (strides 4..32) -> ChannelMapper (1x1 conv + GN to C)
     -> memory = features + 2-D sine PE + level embedding          (no transformer encoder in the official code)
@@ -8,80 +6,29 @@ Top-down, one person crop per sample:
     -> keypoint encoder: query = LN(Linear(PE(mu_f), PE(clip(mu_f)))), class embedding = query position
     -> N query-decoder layers: self-attention, EMSDA cross-attention (paper Eq. 1), FFN
        each layer: reference refinement in logit space + an extra additive delta, sigma branch
-  Training: RLE loss (paper Eq. 2-4) on the coarse head and every decoder layer, with 3 noisy query groups.
-  Inference: last layer's coordinates; keypoint score from sigma; optional flip test with the official fusions.
-  Mixed precision: the transformer part (coarse head, keypoint encoder, decoder) always computes in float32.
-
-Where the official code (aim-uofa/Poseur) differs from the paper text we follow the code (its checkpoints depend
-on it); each place is marked ``# Official code:``. The spec with every detail is ../shared/reference/poseur/spec.md.
+Mixed precision: the transformer part (coarse head, keypoint encoder, decoder) always computes in float32.
 """
 from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass, field
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .backbones import BackboneConfig, build_backbone
-from .base import PoseModel
-from .layers.deform_attn import MultiScaleDeformableAttention
-from .layers.linear import inverse_sigmoid
-from .layers.position import sine_grid_encoding, sine_point_encoding
-from .layers.rle import RealNVP, rle_loss, rle_terms, saturated_fraction
-from .registry import MethodSpec, register_method
-from .rle_regression import (CoarseRLEHead, FlipFusion, KeypointScore, PlainLinear, RLETopDownInference,
-                             TopDownRegressionTransform, keypoint_meta_for, topdown_regression_transform)
+from ..backbones import build_backbone
+from ..base import PoseModel
+from ..layers.deform_attn import MultiScaleDeformableAttention, Sampler
+from ..layers.linear import inverse_sigmoid
+from ..layers.position import sine_grid_encoding, sine_point_encoding
+from ..layers.rle import RealNVP
+from ..topdown_regression import CoarseRLEHead, PlainLinear, RLETopDownInference, keypoint_meta_for
+from .config import PoseurConfig
+from .loss import poseur_losses
 
-__all__ = ["PoseurConfig", "Poseur", "ChannelMapper", "PoseurDecoderLayer", "build_poseur", "poseur_transform",
-           "topdown_regression_transform", "TopDownRegressionTransform"]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Config
-# ----------------------------------------------------------------------------------------------------------
-@dataclass
-class PoseurConfig:
-    """Poseur's knobs. Defaults = the released R50 / HRNet-W32 256x192 checkpoints (6 decoder layers, EMSDA,
-    3 noisy query groups, type2 flip fusion as in the README's evaluation command)."""
-    # backbone and neck
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)   # resnet50/152, hrnet_w32/w48, mobilenetv2_100
-    feature_levels: list[int] = field(default_factory=lambda: [1, 2, 3, 4])   # timm indices (strides 4..32), Table 1d
-    embed_dim: int = 256
-    num_keypoints: int = 17
-    # decoder
-    num_decoder_layers: int = 6                # Table 1e
-    share_decoder_weights: bool = False        # supplementary Table 3
-    self_attention: bool = True                # supplementary Table 2
-    self_attn_heads: int = 8
-    cross_attention: Literal["emsda", "msda"] = "emsda"   # supplementary Table 4
-    num_heads: int = 8                         # deformable attention heads (official EMSDA hard-codes 8)
-    num_points: int = 4
-    ffn_dim: int = 1024
-    dropout: float = 0.1
-    sampler: Literal["auto", "gather", "grid_sample"] = "auto"
-    channels_last: bool = True                 # run the CNN in NHWC: faster on CPU, memory tokens without a copy
-    # keypoint encoder / query initialisation
-    query_init: Literal["coarse", "learned"] = "coarse"   # Table 1a: coarse proposal vs Deformable-DETR learned
-                                               # queries (reference = sigmoid(Linear(class embedding)), no noise)
-    num_noise_groups: int = 3                  # noisy reference point groups in training (Table 1b; 0 = off)
-    noise_points_per_group: int = 4
-    noise_variance: float = 0.2                # N(0, 0.2 I): variance 0.2 (official ``noise_sigma``)
-    # RLE
-    flow_hidden: int = 64
-    flow_layers: int = 6
-    prior_mean: tuple[float, float] = (0.5, 0.5)    # Official code: flow prior mean 0.5 (RLE uses 0)
-    # inference
-    keypoint_score: KeypointScore = "rle"      # without flip (and for default/type1 fusion): official mean(1 - sigma)
-    flip_fusion: FlipFusion = "type2"          # default / type1 / type2 (published AP: type2)
-    uncertainty_a: float = 0.2                 # paper Eq. 8
-    uncertainty_scale: float = 0.7             # Official code: the uncertainty score is scaled by 0.7
-    oks_nms_threshold: float = 0.9
-    rescore: bool = True                       # instance score = box score + mean + max keypoint score
+__all__ = ["Poseur", "ChannelMapper", "PoseurDecoderLayer", "build_poseur"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -129,14 +76,14 @@ def _sigma_branch(dim: int) -> nn.Sequential:
 class PoseurDecoderLayer(nn.Module):
     """Post-norm decoder layer: self-attention -> LN -> EMSDA/MSDA cross-attention -> LN -> FFN -> LN (spec 2.5)."""
 
-    def __init__(self, cfg: PoseurConfig, num_levels: int):
+    def __init__(self, cfg: PoseurConfig, num_levels: int, sampler: Sampler = "auto"):
         super().__init__()
         C = cfg.embed_dim
         self.self_attn = (nn.MultiheadAttention(C, cfg.self_attn_heads, dropout=cfg.dropout, batch_first=True)
                           if cfg.self_attention else None)
         self.norm1 = nn.LayerNorm(C) if cfg.self_attention else None
         self.cross_attn = MultiScaleDeformableAttention(C, cfg.num_heads, num_levels, cfg.num_points,
-                                                        mode=cfg.cross_attention, sampler=cfg.sampler)
+                                                        mode=cfg.cross_attention, sampler=sampler)
         self.norm2 = nn.LayerNorm(C)
         self.linear1 = nn.Linear(C, cfg.ffn_dim)
         self.linear2 = nn.Linear(cfg.ffn_dim, C)
@@ -161,9 +108,14 @@ class PoseurDecoderLayer(nn.Module):
 # The model
 # ----------------------------------------------------------------------------------------------------------
 class Poseur(RLETopDownInference, PoseModel):
-    """Backbone + neck + coarse RLE head + keypoint encoder + query decoder (see the module docstring)."""
+    """Backbone + neck + coarse RLE head + keypoint encoder + query decoder (see the module docstring). Eval
+    ``forward`` gives the last layer's (mu, sigma) (B, K, 2), decoded by the shared :class:`RLETopDownInference`.
 
-    def __init__(self, cfg: PoseurConfig, flip_pairs=(), sigmas=None):
+    Runtime options (``cfg.runtime``, same numbers): ``attention_sampler`` of the deformable cross-attention and
+    ``channels_last`` (backbone and neck in NHWC memory: faster on CPU, memory tokens without a copy)."""
+
+    def __init__(self, cfg: PoseurConfig, flip_pairs=(), sigmas=None, *, attention_sampler: Sampler = "auto",
+                 channels_last: bool = True):
         super().__init__()
         if cfg.embed_dim % 2 or cfg.embed_dim % cfg.num_heads:
             raise ValueError(f"embed_dim {cfg.embed_dim} must be even and divisible by num_heads {cfg.num_heads}")
@@ -187,7 +139,7 @@ class Poseur(RLETopDownInference, PoseModel):
             self.reference_proj = nn.Linear(C, 2)
         # decoder and per-layer heads
         n = 1 if cfg.share_decoder_weights else cfg.num_decoder_layers
-        self.layers = nn.ModuleList(PoseurDecoderLayer(cfg, L) for _ in range(n))
+        self.layers = nn.ModuleList(PoseurDecoderLayer(cfg, L, attention_sampler) for _ in range(n))
         self.coord_branches = nn.ModuleList(_mlp3(C, 2) for _ in range(n))          # reference refinement
         self.coord_output_branches = nn.ModuleList(_mlp3(C, 2) for _ in range(n))   # extra output delta
         self.sigma_branches = nn.ModuleList(_sigma_branch(C) for _ in range(n))
@@ -199,7 +151,8 @@ class Poseur(RLETopDownInference, PoseModel):
         self.sigmas = None if sigmas is None else np.asarray(sigmas, dtype=np.float64)
         self._pe_cache: dict = {}
         self.reset_parameters()
-        if cfg.channels_last:
+        self.channels_last = channels_last
+        if channels_last:
             self.to(memory_format=torch.channels_last)
 
     # ---------------------------------------------------------------- init
@@ -242,7 +195,7 @@ class Poseur(RLETopDownInference, PoseModel):
 
     def features(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Backbone + neck: one (B, C, h, w) map per level, strides 4..32."""
-        if self.cfg.channels_last:
+        if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         return self.neck(self.backbone(images))
 
@@ -345,42 +298,12 @@ class Poseur(RLETopDownInference, PoseModel):
         out = self.forward_all(images, groups, all_layers=True)
         target = torch.stack([t["coords"] for t in targets]).to(images)             # (B, K, 2)
         weight = torch.stack([t["coord_weights"] for t in targets]).to(images)      # (B, K, 2)
-        return self.losses(out, target, weight, groups)
-
-    def losses(self, out: dict, target: torch.Tensor, weight: torch.Tensor, groups: int) -> dict:
-        """Coarse RLE loss + one RLE loss per decoder layer, every weight 1 (spec 3.1). The decoder divisor counts
-        every query group (B * K * G). Also ``sigma_saturated``, a logged diagnostic that is not part of the loss."""
-        B, K, _ = target.shape
-        any_visible = bool(weight.sum() > 0)
-        losses = {"loss_coarse": rle_loss(out["coarse_mu"], out["coarse_sigma"], target, weight, self.coarse_flow,
-                                          B * K if any_visible else None)}
-        # every decoder layer shares the decoder flow: one flow evaluation over all layers, summed per layer
-        tg, wg = target.repeat(1, groups, 1), weight.repeat(1, groups, 1)
-        sigmas = torch.stack(out["sigma"])
-        terms = rle_terms(torch.stack(out["mu"]), sigmas, tg, wg, self.decoder_flow)
-        per_layer = terms.flatten(1).sum(1)
-        if any_visible:
-            per_layer = per_layer / (B * K * groups)
-        for i in range(len(out["mu"])):
-            losses[f"loss_dec{i}"] = per_layer[i]
-        # diagnostic, not a loss: the worst head's share of saturated sigmas (see saturated_fraction)
-        losses["sigma_saturated"] = torch.maximum(saturated_fraction(out["coarse_sigma"], weight),
-                                                  saturated_fraction(sigmas, wg).max())
-        return losses
+        return poseur_losses(out, target, weight, groups, self.coarse_flow, self.decoder_flow)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Builder, data transform, registration
-# ----------------------------------------------------------------------------------------------------------
 def build_poseur(cfg) -> Poseur:
+    """The network a full ``Config`` describes: the paper's knobs from ``cfg.model``, the data format's flip pairs
+    and OKS sigmas, and the runtime options ``cfg.runtime.attention_sampler`` / ``cfg.runtime.channels_last``."""
     info = keypoint_meta_for(cfg)
-    return Poseur(cfg.model, info.flip_pairs, info.sigmas)
-
-
-def poseur_transform(cfg, train: bool) -> TopDownRegressionTransform:
-    """Poseur's data pipeline: the shared top-down regression transform (spec 1.1-1.7)."""
-    return topdown_regression_transform(cfg, train)
-
-
-register_method(MethodSpec(name="poseur", config_cls=PoseurConfig, build=build_poseur, family="topdown",
-                           transform=poseur_transform))
+    return Poseur(cfg.model, info.flip_pairs, info.sigmas, attention_sampler=cfg.runtime.attention_sampler,
+                  channels_last=cfg.runtime.channels_last)

@@ -1,6 +1,4 @@
-"""TFPose (Mao et al., "TFPose: Direct Human Pose Estimation with Transformers", arXiv 2103.15320).
-
-Top-down, one person per crop::
+"""TFPose's network: backbone -> input projection -> deformable encoder -> keypoint-query decoder.
 
     crop (B, 3, H, W) -> ResNet C3..C5 -> 1x1 conv + GN to C -> + level / 2-D sine position embeddings
       -> N_E deformable encoder layers (p2p attention)            -> memory M (B, N, C)
@@ -8,92 +6,32 @@ Top-down, one person per crop::
            q2q self-attention, p2q deformable cross-attention at the current keypoints, FFN,
            per-layer MLP -> delta, J_d = sigmoid(sigmoid^-1(J_{d-1}) + delta)            (paper Eq. 4)
       -> K (x, y) in [0, 1] of the crop (last layer at test time)
-    training only: L1 on every decoder layer (Eq. 5) + lambda x heatmap MSE of a deconvolution head on one
-    level of the memory (Eq. 6-7); the heatmap branch never runs in eval and is not part of exported graphs.
-
-No official code was released: ``../shared/reference/tfpose/spec.md`` (the paper plus the structure pinned by its
-GFLOPs columns) is the authority. Choices the paper leaves open are marked ``# Assumption (spec §x)``.
+    training only: a deconvolution head on one level of the memory predicts the auxiliary heatmaps (Eq. 6); it
+    never runs in eval and is not part of exported graphs.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Literal, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError
-from ..structures import PoseResult
-from .backbones import BackboneConfig, build_backbone
-from .base import PoseModel
-from .layers.deform_attn import MultiScaleDeformableAttention
-from .layers.linear import inverse_sigmoid
-from .layers.position import sine_grid_encoding
-from .registry import MethodSpec, register_method
+from ...structures import PoseResult
+from ..backbones import build_backbone
+from ..base import PoseModel
+from ..layers.deform_attn import MultiScaleDeformableAttention, Sampler
+from ..layers.linear import inverse_sigmoid
+from ..layers.position import sine_grid_encoding
+from ..topdown_regression import flip_back_coords
+from .config import TFPoseConfig, check_data
+from .decode import flip_center, tfpose_results
+from .loss import tfpose_losses
 
-__all__ = ["TFPoseConfig", "TFPose", "TFPoseEncoderLayer", "TFPoseDecoderLayer", "TFPoseDecoder",
-           "AuxHeatmapHead", "CoordinateMLP", "coordinate_l1_loss", "joints_mse_loss",
-           "flip_back_coords", "build_tfpose", "tfpose_transform", "TFPoseTransform", "tfpose_lr_rules",
-           "deformable_sampling_flops"]
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Config
-# ----------------------------------------------------------------------------------------------------------
-@dataclass
-class TFPoseConfig:
-    """TFPose's knobs. Defaults are the paper's best setting (R-50, N_E = 6, N_D = 6, C = 256, q2q on, aux on).
-
-    The ``udp`` switch of the spec is ``data.augment.topdown.udp`` (one source of truth for the crop, the targets,
-    the flip test and the decoding); TFPose configs set it to true as the paper does."""
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)   # resnet50 (main results) / resnet18
-    # Assumption (spec §2): C3-C5 (strides 8/16/32); the paper's text says C2-C5 but its GFLOPs rule C2 out.
-    levels: list[int] = field(default_factory=lambda: [3, 4, 5])
-    num_keypoints: int = 17
-    embed_dim: int = 256                        # C: 128 / 256 (Table 2)
-    ffn_dim: int = 0                            # 0: 4 * embed_dim (1024 for C = 256, confirmed by the FLOPs)
-    num_heads: int = 8
-    num_points: int = 4                         # sampling points per head and level
-    num_encoder_layers: int = 6                 # N_E: 4 (light model) / 6; the R-18 ablations use 2 or 6
-    num_decoder_layers: int = 6                 # N_D (Table 3)
-    dropout: float = 0.1
-    q2q_attention: bool = True                  # query-to-query self-attention in the decoder (Table 1)
-    iterative_refine: bool = True               # Eq. 4; off: every layer refines the fixed J_0 (Deformable DETR)
-    detach_ref: bool = False                    # detach J_{d-1} between layers (Deformable DETR does; Poseur not)
-    deep_supervision: bool = True               # L1 on every decoder layer (Eq. 5); off: last layer only
-    coord_loss_weight: float = 1.0
-    aux_heatmap: bool = True                    # auxiliary heatmap loss in training (Table 4)
-    aux_level: int = 5                          # memory level the heatmap head reads (5: C5 x8, 3: C3 x2)
-    aux_channels: int = 256                     # deconvolution width (SimpleBaseline)
-    aux_loss_weight: float = 10.0               # lambda of Eq. 7
-    aux_sigma: float = 2.0                      # Gaussian sigma on the stride-4 heatmap
-    oks_nms_threshold: float = 0.9              # per-image OKS-NMS over crops (mmpose top-down evaluation)
-    # Deformable sampling kernel (same numbers). auto: grid_sample in training (its backward is 1.1-1.8x faster
-    # than embedding_bag's for per-head values on CPU), the gather sampler in eval, grid_sample when exporting.
-    sampler: Literal["auto", "gather", "grid_sample"] = "auto"
-
-    def __post_init__(self):
-        if not self.levels or any(int(v) not in (2, 3, 4, 5) for v in self.levels) or \
-                list(self.levels) != sorted(set(self.levels)):
-            raise ValueError(f"levels: expected increasing backbone levels from 2..5 (C2..C5), got {self.levels}")
-        if self.aux_heatmap and self.aux_level not in self.levels:
-            raise ValueError(f"aux_level: {self.aux_level} is not one of the memory levels {self.levels}")
-        if self.embed_dim % self.num_heads or self.embed_dim % 2:
-            raise ValueError(f"embed_dim: {self.embed_dim} must be even and divisible by num_heads {self.num_heads}")
-        if self.num_decoder_layers < 1:
-            raise ValueError(f"num_decoder_layers: expected >= 1, got {self.num_decoder_layers}")
-        if self.num_encoder_layers < 0:
-            raise ValueError(f"num_encoder_layers: expected >= 0, got {self.num_encoder_layers}")
-        if self.embed_dim % 32:
-            raise ValueError(f"embed_dim: {self.embed_dim} must be a multiple of 32 (GroupNorm(32) in the input "
-                             f"projection)")
-
-    @property
-    def ffn_width(self) -> int:
-        return self.ffn_dim or 4 * self.embed_dim
+__all__ = ["TFPose", "TFPoseEncoderLayer", "TFPoseDecoderLayer", "TFPoseDecoder", "AuxHeatmapHead", "CoordinateMLP",
+           "deformable_sampling_flops", "build_tfpose"]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -139,7 +77,7 @@ class TFPoseEncoderLayer(nn.Module):
     FFN (spec §4)."""
 
     def __init__(self, dim: int, ffn_dim: int, num_heads: int, num_levels: int, num_points: int, dropout: float,
-                 sampler: str = "auto"):
+                 sampler: Sampler = "auto"):
         super().__init__()
         self.self_attn = MultiScaleDeformableAttention(dim, num_heads, num_levels, num_points, "msda", sampler)
         self.dropout = nn.Dropout(dropout)
@@ -158,7 +96,7 @@ class TFPoseDecoderLayer(nn.Module):
     the memory around the current keypoint estimates, FFN (spec §5)."""
 
     def __init__(self, dim: int, ffn_dim: int, num_heads: int, num_levels: int, num_points: int, dropout: float,
-                 q2q_attention: bool = True, sampler: str = "auto"):
+                 q2q_attention: bool = True, sampler: Sampler = "auto"):
         super().__init__()
         if q2q_attention:
             self.self_attn = nn.MultiheadAttention(dim, num_heads, dropout=dropout, batch_first=True)
@@ -186,12 +124,12 @@ class TFPoseDecoderLayer(nn.Module):
 class TFPoseDecoder(nn.Module):
     """N_D decoder layers, each followed by its own coordinate MLP; coarse-to-fine refinement in logit space."""
 
-    def __init__(self, cfg: TFPoseConfig, num_levels: int):
+    def __init__(self, cfg: TFPoseConfig, num_levels: int, sampler: Sampler = "auto"):
         super().__init__()
         C = cfg.embed_dim
         self.layers = nn.ModuleList([
             TFPoseDecoderLayer(C, cfg.ffn_width, cfg.num_heads, num_levels, cfg.num_points, cfg.dropout,
-                               cfg.q2q_attention, cfg.sampler) for _ in range(cfg.num_decoder_layers)])
+                               cfg.q2q_attention, sampler) for _ in range(cfg.num_decoder_layers)])
         self.coord_heads = nn.ModuleList([CoordinateMLP(C) for _ in range(cfg.num_decoder_layers)])
         self.iterative_refine, self.detach_ref = cfg.iterative_refine, cfg.detach_ref
 
@@ -242,53 +180,26 @@ class AuxHeatmapHead(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Losses
-# ----------------------------------------------------------------------------------------------------------
-def coordinate_l1_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Eq. 5 for one layer, mmpose ``L1Loss(use_target_weight=True)``: mean over B, K, xy of |w (J - J_gt)|.
-    pred, target (B, K, 2); weight (B, K, 2) or (B, K, 1)."""
-    # Assumption (spec §7): elementwise mean over every entry (unlabelled joints count as zeros), as mmpose does.
-    return F.l1_loss(pred * weight, target * weight)
-
-
-def joints_mse_loss(pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Eq. 6, mmpose ``JointsMSELoss(use_target_weight=True)`` as the spec gives it: mean over batch, joints and
-    pixels of 0.5 (w (H - H_gt))^2. pred, target (B, K, h, w); weight (B, K)."""
-    w = weight.reshape(*weight.shape[:2], 1, 1)
-    return 0.5 * F.mse_loss(pred * w, target * w)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Flip test
-# ----------------------------------------------------------------------------------------------------------
-def flip_back_coords(coords: torch.Tensor, flip_pairs: torch.Tensor, flip_center: float = 1.0) -> torch.Tensor:
-    """Predictions on the mirrored crop -> original crop: swap left/right joints and u_x := flip_center - u_x.
-
-    With UDP the normalised x is x_px / (W - 1) and the mirror of pixel x is (W - 1) - x, so ``flip_center = 1``
-    exactly; without UDP (u = x_px / W) it is (W - 1) / W."""
-    perm = torch.arange(coords.shape[-2], device=coords.device)
-    if len(flip_pairs):
-        perm[flip_pairs[:, 0]] = flip_pairs[:, 1]
-        perm[flip_pairs[:, 1]] = flip_pairs[:, 0]
-    coords = coords[..., perm, :]
-    return torch.stack((flip_center - coords[..., 0], coords[..., 1]), dim=-1)
-
-
-# ----------------------------------------------------------------------------------------------------------
 # The network
 # ----------------------------------------------------------------------------------------------------------
 class TFPose(PoseModel):
     """Backbone -> input projection -> deformable encoder -> keypoint-query decoder (see the module docstring).
 
     ``forward(images)`` in eval returns the last layer's normalised coordinates (B, K, 2) (x, y) in [0, 1] of the
-    crop (UDP: x_px = u (W - 1)); in training ``forward(images, targets)`` returns the weighted losses."""
+    crop (UDP: x_px = u (W - 1)); in training ``forward(images, targets)`` returns the weighted losses.
+
+    Runtime option (``cfg.runtime.attention_sampler``, same numbers): the deformable sampling kernel. ``auto``:
+    grid_sample in training (its backward is 1.1-1.8x faster than embedding_bag's for per-head values on CPU), the
+    gather sampler in eval, grid_sample when exporting."""
 
     size_divisibility = 32
 
-    def __init__(self, cfg: TFPoseConfig, flip_pairs=(), sigmas: np.ndarray | None = None, udp: bool = True):
+    def __init__(self, cfg: TFPoseConfig, flip_pairs=(), sigmas: np.ndarray | None = None, udp: bool = True, *,
+                 attention_sampler: Sampler = "auto"):
         super().__init__()
         self.cfg = cfg
         self.udp = udp
+        self.attention_sampler = attention_sampler
         self.num_keypoints = K = cfg.num_keypoints
         C, L = cfg.embed_dim, len(cfg.levels)
         # timm features_only (index l - 1 is C_l); the shared builder also honours a reduced ResNet stem_width.
@@ -298,14 +209,14 @@ class TFPose(PoseModel):
                                          for c in self.backbone.channels])
         self.level_embed = nn.Parameter(torch.empty(L, C))
         self.encoder = nn.ModuleList([
-            TFPoseEncoderLayer(C, cfg.ffn_width, cfg.num_heads, L, cfg.num_points, cfg.dropout, cfg.sampler)
+            TFPoseEncoderLayer(C, cfg.ffn_width, cfg.num_heads, L, cfg.num_points, cfg.dropout, attention_sampler)
             for _ in range(cfg.num_encoder_layers)])
         # Assumption (spec §3): one Embedding(K, 2C) holding the query position P (first half) and content Q
         # (second half), as Deformable DETR splits it.
         self.query_embed = nn.Embedding(K, 2 * C)
         # J_0 = sigmoid(R), R learnable (paper Eq. 4). Assumption (spec §5.5): R ~ N(0, 1) in logit space.
         self.reference_logits = nn.Parameter(torch.empty(K, 2))
-        self.decoder = TFPoseDecoder(cfg, L)
+        self.decoder = TFPoseDecoder(cfg, L, attention_sampler)
         if cfg.aux_heatmap:
             self.aux_index = list(cfg.levels).index(cfg.aux_level)
             self.aux_head = AuxHeatmapHead(C, K, cfg.aux_level - 2, cfg.aux_channels)
@@ -357,7 +268,7 @@ class TFPose(PoseModel):
         return self._geometry_cache[key]
 
     def train(self, mode: bool = True):
-        if self.cfg.sampler == "auto":
+        if self.attention_sampler == "auto":
             for m in self.modules():
                 if isinstance(m, MultiScaleDeformableAttention):
                     m.sampler = "grid_sample" if mode else "auto"
@@ -398,45 +309,19 @@ class TFPose(PoseModel):
         memory, shapes = self.encode(images)
         if targets is None:
             return self.decode(memory, shapes, all_layers=False)[-1]                    # (B, K, 2)
-        return self.losses(self.decode(memory, shapes, all_layers=True), memory, shapes, targets)
-
-    def losses(self, layer_coords: list[torch.Tensor], memory: torch.Tensor, shapes, targets: list[dict]) -> dict:
-        """Eq. 7: sum over decoder layers of the L1 loss (Eq. 5) + lambda x heatmap MSE (Eq. 6)."""
-        c = self.cfg
-        ref = layer_coords[-1]
-        target = torch.stack([t["coords"] for t in targets]).to(ref)                    # (B, K, 2)
-        weight = torch.stack([t["coord_weights"] for t in targets]).to(ref)             # (B, K, 2)
-        supervised = layer_coords if c.deep_supervision else layer_coords[-1:]
-        offset = len(layer_coords) - len(supervised)
-        losses = {f"loss_coord_{offset + d}": c.coord_loss_weight * coordinate_l1_loss(p, target, weight)
-                  for d, p in enumerate(supervised)}
-        if self.aux_head is not None and c.aux_loss_weight > 0:
-            heatmaps = self.aux_heatmaps(memory, shapes)
-            hm_target = torch.stack([t["heatmaps"] for t in targets]).to(heatmaps)
-            hm_weight = torch.stack([t["heatmap_weights"] for t in targets]).to(heatmaps)
-            if hm_target.shape[-2:] != heatmaps.shape[-2:]:
-                raise ValueError(f"heatmap targets {tuple(hm_target.shape[-2:])} do not match the auxiliary head's "
-                                 f"output {tuple(heatmaps.shape[-2:])}: the input size must be a multiple of "
-                                 f"{2 ** c.aux_level} and the targets input / 4")
-            losses["loss_heatmap"] = c.aux_loss_weight * joints_mse_loss(heatmaps, hm_target, hm_weight)
-        return losses
+        layer_coords = self.decode(memory, shapes, all_layers=True)
+        heatmaps = (self.aux_heatmaps(memory, shapes) if self.aux_head is not None and self.cfg.aux_loss_weight > 0
+                    else None)
+        return tfpose_losses(self.cfg, layer_coords, heatmaps, targets)
 
     # ------------------------------------------------------------------------------------------------------
-    def coords_to_crop_pixels(self, coords: torch.Tensor, input_hw: tuple[int, int]) -> torch.Tensor:
-        """Normalised (B, K, 2) -> crop pixels: u (W - 1) with UDP (spec §5/§7), u W without."""
-        h, w = input_hw
-        scale = torch.tensor([w - 1.0, h - 1.0] if self.udp else [float(w), float(h)], dtype=coords.dtype,
-                             device=coords.device)
-        return coords * scale
-
     @torch.no_grad()
     def predict_coords(self, images: torch.Tensor, flip: bool = False) -> torch.Tensor:
         """Normalised coordinates (B, K, 2) of the last decoder layer, averaged with the mirrored crop's when
         ``flip`` (spec §10: mean of the two, no heatmap shift)."""
         coords = self(images)
         if flip:
-            w = images.shape[-1]
-            center = 1.0 if self.udp else (w - 1.0) / w
+            center = flip_center(self.udp, images.shape[-1])
             coords = 0.5 * (coords + flip_back_coords(self(images.flip(3)), self.flip_pairs, center))
         return coords
 
@@ -446,31 +331,13 @@ class TFPose(PoseModel):
         confidence: keypoint scores are 1 and the instance score is the box score (spec §10)."""
         images = batch["images"]
         coords = self.predict_coords(images, bool(getattr(test_cfg, "flip", False)))
-        return self.decode_results(coords, batch["metas"], (int(images.shape[-2]), int(images.shape[-1])))
-
-    def decode_results(self, coords: torch.Tensor, metas: list[dict], input_hw: tuple[int, int]) -> list[PoseResult]:
-        """Normalised coordinates (B, K, 2) of B crops -> one :class:`PoseResult` per crop in original pixels
-        (keypoint scores 1, instance score = box score). Also decodes ONNX Runtime outputs."""
-        from .rle_regression import topdown_results
-
-        coords = torch.as_tensor(coords).float().cpu()
-        # topdown_results maps u -> u (W, H) -> image; hand it crop pixels / (W, H) so UDP's (W - 1) holds.
-        pixels = self.coords_to_crop_pixels(coords, input_hw)
-        normalised = pixels / torch.tensor([input_hw[1], input_hw[0]], dtype=pixels.dtype)
-        results = topdown_results(normalised, torch.ones(coords.shape[:2]), metas, input_hw)
-        for r in results:
-            r.scores = np.asarray(r.extras["box_score"], dtype=np.float32).reshape(-1)
-        return results
+        return tfpose_results(coords, batch["metas"], (int(images.shape[-2]), int(images.shape[-1])), self.udp)
 
     def finalize(self, result: PoseResult, meta: dict) -> PoseResult:
         """Per image: mmpose's top-down rescoring (box score x mean keypoint score above 0.2, here x 1, so the box
         score stays) then OKS-NMS over the image's crops."""
-        from ..inference.topdown import topdown_finalize
+        from ...inference.topdown import topdown_finalize
         return topdown_finalize(result, self.sigmas, self.cfg.oks_nms_threshold, rescoring=False)
-
-    def export_module(self) -> nn.Module:
-        """Eval-mode ``forward(images) -> (B, K, 2)``; the auxiliary heatmap head is not part of the graph."""
-        return self
 
     # ------------------------------------------------------------------------------------------------------
     def extra_flops(self, input_hw: tuple[int, int], batch: int = 1) -> dict[str, int]:
@@ -490,102 +357,9 @@ def deformable_sampling_flops(cfg: TFPoseConfig, input_hw: tuple[int, int], batc
     return 2 * batch * queries * per_query_macs
 
 
-def tfpose_lr_rules(scope: Literal["offsets_and_refs", "whole_transformer"] = "offsets_and_refs",
-                    mult: float = 0.1) -> list[dict]:
-    """``train.lr_rules`` entries for the paper's reduced learning rate (Sec. 4.1, "decreased by a factor of 10").
-
-    Assumption (spec §8): ``offsets_and_refs`` reads it as Deformable DETR's rule (sampling-offset projections and
-    the reference matrix R at x0.1); ``whole_transformer`` lowers the encoder, decoder, queries, R and the
-    coordinate MLPs."""
-    if scope == "offsets_and_refs":
-        return [{"pattern": r"sampling_offsets|reference_logits", "lr_mult": mult}]
-    if scope == "whole_transformer":
-        return [{"pattern": r"^(encoder|decoder|query_embed|reference_logits|level_embed)", "lr_mult": mult}]
-    raise ValueError(f"lr_mult_scope: expected 'offsets_and_refs' or 'whole_transformer', got {scope!r}")
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Builder, data transform, registration
-# ----------------------------------------------------------------------------------------------------------
-def _check_data(cfg) -> None:
-    from ..data.keypoints import get_meta
-
-    info = get_meta(cfg.data.format)
-    if cfg.model.num_keypoints != len(info.sigmas):
-        raise ConfigError(f"model.num_keypoints: {cfg.model.num_keypoints} does not match data.format "
-                          f"'{cfg.data.format}' ({len(info.sigmas)} keypoints)")
-    w, h = (int(v) for v in cfg.data.input_size)
-    stride = 2 ** max(cfg.model.levels)
-    if w % stride or h % stride:
-        raise ConfigError(f"data.input_size: {w}x{h} must be a multiple of {stride} (the coarsest memory level "
-                          f"C{max(cfg.model.levels)}), e.g. 192x256")
-
-
 def build_tfpose(cfg) -> TFPose:
-    from ..data.keypoints import get_meta
-
-    _check_data(cfg)
-    info = get_meta(cfg.data.format)
-    return TFPose(cfg.model, info.flip_pairs, info.sigmas, udp=bool(cfg.data.augment.topdown.udp))
-
-
-class TFPoseTransform:
-    """Raw top-down sample -> ``{"image", "target", "meta"}`` with the shared mmpose top-down pipeline (centre /
-    scale with padding 1.25, flip, half body, scale / rotation, affine crop; ``data.augment.topdown``) and TFPose's
-    targets (spec §6-7):
-
-      coords (K, 2)          joint / (W - 1, H - 1) under UDP (x / (W, H) without), in [0, 1] inside the crop
-      coord_weights (K, 2)   labelled (v > 0) and inside the crop
-      heatmaps (K, H/4, W/4) UDP Gaussians (sigma ``aux_sigma``), only when the auxiliary loss is on
-      heatmap_weights (K,)   labelled and the Gaussian touches the map
-
-    Picklable for data-loader workers."""
-
-    def __init__(self, cfg, train: bool):
-        from ..data.transforms import topdown_test_transforms, topdown_train_transforms
-
-        _check_data(cfg)
-        self.train = train
-        self.input_size = tuple(int(v) for v in cfg.data.input_size)                 # (W, H)
-        self.udp = bool(cfg.data.augment.topdown.udp)
-        m = cfg.model
-        self.heatmaps = train and m.aux_heatmap and m.aux_loss_weight > 0
-        self.heatmap_size = (self.input_size[0] // 4, self.input_size[1] // 4)
-        self.sigma = float(m.aux_sigma)
-        self.pipeline = topdown_train_transforms(cfg.data) if train else topdown_test_transforms(cfg.data)
-
-    def targets(self, keypoints: np.ndarray) -> dict:
-        """Targets of one person's (K, 3) keypoints in network-input pixels."""
-        from ..data.targets import normalized_coords, udp_heatmaps
-
-        w, h = self.input_size
-        _, weights = normalized_coords(keypoints, self.input_size)                 # labelled and inside the crop
-        norm = np.array([w - 1.0, h - 1.0] if self.udp else [float(w), float(h)])
-        coords = (np.asarray(keypoints, dtype=np.float64)[:, :2] / norm).astype(np.float32)
-        target = {"coords": torch.from_numpy(coords), "coord_weights": torch.from_numpy(weights)}
-        if self.heatmaps:
-            # The paper generates the auxiliary targets with UDP (Sec. 4.1), whatever the crop convention.
-            hm, hm_w = udp_heatmaps(keypoints, self.input_size, self.heatmap_size, self.sigma)
-            target.update(heatmaps=torch.from_numpy(hm), heatmap_weights=torch.from_numpy(hm_w))
-        return target
-
-    def __call__(self, raw: dict, rng=None) -> dict:
-        from ..data.transforms import make_meta, to_tensor_normalize
-
-        sample = self.pipeline(raw, rng)
-        person = sample.get("person_index", -1)
-        target = {}
-        if person is not None and person >= 0:
-            target = self.targets(sample["keypoints"][person])
-        elif self.train:
-            raise ValueError("top-down training samples need a ground-truth person (person_index >= 0)")
-        return {"image": to_tensor_normalize(sample["image"]), "target": target, "meta": make_meta(sample)}
-
-
-def tfpose_transform(cfg, train: bool) -> TFPoseTransform:
-    """TFPose's data pipeline: shared top-down crop and augmentation, coordinate + auxiliary heatmap targets."""
-    return TFPoseTransform(cfg, train)
-
-
-register_method(MethodSpec(name="tfpose", config_cls=TFPoseConfig, build=build_tfpose, family="topdown",
-                           transform=tfpose_transform))
+    """The network a full ``Config`` describes: the paper's knobs from ``cfg.model``, the data format's flip pairs
+    and OKS sigmas, UDP from ``data.augment.topdown.udp`` and the runtime option ``cfg.runtime.attention_sampler``."""
+    info = check_data(cfg)
+    return TFPose(cfg.model, info.flip_pairs, info.sigmas, udp=bool(cfg.data.augment.topdown.udp),
+                  attention_sampler=cfg.runtime.attention_sampler)

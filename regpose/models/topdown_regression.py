@@ -1,32 +1,36 @@
-"""RLE regression baseline (Li et al., "Human Pose Regression with Residual Log-likelihood Estimation", ICCV 2021).
+"""Top-down regression pieces shared by Poseur and the RLE baseline (and TFPose's decoding).
 
-Top-down: backbone -> global average pooling -> FC (coordinates, "linear with norm") and FC (sigma) -> RLE loss
-with a RealNVP flow. This is also Poseur's coarse proposal head (Poseur spec 2.3), so its pieces live here and
-Poseur imports them: :class:`NormLinear`, :class:`CoarseRLEHead`, the flip fusion of regression outputs, the
-keypoint scores and the mapping of normalised crop coordinates back to the image.
+A top-down regression model sees one person crop and regresses K keypoints as normalised crop coordinates
+u = (x_crop / W_in, y_crop / H_in), with a per-coordinate sigma when it is trained with RLE. This module holds what
+such models share, so each method package keeps only its network and loss:
 
-Coordinates inside the network are normalised crop coordinates u = (x_crop / W_in, y_crop / H_in).
+  * :class:`CoarseRLEHead`: GAP + FC regression with sigma (RLE's ``RegressFlow`` head = Poseur's coarse proposal,
+    Poseur spec 2.3), with RLE's :class:`NormLinear` / :class:`PlainLinear` under the official parameter names;
+  * keypoint scores from sigma (:func:`keypoint_scores`, Poseur Eq. 8), the flip test of (mu, sigma) outputs
+    (:func:`flip_back`, :func:`fuse_flip`, Poseur spec 1.5);
+  * decoding: crop coordinates -> one :class:`~regpose.structures.PoseResult` per crop in image pixels
+    (:func:`topdown_results`), and :class:`RLETopDownInference`, the ``predict`` / ``finalize`` of (mu, sigma) models;
+  * :class:`TopDownRegressionTransform`: the mmpose / Poseur crop pipeline with normalised coordinate targets.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 import torch
 from torch import nn
 
-from ..data.transforms import transform_boxes
+from ..config import ConfigError
+from ..data.keypoints import get_meta
+from ..data.targets import normalized_coords
+from ..data.transforms import (make_meta, to_tensor_normalize, topdown_test_transforms, topdown_train_transforms,
+                               transform_boxes)
 from ..structures import PoseResult
-from .backbones import BackboneConfig, build_backbone
-from .base import PoseModel
 from .layers.linear import NormalizedLinear
-from .layers.rle import RealNVP, rle_loss
-from .registry import MethodSpec, register_method
 
-__all__ = ["NormLinear", "PlainLinear", "CoarseRLEHead", "RLEConfig", "RLERegression", "build_rle", "rle_transform",
-           "flip_back", "fuse_flip", "keypoint_scores", "crop_to_image", "topdown_results",
-           "FlipFusion", "KeypointScore", "TopDownRegressionTransform", "topdown_regression_transform"]
+__all__ = ["NormLinear", "PlainLinear", "CoarseRLEHead", "FlipFusion", "KeypointScore", "uncertainty_score",
+           "keypoint_scores", "flip_back_coords", "flip_back", "fuse_flip", "crop_to_image", "topdown_results",
+           "RLETopDownInference", "keypoint_meta_for", "TopDownRegressionTransform", "topdown_regression_transform"]
 
 FlipFusion = Literal["default", "type1", "type2"]
 KeypointScore = Literal["rle", "uncertainty", "none"]
@@ -79,7 +83,7 @@ class CoarseRLEHead(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Scores, flip test and decoding (shared with Poseur)
+# Scores, flip test and decoding
 # ----------------------------------------------------------------------------------------------------------
 def uncertainty_score(sigma: torch.Tensor, a: float = 0.2, scale: float = 0.7) -> torch.Tensor:
     """Poseur's uncertainty score (paper Eq. 8): the Laplace mass within +-a of the prediction per axis,
@@ -100,16 +104,31 @@ def keypoint_scores(sigma: torch.Tensor, kind: KeypointScore = "rle", a: float =
     raise ValueError(f"keypoint score: expected 'rle', 'uncertainty' or 'none', got {kind!r}")
 
 
+def flip_back_coords(coords: torch.Tensor, flip_pairs: torch.Tensor, flip_center: float = 1.0) -> torch.Tensor:
+    """Coordinates (..., K, 2) predicted on the mirrored crop -> original crop: swap left/right joints and
+    u_x := flip_center - u_x.
+
+    ``flip_center`` 1 mirrors normalised coordinates u = x_px / W around 0.5, as Poseur's official
+    ``fliplr_rle_regression`` does, and is exact for UDP's u = x_px / (W - 1) (pixel x mirrors to (W - 1) - x);
+    without UDP the exact pixel mirror of u = x_px / W is (W - 1) / W (TFPose)."""
+    coords = coords[..., _left_right_permutation(coords.shape[-2], flip_pairs, coords.device), :]
+    return torch.stack((flip_center - coords[..., 0], coords[..., 1]), dim=-1)
+
+
 def flip_back(mu: torch.Tensor, sigma: torch.Tensor, flip_pairs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Outputs of the mirrored crop -> original frame (``fliplr_rle_regression``): swap left/right joints for
-    coordinates and sigmas, then u_x := 1 - u_x (the flip centre is 0.5 in normalised coordinates)."""
-    perm = torch.arange(mu.shape[-2], device=mu.device)
+    """(mu, sigma) of the mirrored crop -> original frame (``fliplr_rle_regression``): left/right joints swapped
+    for both, u_x := 1 - u_x for the coordinates (the flip centre is 0.5 in normalised coordinates)."""
+    perm = _left_right_permutation(mu.shape[-2], flip_pairs, mu.device)
+    return flip_back_coords(mu, flip_pairs), sigma[..., perm, :]
+
+
+def _left_right_permutation(num_keypoints: int, flip_pairs: torch.Tensor, device) -> torch.Tensor:
+    """Index of each keypoint's mirror partner (itself when unpaired), from (P, 2) ``flip_pairs``."""
+    perm = torch.arange(num_keypoints, device=device)
     if len(flip_pairs):
         perm[flip_pairs[:, 0]] = flip_pairs[:, 1]
         perm[flip_pairs[:, 1]] = flip_pairs[:, 0]
-    mu, sigma = mu[..., perm, :], sigma[..., perm, :]
-    mu = torch.stack((1 - mu[..., 0], mu[..., 1]), dim=-1)
-    return mu, sigma
+    return perm
 
 
 def fuse_flip(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor,
@@ -180,32 +199,13 @@ def topdown_results(mu: torch.Tensor, score: torch.Tensor, metas: list[dict], in
     return out
 
 
-# ----------------------------------------------------------------------------------------------------------
-# The RLE method
-# ----------------------------------------------------------------------------------------------------------
-@dataclass
-class RLEConfig:
-    """RLE baseline (GAP + FC + RLE). Defaults follow the original RLE code: flow prior mean 0, loss summed over
-    keypoints and divided by the batch size, 'linear with norm' coordinates."""
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)   # paper configs: torchvision ImageNet R-50
-    feature_index: int = 4                  # timm feature index pooled by the head (4: stride 32)
-    num_keypoints: int = 17
-    flow_hidden: int = 64
-    flow_layers: int = 6
-    prior_mean: tuple[float, float] = (0.0, 0.0)
-    loss_normalizer: Literal["batch", "batch_keypoints"] = "batch"
-    keypoint_score: KeypointScore = "rle"
-    uncertainty_a: float = 0.2
-    uncertainty_scale: float = 0.7
-    flip_fusion: FlipFusion = "default"
-    oks_nms_threshold: float = 0.9
-    rescore: bool = True                     # instance score = box score + mean + max of keypoint scores
-
-
 class RLETopDownInference:
     """Inference shared by the top-down RLE models (the baseline and Poseur): eval ``forward(images)`` gives
     (mu, sigma) per keypoint in normalised crop coordinates; flip test with the configured fusion (Poseur spec
-    1.5), keypoint scores from sigma, crop -> image pixels; per image the official rescoring and OKS-NMS."""
+    1.5), keypoint scores from sigma, crop -> image pixels; per image the official rescoring and OKS-NMS.
+
+    The model provides ``cfg`` (``flip_fusion``, ``keypoint_score``, ``uncertainty_a``, ``uncertainty_scale``,
+    ``oks_nms_threshold``, ``rescore``), the ``flip_pairs`` buffer (P, 2) and the OKS ``sigmas``."""
 
     @torch.no_grad()
     def predict(self, batch: dict, test_cfg) -> list[PoseResult]:
@@ -225,11 +225,11 @@ class RLETopDownInference:
         return topdown_finalize(result, self.sigmas, self.cfg.oks_nms_threshold, self.cfg.rescore)
 
 
+# ----------------------------------------------------------------------------------------------------------
+# Building from a Config
+# ----------------------------------------------------------------------------------------------------------
 def keypoint_meta_for(cfg):
     """The data format's keypoint metadata, after checking the model predicts that many keypoints."""
-    from ..config import ConfigError
-    from ..data.keypoints import get_meta
-
     info = get_meta(cfg.data.format)
     if cfg.model.num_keypoints != info.num_keypoints:
         raise ConfigError(f"model.num_keypoints: {cfg.model.num_keypoints} does not match data.format "
@@ -237,39 +237,9 @@ def keypoint_meta_for(cfg):
     return info
 
 
-class RLERegression(RLETopDownInference, PoseModel):
-    """Backbone -> last level -> :class:`CoarseRLEHead`; RLE loss with a RealNVP flow in training."""
-
-    def __init__(self, cfg: RLEConfig, flip_pairs: torch.Tensor, sigmas: np.ndarray):
-        super().__init__()
-        self.cfg = cfg
-        self.num_keypoints = cfg.num_keypoints
-        self.backbone = build_backbone(cfg.backbone, (cfg.feature_index,))
-        self.head = CoarseRLEHead(self.backbone.channels[-1], cfg.num_keypoints)
-        # The original RLE regresses offsets from the crop centre (frame [-0.5, 0.5]); in our [0, 1] frame the same
-        # start (predictions at the centre) is a bias of 0.5.
-        nn.init.constant_(self.head.fc_coord.linear.bias, 0.5)
-        self.flow = RealNVP(cfg.flow_hidden, cfg.flow_layers, tuple(cfg.prior_mean))
-        self.register_buffer("flip_pairs", torch.as_tensor(flip_pairs, dtype=torch.long).reshape(-1, 2), persistent=False)
-        self.sigmas = np.asarray(sigmas, dtype=np.float64)
-
-    def forward(self, images: torch.Tensor, targets: list[dict] | None = None):
-        mu, sigma = self.head(self.backbone(images)[-1])
-        if targets is None:
-            return mu, sigma
-        target = torch.stack([t["coords"] for t in targets]).to(mu)                    # (B, K, 2)
-        weight = torch.stack([t["coord_weights"] for t in targets]).to(mu)             # (B, K, 2)
-        B, K = target.shape[:2]
-        divisor = B if self.cfg.loss_normalizer == "batch" else B * K
-        loss = rle_loss(mu, sigma, target, weight, self.flow, divisor if weight.sum() > 0 else None)
-        return {"loss_rle": loss}
-
-
-def build_rle(cfg) -> RLERegression:
-    info = keypoint_meta_for(cfg)
-    return RLERegression(cfg.model, info.flip_pairs, info.sigmas)
-
-
+# ----------------------------------------------------------------------------------------------------------
+# Data transform
+# ----------------------------------------------------------------------------------------------------------
 class TopDownRegressionTransform:
     """Raw top-down sample -> {"image", "target": {"coords", "coord_weights"}, "meta"}: the official mmpose / Poseur
     pipeline (spec 1.1-1.7: centre/scale with padding 1.25, flip, half body, scale/rotation, non-UDP affine crop,
@@ -277,16 +247,11 @@ class TopDownRegressionTransform:
     and inside the crop). Shared by Poseur, RLE and TFPose. Picklable for data-loader workers."""
 
     def __init__(self, data_cfg, train: bool):
-        from ..data.transforms import topdown_test_transforms, topdown_train_transforms
-
         self.train = train
         self.input_size = tuple(int(v) for v in data_cfg.input_size)          # (W, H)
         self.pipeline = topdown_train_transforms(data_cfg) if train else topdown_test_transforms(data_cfg)
 
     def __call__(self, raw: dict, rng=None) -> dict:
-        from ..data.targets import normalized_coords
-        from ..data.transforms import make_meta, to_tensor_normalize
-
         sample = self.pipeline(raw, rng)
         target = {}
         person = sample.get("person_index", -1)
@@ -299,12 +264,5 @@ class TopDownRegressionTransform:
 
 
 def topdown_regression_transform(cfg, train: bool) -> TopDownRegressionTransform:
+    """The ``MethodSpec.transform`` of the methods that use :class:`TopDownRegressionTransform` as it is."""
     return TopDownRegressionTransform(cfg.data, train)
-
-
-def rle_transform(cfg, train: bool) -> TopDownRegressionTransform:
-    return topdown_regression_transform(cfg, train)
-
-
-register_method(MethodSpec(name="rle", config_cls=RLEConfig, build=build_rle, family="topdown",
-                           transform=rle_transform))
