@@ -192,14 +192,19 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
 
 
-def _former_key(cls: type, key: str) -> str | None:
-    """The current dotted name of a key that moved into a nested section (a nested dataclass lists its former
-    names in ``__former_keys__``, e.g. ``pretrained`` -> ``backbone.weights``)."""
+def _former_key(cls: type, key: str, prefix: str = "") -> str | None:
+    """The current full dotted name of a key of section ``cls`` (at dotted ``prefix``) that moved: into a nested
+    section (the nested dataclass lists its former names in ``__former_keys__``, e.g. ``pretrained`` ->
+    ``backbone.weights``), or to another section of the config (``cls`` lists it in ``__moved_keys__`` with its
+    full new name, e.g. ``conv_impl`` -> ``runtime.conv_impl``)."""
+    moved_out = getattr(cls, "__moved_keys__", {})
+    if key in moved_out:
+        return moved_out[key]
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         moved = getattr(hints.get(f.name), "__former_keys__", {})
         if key in moved:
-            return f"{f.name}.{moved[key]}"
+            return f"{prefix}{f.name}.{moved[key]}"
     return None
 
 
@@ -236,9 +241,10 @@ def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
     pre = f"{prefix}." if prefix else ""
     for k in data:
         if k not in names:
-            former = _former_key(cls, str(k))
-            close = [former] if former else difflib.get_close_matches(str(k), _all_keys(cls), n=1, cutoff=0.5)
-            hint = f" (did you mean '{pre}{close[0]}'?)" if close else f" (valid keys: {', '.join(sorted(names))})"
+            former = _former_key(cls, str(k), pre)
+            close = [pre + c for c in difflib.get_close_matches(str(k), _all_keys(cls), n=1, cutoff=0.5)]
+            close = [former] if former else close
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(sorted(names))})"
             raise ConfigError(f"unknown config key '{pre}{k}'{hint}")
     kwargs = {}
     for f in dataclasses.fields(cls):
