@@ -11,6 +11,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from ...data.keypoints import get_meta
 from ..backbones import BackboneConfig
 
 __all__ = ["QueryPoseConfig", "part_groups", "flip_permutation"]
@@ -94,8 +95,6 @@ _FORMAT_BY_KEYPOINTS = {17: "coco", 14: "crowdpose", 16: "mpii"}
 
 
 def _keypoint_meta(num_keypoints: int):
-    from ...data.keypoints import get_meta
-
     if num_keypoints not in _FORMAT_BY_KEYPOINTS:
         raise ValueError(f"QueryPose: no keypoint layout with {num_keypoints} keypoints "
                          f"(known: {sorted(_FORMAT_BY_KEYPOINTS)})")

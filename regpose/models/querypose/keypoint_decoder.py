@@ -169,8 +169,8 @@ class KeypointDecoderStage(nn.Module):
     tower with :mod:`~regpose.models.layers.winograd` at eager CPU inference, ``direct`` always with conv2d.
     """
 
-    def __init__(self, cfg: QueryPoseConfig, parts: list[list[int]], conv_impl: Literal["direct", "winograd"] =
-                 "winograd"):
+    def __init__(self, cfg: QueryPoseConfig, parts: list[list[int]],
+                 conv_impl: Literal["direct", "winograd"] = "winograd"):
         super().__init__()
         d, dp, ff = cfg.hidden_dim, cfg.part_dim, cfg.dim_feedforward
         self.parts = parts
