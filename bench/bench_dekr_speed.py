@@ -144,7 +144,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = load_config(args.config, ["model.adaptive_conv_impl=grid_sample"])
+    cfg = load_config(args.config, ["runtime.adaptive_conv_impl=grid_sample"])
     model = build_model(cfg).eval()
     out: dict = {"config": args.config, "threads": torch.get_num_threads(), "input": [args.size, args.size],
                  "params": sum(p.numel() for p in model.parameters())}

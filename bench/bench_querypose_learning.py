@@ -140,12 +140,11 @@ def extra_checks(cfg, run_dir: Path, out: Path, person_threshold: float) -> dict
     report["default"] = {"AP": metrics["AP"], "box_AP": box_ap(gt, res)}
     # fast mode keeps the exact top-k people; on COCO (100 queries, COCOeval keeps 20 per image) top-20 gives
     # the same AP by construction; here (20 queries, at most 6 people per image) we show top-10
-    for tag, change in (("direct_convs", {"conv_impl": "direct"}), ("fast_top10", {"fast_topk": 10})):
+    # conv_impl is a runtime option (an attribute of the built model), fast_topk a model setting
+    for tag, owner, key, value in (("direct_convs", "model", "conv_impl", "direct"),
+                                   ("fast_top10", "cfg", "fast_topk", 10)):
         m = copy.deepcopy(model)
-        for k, v in change.items():
-            setattr(m.cfg, k, v)
-        for st in m.kpt_stages:
-            st.conv_impl = m.cfg.conv_impl
+        setattr(m if owner == "model" else m.cfg, key, value)
         metrics, res = evaluate_model(cfg, m, dev, "val", out, tag=tag)
         report[tag] = {"AP": metrics["AP"], "box_AP": box_ap(gt, res)}
     flip_cfg = copy.deepcopy(cfg)

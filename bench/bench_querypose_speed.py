@@ -52,11 +52,12 @@ VARIANTS = {
 }
 
 
+RUNTIME = ("conv_impl", "channels_last", "parallel_chunks")     # runtime options: attributes of the built model
+
+
 def set_variant(model, base: dict, changes: dict) -> None:
     for k, v in {**base, **changes}.items():
-        setattr(model.cfg, k, v)
-    for st in model.kpt_stages:
-        st.conv_impl = model.cfg.conv_impl
+        setattr(model if k in RUNTIME else model.cfg, k, v)
 
 
 def scene(h: int, w: int, people: int, seed: int) -> np.ndarray:
@@ -155,7 +156,7 @@ def main(argv=None) -> int:
     if args.weights:
         from regpose.engine.checkpoint import load_model_weights
         load_model_weights(model, args.weights, strict=False)
-    base = {k: getattr(cfg.model, k) for k in ("conv_impl", "channels_last", "fast_topk", "parallel_chunks")}
+    base = {k: getattr(model if k in RUNTIME else cfg.model, k) for k in RUNTIME + ("fast_topk",)}
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     for v in variants:
         if v not in VARIANTS:
@@ -191,16 +192,16 @@ def main(argv=None) -> int:
     with torch.inference_mode():
         set_variant(model, base, {})
         feats = model.features(batches[30]["images"])
-        from regpose.models.querypose import _rois
+        from regpose.models.querypose.box_decoder import box_rois
         boxes = model.initial_boxes(torch.tensor([[h, w]]))
         query = model.init_proposal_features.weight[None]
         _, boxes, _ = model.box_stage(0, feats, boxes, query)
-        roi = model.kpt_pooler([feats[0]], _rois(boxes))
+        roi = model.kpt_pooler([feats[0]], box_rois(boxes))
         stage = model.kpt_stages[0]
         u_w = stage.roi_convs(roi)
-        stage.conv_impl = "direct"
+        impl, stage.conv_impl = stage.conv_impl, "direct"
         u_d = stage.roi_convs(roi)
-        stage.conv_impl = model.cfg.conv_impl
+        stage.conv_impl = impl
         tower_err = float((u_w - u_d).abs().max() / u_d.abs().max().clamp(min=1e-12))
     print(f"  keypoint-decoder conv tower, Winograd vs direct: max |diff| / max |value| = {tower_err:.2e}", flush=True)
 

@@ -181,7 +181,7 @@ def cmd_reference_check(args) -> int:
 
 
 def cmd_train_rescore(args) -> int:
-    from .models.dekr import train_rescore
+    from .engine.rescore import train_rescore
 
     cfg = _load_cfg(args)
     require_writable_file(args.out, "--out")

@@ -355,10 +355,12 @@ def reference_check(folder: str | Path, conv_impl: str | None = None) -> list[tu
     Hungarian matches of every stage (number of differing indices, tolerance 0).
     """
     from ..config import TestConfig
+    from ..models.querypose.decode import to_result
 
     folder = Path(folder)
-    overrides = {"conv_impl": conv_impl} if conv_impl else {}
-    model, cfg_json = build_reference_model(folder, **overrides)
+    model, cfg_json = build_reference_model(folder)
+    if conv_impl:
+        model.conv_impl = conv_impl
     ref = np.load(folder / "outputs.npz")
     batch = _reference_batch(folder, model)
     sizes = torch.tensor([list(m["input_size"]) for m in batch["metas"]])
@@ -401,7 +403,7 @@ def reference_check(folder: str | Path, conv_impl: str | None = None) -> list[tu
     for b, meta in enumerate(batch["metas"]):
         pre_idx = ref[f"img{b}_prepost_proposal_index"].astype(np.int64)
         add_rel(f"img{b}_prepost_scores", final["scores"][b].numpy()[pre_idx], ref[f"img{b}_prepost_scores"])
-        res = model._to_result(final, b, meta, test_cfg)
+        res = to_result(final, b, meta, test_cfg)
         ours_idx = res.extras["proposal_index"]
         theirs_idx = ref[f"img{b}_final_proposal_index"].astype(np.int64)
         rows.append((f"img{b}_final_proposal_set", float(len(set(ours_idx) ^ set(theirs_idx))), 0.0))

@@ -404,7 +404,8 @@ def test_map_poses_applies_affine():
 # ----------------------------------------------------------------------------------------------------------
 def test_train_rescore_writes_a_usable_net(tmp_path, official_tiny):
     from regpose.engine.checkpoint import atomic_save
-    from regpose.models.dekr import PoseRescorer, train_rescore
+    from regpose.engine.rescore import train_rescore
+    from regpose.models.dekr import PoseRescorer
 
     cfg_off, model = official_tiny
     weights = tmp_path / "tiny.pth"
@@ -462,6 +463,20 @@ def test_paper_ablation_switches_build_and_train(over):
         got = model.losses(heat, off, batch["targets"])["loss_offset"].item()
         assert got == pytest.approx(cfg.model.offset_loss_factor * offset_loss(off, gt, (w > 0).float()).item())
         assert got != pytest.approx(cfg.model.offset_loss_factor * offset_loss(off, gt, w).item(), rel=1e-2)
+
+
+def test_adaptive_conv_impl_comes_from_the_runtime_section():
+    from regpose.config import ConfigError
+    from regpose.models.layers.adaptive_conv import AdaptiveConv2d
+
+    for impl in ("auto", "deform_conv2d"):
+        with torch.device("meta"):
+            model = build_model(_real_cfg(runtime={"adaptive_conv_impl": impl}))
+        convs = [m for m in model.modules() if isinstance(m, AdaptiveConv2d)]
+        assert convs and all(m.impl == impl for m in convs)
+    with pytest.raises(ConfigError) as e:
+        _real_cfg(model={"adaptive_conv_impl": "grid_sample"})
+    assert str(e.value) == "unknown config key 'model.adaptive_conv_impl' (did you mean 'runtime.adaptive_conv_impl'?)"
 
 
 def test_batched_predict_equals_per_image(official_tiny):

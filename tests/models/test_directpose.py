@@ -448,8 +448,8 @@ def test_assignment_and_targets_are_flip_equivariant():
     ftg = [{"boxes": torch.stack((W - tg[0]["boxes"][:, 2], tg[0]["boxes"][:, 1], W - tg[0]["boxes"][:, 0],
                                   tg[0]["boxes"][:, 3]), 1),
             "keypoints": tg[0]["keypoints"][:, fi] * torch.tensor([-1.0, 1, 1]) + torch.tensor([W, 0.0, 0])}]
-    a = m.assign(raw, tg, (H, W))
-    b = m.assign(raw, ftg, (H, W))
+    a = m.criterion.assign(raw, tg, (H, W))
+    b = m.criterion.assign(raw, ftg, (H, W))
     assert a["pos"].sum() > 10
     assert torch.equal(b["pos"][0], a["pos"][0][mirror])
     pos = a["pos"][0]
@@ -557,9 +557,9 @@ def test_gradients_reach_every_parameter():
     x = torch.randn(2, 3, 128, 128)
     m.train()
     raw = m._network(x, with_heatmap=True)
-    levels = torch.log2(raw["strides"][m.assign(raw, tg, (128, 128))["pos"][0]] / 8).long()
+    levels = torch.log2(raw["strides"][m.criterion.assign(raw, tg, (128, 128))["pos"][0]] / 8).long()
     assert levels.unique().tolist() == [0, 1, 2, 3, 4]
-    losses = m.losses(raw, tg, (128, 128))
+    losses = m.criterion(raw, tg, (128, 128))
     total_loss(losses).backward()
     dead = [n for n, p in m.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.abs().sum() > 0)]
     assert dead == []
@@ -717,7 +717,7 @@ class OracleDirectPose(DirectPose):
 
     def forward(self, images, targets=None):
         raw = self._network(images, with_heatmap=False)
-        a = self.assign(raw, self.oracle_targets, images.shape[-2:])
+        a = self.criterion.assign(raw, self.oracle_targets, images.shape[-2:])
         # People without labelled keypoints are FCOS positives too (spec §3), but have no pose to report.
         pos = a["pos"] & (a["keypoints"][..., 2] > 0).any(-1)
         ctr = torch.zeros_like(raw["cls_logits"])

@@ -1,5 +1,6 @@
 """QueryPose network: training wiring (losses, gradients, matching edge cases), the RLE loss by hand, part
-reassembly, Winograd convolutions, exact fast top-k, flip helpers, ablation switches, transform, export."""
+reassembly, Winograd vs direct decoders, exact fast top-k, flip helpers, ablation switches, runtime options,
+transform, export."""
 from __future__ import annotations
 
 import math
@@ -10,8 +11,9 @@ import torch
 
 from regpose.config import TestConfig as EvalOptions
 from regpose.models.backbones import BackboneConfig
-from regpose.models.querypose import (QueryPose, QueryPoseConfig, WinogradConv3x3, flip_permutation, part_groups,
-                                      winograd_conv3x3, winograd_conv_relu_tower, winograd_weight)
+from regpose.models.querypose import QueryPose, QueryPoseConfig, flip_permutation, part_groups
+from regpose.models.querypose.decode import flip_images, fuse_flip, unflip
+from regpose.models.querypose.loss import keypoint_loss
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -82,7 +84,7 @@ def test_rle_keypoint_loss_by_hand():
     gt[..., 2] = torch.tensor([0.0, 1.0, 2.0]).repeat(n, 6)[:, :k]
     mu = torch.randn(n, k, 2) * 0.3
     sigma = torch.rand(n, k, 2) * 0.5 + 0.05
-    got = model._kpt_loss(mu, sigma, gt, boxes, torch.tensor(3.0))
+    got = keypoint_loss(model.flow, mu, sigma, gt, boxes, torch.tensor(3.0))
     total = 0.0
     for i in range(n):
         x1, y1, x2, y2 = boxes[i].tolist()
@@ -118,29 +120,6 @@ def test_part_outputs_reassemble_into_dataset_order():
     assert part_groups(14, "c", "instance") == [list(range(14))]
 
 
-@pytest.mark.parametrize("shape", [(3, 8, 14, 14), (2, 5, 7, 9), (1, 4, 4, 4), (2, 6, 1, 3)])
-def test_winograd_conv_equals_conv2d(shape):
-    gen = torch.Generator().manual_seed(sum(shape))
-    x = torch.randn(*shape, generator=gen)
-    convs = [torch.nn.Conv2d(shape[1], 7, 3, padding=1), torch.nn.Conv2d(7, 5, 3, padding=1)]
-    with torch.no_grad():
-        ref = convs[0](x)
-        got = winograd_conv3x3(x, winograd_weight(convs[0].weight), convs[0].bias)
-        torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-5)
-        for c in convs[1:]:
-            ref = torch.relu(c(torch.relu(ref)))
-        tower = winograd_conv_relu_tower(x, [WinogradConv3x3(c.weight, c.bias) for c in convs])
-    torch.testing.assert_close(tower, ref, atol=2e-5, rtol=1e-5)
-    layers = [WinogradConv3x3(c.weight, c.bias) for c in convs]
-    with torch.no_grad():                   # RoIs in cache-sized chunks give the same result
-        torch.testing.assert_close(winograd_conv_relu_tower(x, layers, chunk=1), ref, atol=2e-5, rtol=1e-5)
-    for layer, c in zip(layers, convs):     # the portable batched-matmul path (non-CPU devices)
-        layer.packed = None
-        layer.weight36 = winograd_weight(c.weight.detach()).transpose(1, 2).contiguous()
-    with torch.no_grad():
-        torch.testing.assert_close(winograd_conv_relu_tower(x, layers), ref, atol=2e-5, rtol=1e-5)
-
-
 def test_winograd_and_direct_decoders_agree():
     # the official tiny model (realistic, well-conditioned weights): both convolution paths give the same people
     from regpose.compat.querypose import _reference_batch, build_reference_model
@@ -152,8 +131,8 @@ def test_winograd_and_direct_decoders_agree():
     sizes = torch.tensor([list(m["input_size"]) for m in batch["metas"]])
     with torch.no_grad():
         wino = model(batch["images"], image_sizes=sizes)
-        for st in model.kpt_stages:
-            st.conv_impl = "direct"
+        model.conv_impl = "direct"
+        assert all(st.conv_impl == "direct" for st in model.kpt_stages)
         direct = model(batch["images"], image_sizes=sizes)
     for key in ("scores", "sigma", "logits"):
         torch.testing.assert_close(wino[key], direct[key], atol=2e-5, rtol=1e-5)
@@ -201,17 +180,17 @@ def test_flip_helpers_are_involutions(batch):
     model = QueryPose(tiny_cfg()).eval()
     images, targets = batch
     sizes = torch.stack([t["image_size"] for t in targets])
-    flipped = model._flip_images(images, sizes)
-    assert torch.equal(model._flip_images(flipped, sizes), images)
+    flipped = flip_images(images, sizes)
+    assert torch.equal(flip_images(flipped, sizes), images)
     assert torch.equal(flipped[1, :, 80:], images[1, :, 80:])          # padding stays padding
     torch.testing.assert_close(flipped[0, :, :, 0], images[0, :, :, 127])
     with torch.no_grad():
         out = model(images, image_sizes=sizes)
-    back = model._unflip(model._unflip(out, sizes), sizes)
+    back = unflip(unflip(out, sizes, 17), sizes, 17)
     for key in ("boxes", "keypoints", "sigma"):
         torch.testing.assert_close(back[key], out[key])
     # fusing a prediction set with its own mirror image leaves it unchanged
-    fused = model._fuse_flip(out, model._unflip(out, sizes), sizes)
+    fused = fuse_flip(out, back, 0.5)
     for key in ("scores", "boxes", "keypoints"):
         torch.testing.assert_close(fused[key], out[key])
     assert flip_permutation(17)[[1, 5, 16]].tolist() == [2, 6, 15]
@@ -370,6 +349,27 @@ def test_transform_targets_follow_detectron2_convention(real_dir):
     assert bool((kp[..., :2][kp[..., 2] == 0] == 0).all())          # unlabelled keypoints stay (0, 0, 0)
 
 
+def test_runtime_section_sets_the_implementation_switches():
+    """conv_impl / parallel_chunks / channels_last come from ``runtime:``; the model section refuses them with a
+    hint to their new place."""
+    from regpose.config import ConfigError, load_config
+    from regpose.models import build_model
+    from conftest import REPO
+
+    path = REPO / "configs" / "querypose" / "querypose_r18_synthetic.yaml"
+    with torch.device("meta"):
+        default = build_model(load_config(path))
+        changed = build_model(load_config(path, ["runtime.conv_impl=direct", "runtime.parallel_chunks=false",
+                                                 "runtime.channels_last=false"]))
+    assert (default.conv_impl, default.parallel_chunks, default.channels_last) == ("winograd", True, True)
+    assert (changed.conv_impl, changed.parallel_chunks, changed.channels_last) == ("direct", False, False)
+    assert all(st.conv_impl == "direct" for st in changed.kpt_stages)
+    for key in ("conv_impl", "parallel_chunks", "channels_last"):
+        with pytest.raises(ConfigError) as e:
+            load_config(path, [f"model.{key}=false"])
+        assert str(e.value) == f"unknown config key 'model.{key}' (did you mean 'runtime.{key}'?)"
+
+
 def test_synthetic_config_trains_a_step():
     from regpose.config import load_config
     from regpose.data.collate import collate
@@ -405,7 +405,8 @@ def test_synthetic_config_trains_a_step():
 
 
 def test_parallel_keypoint_chains_equal_sequential_and_use_winograd(monkeypatch):
-    import regpose.models.querypose as qp
+    import regpose.models.querypose.keypoint_decoder as kd
+    import regpose.models.querypose.model as qp
     from regpose.compat.querypose import _reference_batch, build_reference_model
     from conftest import REFERENCE
 
@@ -414,8 +415,8 @@ def test_parallel_keypoint_chains_equal_sequential_and_use_winograd(monkeypatch)
     batch = _reference_batch(folder, model)
     sizes = torch.tensor([list(m["input_size"]) for m in batch["metas"]])
     calls = []
-    real = qp.winograd_conv_relu_tower
-    monkeypatch.setattr(qp, "winograd_conv_relu_tower", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = kd.winograd_conv_relu_tower
+    monkeypatch.setattr(kd, "winograd_conv_relu_tower", lambda *a, **k: calls.append(1) or real(*a, **k))
     with torch.inference_mode():
         feats = model.features(batch["images"])
         boxes = model.initial_boxes(sizes)

@@ -1,0 +1,126 @@
+"""DEKR's data pipeline: the official training sample (random affine / flip to the square input, heatmap and offset
+targets with their weights; spec Sec. 2) and the official test resize (spec Sec. 3.1), which multi-scale testing
+also applies to the original image at the other scales."""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import torch
+
+from ...config import ConfigError
+from ...data.targets import dekr_heatmaps, dekr_joints, dekr_offsets
+from ...data.transforms import (BottomUpTestResize, Compose, bottomup_train_transforms, make_meta, select_people,
+                                to_tensor_normalize)
+from .config import eval_input_size, keypoint_layout
+
+__all__ = ["official_test_resize", "resize_for_test", "DEKRTrainTransform", "DEKREvalTransform", "dekr_transform"]
+
+
+def _ceil64(x: float) -> int:
+    return int(math.ceil(x / 64.0) * 64)
+
+
+def official_test_resize(h: int, w: int, input_size: int, scale: float = 1.0):
+    """Official resize policy: the short side goes to ceil64(input_size)*scale, the long side keeps the aspect ratio
+    rounded *up* to a multiple of 64 (times scale); a similarity about the image center.
+
+    Returns (W_r, H_r), the (2, 3) float64 affine original -> resized pixels, and its inverse."""
+    base = _ceil64(input_size)
+    if w < h:
+        w_r, h_r = int(base * scale), int(_ceil64(base / w * h) * scale)
+    else:
+        h_r, w_r = int(base * scale), int(_ceil64(base / h * w) * scale)
+    alpha = int(base * scale) / min(w, h)
+    cx, cy = int(w / 2.0 + 0.5), int(h / 2.0 + 0.5)
+    fwd = np.array([[alpha, 0.0, w_r / 2.0 - alpha * cx], [0.0, alpha, h_r / 2.0 - alpha * cy]])
+    inv = np.array([[1 / alpha, 0.0, cx - w_r / 2.0 / alpha], [0.0, 1 / alpha, cy - h_r / 2.0 / alpha]])
+    return (w_r, h_r), fwd, inv
+
+
+def resize_for_test(image_rgb: np.ndarray, input_size: int, scale: float = 1.0):
+    """Warp an RGB uint8 image with the official test resize (bilinear, zero border).
+    Returns (resized uint8 (H_r, W_r, 3), inverse affine resized -> original)."""
+    h, w = image_rgb.shape[:2]
+    (w_r, h_r), fwd, inv = official_test_resize(h, w, input_size, scale)
+    if w_r % 32 or h_r % 32:
+        raise ConfigError(f"test.scales: scale {scale} gives a {w_r}x{h_r} input, not a multiple of 32 "
+                          f"(DEKR's HRNet needs it); use scales like 0.5, 1, 1.5, 2")
+    out = cv2.warpAffine(image_rgb, fwd, (w_r, h_r), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                         borderValue=0)
+    return out, inv
+
+
+class DEKRTrainTransform:
+    """Raw sample -> DEKR training sample (spec Sec. 2): person joints + center slot and offset areas in original
+    pixels, the official random affine / flip (data.augment.bottomup) to the square input and the stride-4 output,
+    then the heatmap / offset targets with their weights (ignore mask from crowds and unlabelled people)."""
+
+    def __init__(self, cfg):
+        self.fmt = cfg.data.format
+        self.k, flip_index = keypoint_layout(self.fmt)
+        size = int(cfg.data.input_size[0])
+        if size % 32:
+            raise ConfigError(f"data.input_size: DEKR needs a multiple of 32, got {cfg.data.input_size}")
+        self.output_size = size // 4
+        self.model_cfg = cfg.model
+        # the center slot (index K) maps to itself under flips
+        self.augment = bottomup_train_transforms(cfg.data, flip_index=list(flip_index) + [self.k],
+                                                 output_sizes=(self.output_size,), mask=True)
+
+    def arrays(self, raw: dict, rng=None) -> dict:
+        """Every array the official ``CocoKeypoints.__getitem__`` makes of one image (numpy, in that order):
+        ``joints_raw`` (P, K+1, 3) / ``area_raw`` (P,) in original pixels, the augmented ``sample`` (uint8 input
+        image, meta fields, ``augment`` parameters), ``joints`` (P, K+1, 3) output pixels, ``area`` (P,) scaled,
+        ``ignore_mask`` (R, R), ``heatmap`` and ``heatmap_weight`` (K+1, R, R; weight before the mask), ``mask`` =
+        ignore_mask x heatmap_weight (the heatmap-loss weight), ``offset`` / ``offset_weight`` (2K, R, R)."""
+        m = self.model_cfg
+        # Official code: the area < 32^2 "no center" rule is COCO's (CrowdPose has no such check)
+        joints, area, keep = dekr_joints(raw["keypoints"], raw["areas"], raw["iscrowd"], raw["num_keypoints"],
+                                         area_check=self.fmt != "crowdpose")
+        sample = select_people(dict(raw), keep)
+        sample["keypoints"] = joints                                     # (P, K+1, 3), original pixels
+        sample = self.augment(sample, rng)
+        layer = sample["outputs"][0]
+        r = self.output_size
+        # Official code: the offset-weight area is scaled to INPUT pixels² (area_scale = (input / 200 s)²) while
+        # the offsets are in output pixels (train_step README Q10)
+        out = {"joints_raw": joints, "area_raw": area, "sample": sample, "joints": layer["keypoints"],
+               "area": area * sample["area_scale"], "ignore_mask": layer["mask"]}
+        out["heatmap"], out["heatmap_weight"] = dekr_heatmaps(out["joints"], r, m.sigma, m.center_sigma, m.bg_weight)
+        out["mask"] = out["ignore_mask"][None] * out["heatmap_weight"]  # Official code: mask_list[0] * ignored
+        out["offset"], out["offset_weight"] = dekr_offsets(out["joints"], out["area"], r, m.offset_radius)
+        return out
+
+    def __call__(self, raw: dict, rng=None) -> dict:
+        a = self.arrays(raw, rng)
+        sample = a["sample"]
+        target = {"heatmap": torch.from_numpy(a["heatmap"]), "heatmap_weight": torch.from_numpy(a["mask"]),
+                  "offset": torch.from_numpy(a["offset"]), "offset_weight": torch.from_numpy(a["offset_weight"])}
+        sample["keypoints"] = sample["keypoints"][:, :self.k]
+        return {"image": to_tensor_normalize(sample["image"]), "target": target, "meta": make_meta(sample)}
+
+
+class DEKREvalTransform:
+    """Raw sample -> test sample: the official scale-1 resize (spec Sec. 3.1); with multi-scale testing the original
+    image rides along in ``meta['image_raw']`` (``predict`` resizes it to the other scales and drops it)."""
+
+    def __init__(self, cfg):
+        self.input_size = eval_input_size(cfg)
+        self.keep_raw = [float(s) for s in cfg.test.scales] != [1.0]
+
+    def __call__(self, raw: dict, rng=None) -> dict:
+        original = raw["image"]
+        sample = dict(raw)
+        sample.setdefault("keypoints", np.zeros((0, 1, 3)))     # inference inputs carry no annotations
+        sample = Compose([BottomUpTestResize(self.input_size, 1.0)])(sample, rng)
+        meta = make_meta(sample)
+        if self.keep_raw:
+            meta["image_raw"] = original
+        return {"image": to_tensor_normalize(sample["image"]), "target": {}, "meta": meta}
+
+
+def dekr_transform(cfg, train: bool):
+    """DEKR's data pipeline: :class:`DEKRTrainTransform` for training, :class:`DEKREvalTransform` for testing."""
+    return DEKRTrainTransform(cfg) if train else DEKREvalTransform(cfg)
