@@ -53,7 +53,7 @@ def _rle_defaults(cfg) -> DisplayDefaults:
     so its maximum is 1 + 2 x the best keypoint score (3 for mean(1 - sigma), 2.4 for Eq. 8 x 0.7)."""
     import torch
 
-    from ..models.rle_regression import fuse_flip, keypoint_scores
+    from ..models.topdown_regression import fuse_flip, keypoint_scores
 
     m = cfg.model
 
