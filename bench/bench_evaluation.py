@@ -23,7 +23,7 @@ import numpy as np
 from regpose.data.keypoints import CROWDPOSE_SIGMAS
 from regpose.evaluation import evaluate
 from regpose.evaluation.coco import COCO_KEYS, CROWDPOSE_KEYS
-from regpose.evaluation.scenes import random_scene
+from bench.scenes import random_scene
 
 
 def run_pycocotools(gt_path, res_path):
