@@ -44,7 +44,9 @@ LAYERS = (
 
 LAZY_REASON = re.compile(r"#\s*lazy:\s*\S.{3,}")     # "# lazy: <why>" on an in-function import's line(s)
 
-# Breaks of today's code, each with the issue-20 item whose work removes it. Only ever remove entries.
+# Breaks of today's code, each with the issue-20 item whose work removes it. Only ever remove entries. A module
+# named here also covers the package it may become: "regpose.models.dekr" (upward imports) and "regpose/models/dekr"
+# (in-function imports: a path without .py) cover regpose/models/dekr.py and, after the split, regpose/models/dekr/.
 KNOWN_VIOLATIONS = {
     # Import cycles (the set of files on the cycle).
     "cycles": {
@@ -78,41 +80,41 @@ KNOWN_VIOLATIONS = {
         ("regpose.inference.predictor", "regpose.engine.checkpoint"): "ARCH assembly layer: regpose/checkpoint.py",
         ("regpose.inference.topdown", "regpose.engine.checkpoint"): "ARCH assembly layer: regpose/checkpoint.py",
     },
-    # Files with package imports inside functions that do not say why (file: how many).
+    # Package imports inside functions that do not say why (file or package, without .py: how many in it).
     "in_function": {
-        "regpose/cli.py": (19, "20.5: the cli/ package; per-command imports marked '# lazy: CLI start-up time'"),
-        "regpose/compat/dekr.py": (16, "20.5: converters named by MethodSpec, imports at top"),
-        "regpose/compat/official.py": (4, "20.5: MethodSpec names each converter"),
-        "regpose/compat/poseur.py": (8, "20.5: converters named by MethodSpec, imports at top"),
-        "regpose/compat/querypose.py": (5, "20.5: converters named by MethodSpec, imports at top"),
-        "regpose/config.py": (2, "20.5: Config assembles the method's dataclass from the registry (assembly "
+        "regpose/cli": (19, "20.5: the cli/ package; per-command imports marked '# lazy: CLI start-up time'"),
+        "regpose/compat/dekr": (16, "20.5: converters named by MethodSpec, imports at top"),
+        "regpose/compat/official": (4, "20.5: MethodSpec names each converter"),
+        "regpose/compat/poseur": (8, "20.5: converters named by MethodSpec, imports at top"),
+        "regpose/compat/querypose": (5, "20.5: converters named by MethodSpec, imports at top"),
+        "regpose/config": (2, "20.5: Config assembles the method's dataclass from the registry (assembly "
                                  "layer), typed.py holds the machinery"),
-        "regpose/data/datasets.py": (3, "20.1: no detector inside the data layer; 20.5 ConfigError in errors.py"),
-        "regpose/data/keypoints.py": (1, "20.3: keypoint layouts from the dataset config"),
-        "regpose/data/show.py": (4, "20.5: show-data moves to the surface"),
-        "regpose/data/synthetic.py": (2, "20.3: keypoint layouts as inputs"),
-        "regpose/data/transforms.py": (4, "20.2: codecs per family"),
-        "regpose/demo.py": (6, "20.5: the command surface"),
-        "regpose/engine/bench.py": (2, "20.1: one runner, imports at top"),
-        "regpose/engine/budget.py": (6, "20.1: one runner, imports at top"),
-        "regpose/engine/dryrun.py": (6, "20.1: one runner, imports at top"),
-        "regpose/engine/evaluator.py": (7, "20.1: the evaluator uses the inference runner"),
-        "regpose/engine/recipe.py": (2, "20.1: imports at top"),
-        "regpose/engine/trainer.py": (7, "20.1: imports at top"),
-        "regpose/evaluation/__init__.py": (4, "20.5: evaluation's public functions at top"),
-        "regpose/evaluation/analysis.py": (1, "20.5: errors at top"),
-        "regpose/evaluation/pckh.py": (1, "20.3: MPII ids from the data layer at top"),
-        "regpose/inference/commands.py": (17, "20.5: cli/ absorbs inference/commands.py"),
-        "regpose/inference/export.py": (6, "20.1: the export / ONNX backend cycle goes"),
-        "regpose/inference/predictor.py": (17, "20.1: one top-down runner"),
-        "regpose/inference/topdown.py": (14, "20.1: one top-down runner and one box source"),
-        "regpose/inference/visualize.py": (1, "20.3: the keypoint layout as an input"),
-        "regpose/models/__init__.py": (1, "20.3: one build_backbone / trunk initialisation"),
-        "regpose/models/dekr.py": (19, "20.4: the dekr/ package"),
-        "regpose/models/directpose.py": (3, "20.4: the directpose/ package"),
-        "regpose/models/querypose.py": (5, "20.4: the querypose/ package"),
-        "regpose/models/rle_regression.py": (6, "20.4: the shared top-down regression module + rle/"),
-        "regpose/models/tfpose.py": (7, "20.4: the tfpose/ package"),
+        "regpose/data/datasets": (3, "20.1: no detector inside the data layer; 20.5 ConfigError in errors.py"),
+        "regpose/data/keypoints": (1, "20.3: keypoint layouts from the dataset config"),
+        "regpose/data/show": (4, "20.5: show-data moves to the surface"),
+        "regpose/data/synthetic": (2, "20.3: keypoint layouts as inputs"),
+        "regpose/data/transforms": (4, "20.2: codecs per family"),
+        "regpose/demo": (6, "20.5: the command surface"),
+        "regpose/engine/bench": (2, "20.1: one runner, imports at top"),
+        "regpose/engine/budget": (6, "20.1: one runner, imports at top"),
+        "regpose/engine/dryrun": (6, "20.1: one runner, imports at top"),
+        "regpose/engine/evaluator": (7, "20.1: the evaluator uses the inference runner"),
+        "regpose/engine/recipe": (2, "20.1: imports at top"),
+        "regpose/engine/trainer": (7, "20.1: imports at top"),
+        "regpose/evaluation/__init__": (4, "20.5: evaluation's public functions at top"),
+        "regpose/evaluation/analysis": (1, "20.5: errors at top"),
+        "regpose/evaluation/pckh": (1, "20.3: MPII ids from the data layer at top"),
+        "regpose/inference/commands": (17, "20.5: cli/ absorbs inference/commands.py"),
+        "regpose/inference/export": (6, "20.1: the export / ONNX backend cycle goes"),
+        "regpose/inference/predictor": (17, "20.1: one top-down runner"),
+        "regpose/inference/topdown": (14, "20.1: one top-down runner and one box source"),
+        "regpose/inference/visualize": (1, "20.3: the keypoint layout as an input"),
+        "regpose/models/__init__": (1, "20.3: one build_backbone / trunk initialisation"),
+        "regpose/models/dekr": (19, "20.4: the dekr/ package"),
+        "regpose/models/directpose": (3, "20.4: the directpose/ package"),
+        "regpose/models/querypose": (5, "20.4: the querypose/ package"),
+        "regpose/models/rle_regression": (6, "20.4: the shared top-down regression module + rle/"),
+        "regpose/models/tfpose": (7, "20.4: the tfpose/ package"),
     },
 }
 
@@ -283,39 +285,52 @@ def test_no_import_cycles():
     assert not errors, "\n".join(errors)
 
 
+def _inside(key: str, module: str) -> bool:
+    """``module`` is ``key`` or inside the package ``key``."""
+    return module == key or module.startswith(key + ".")
+
+
 def test_layer_order():
     imports = package_imports()
     known = KNOWN_VIOLATIONS["upward"]
     found = upward_imports(imports)
     errors = []
     for (a, b), where in sorted(found.items()):
-        if (a, b) not in known:
+        if not any(_inside(ka, a) and _inside(kb, b) for ka, kb in known):
             for imp in where:
                 errors.append(f"{imp.where()}: {a} (layer {layer_of(a)}: {LAYERS[layer_of(a)][0]}) imports {b} "
                               f"(layer {layer_of(b)}: {LAYERS[layer_of(b)][0]}); rule: a module imports only "
                               f"from its own layer or lower ones")
-    errors += [f"KNOWN_VIOLATIONS['upward'] lists {a} -> {b}, which no longer exists: remove the entry"
-               for a, b in known if (a, b) not in found]
+    errors += [f"KNOWN_VIOLATIONS['upward'] lists {ka} -> {kb}, which no longer exists: remove the entry"
+               for ka, kb in known if not any(_inside(ka, a) and _inside(kb, b) for a, b in found)]
     assert not errors, "\n".join(errors)
+
+
+def _entry_of(path: str, keys) -> str:
+    """The longest key (a path without .py) covering the file ``path``, else the file's own key."""
+    covering = [k for k in keys if path == k + ".py" or path.startswith(k + "/")]
+    return max(covering, key=len) if covering else path[:-len(".py")]
 
 
 def test_package_imports_inside_functions_say_why():
     imports = package_imports()
     known = KNOWN_VIOLATIONS["in_function"]
-    found = unexplained_in_function(imports)
+    by_entry = defaultdict(list)
+    for path, where in unexplained_in_function(imports).items():
+        by_entry[_entry_of(path, known)] += where
     errors = []
-    for path, where in sorted(found.items()):
-        allowed = known.get(path, (0, ""))[0]
+    for entry, where in sorted(by_entry.items()):
+        allowed = known.get(entry, (0, ""))[0]
         if len(where) > allowed:
             listed = "\n  ".join(f"{i.where()}: imports {i.target}" for i in where)
-            errors.append(f"{path}: {len(where)} package imports inside functions without a '# lazy: <why>' "
+            errors.append(f"{entry}: {len(where)} package imports inside functions without a '# lazy: <why>' "
                           f"comment ({allowed} known); rule: package imports at module top unless the line says "
                           f"why (optional heavy dependency, CLI start-up time), never to dodge a cycle:\n  {listed}")
-    for path, (allowed, _) in sorted(known.items()):
-        now = len(found.get(path, []))
+    for entry, (allowed, _) in sorted(known.items()):
+        now = len(by_entry.get(entry, []))
         if now < allowed:
             errors.append(f"KNOWN_VIOLATIONS['in_function'] allows {allowed} unexplained in-function imports in "
-                          f"{path}, now {now}: " + (f"lower it to {now}" if now else "remove the entry"))
+                          f"{entry}, now {now}: " + (f"lower it to {now}" if now else "remove the entry"))
     assert not errors, "\n".join(errors)
 
 
@@ -378,3 +393,16 @@ def test_layers_follow_the_architecture():
         assert layer_of("regpose.models.layers.rle") < layer_of(high)
     assert layer_of("regpose.errors") < layer_of("regpose.data") < layer_of("regpose.config")
     assert layer_of("regpose.models") < layer_of("regpose.config") == layer_of("regpose.checkpoint") < layer_of("regpose.inference")
+
+
+def test_known_entries_cover_a_module_and_the_package_it_becomes():
+    """An entry for a method file still covers it once split into a package; a package's __init__ entry never
+    absorbs its siblings (their imports stay unknown violations)."""
+    keys = ["regpose/models/dekr", "regpose/models/__init__", "regpose/cli"]
+    assert _entry_of("regpose/models/dekr.py", keys) == "regpose/models/dekr"
+    assert _entry_of("regpose/models/dekr/loss.py", keys) == "regpose/models/dekr"
+    assert _entry_of("regpose/models/__init__.py", keys) == "regpose/models/__init__"
+    assert _entry_of("regpose/models/backbones.py", keys) == "regpose/models/backbones"
+    assert _entry_of("regpose/clitypes.py", keys) == "regpose/clitypes"
+    assert _inside("regpose.models.dekr", "regpose.models.dekr.decode")
+    assert not _inside("regpose.models.dekr", "regpose.models.dekr_extra")
