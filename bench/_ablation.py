@@ -4,24 +4,21 @@ Each benchmark keeps only what is its own: variants, extra metrics and checks.""
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from regpose.config import load_config  # noqa: E402
-from regpose.engine.budget import seconds_per_iteration  # noqa: E402
+from bench._common import REPO, machine, parser, set_threads, write_json
+from regpose.config import load_config
+from regpose.engine.budget import seconds_per_iteration
+from regpose.engine.trainer import train
 
 
 def parse_args(doc: str, variants: dict, default_out: str, argv=None) -> argparse.Namespace:
     """The common options; ``variants`` is validated into a list."""
-    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap = parser(doc)
     ap.add_argument("--minutes", type=float, default=20.0, help="wall budget per variant, evaluation included")
     ap.add_argument("--eval-minutes", type=float, default=1.5, help="part of the budget kept for evaluation")
     ap.add_argument("--variants", default=",".join(variants))
@@ -35,7 +32,7 @@ def parse_args(doc: str, variants: dict, default_out: str, argv=None) -> argpars
     unknown = [v for v in args.variants if v not in variants]
     if unknown:
         ap.error(f"unknown variant(s) {unknown}; choose from {list(variants)}")
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     args.out = Path(args.out)
     return args
 
@@ -87,8 +84,6 @@ def train_variant(args, config: Path, common: list[str], sched: list[str], name:
                   metrics: tuple[str, ...]):
     """Train one variant into ``<out>/<name>`` and return (its config, run folder, result row with the
     overrides, iterations done, minutes and ``metrics`` of the final evaluation)."""
-    from regpose.engine.trainer import train
-
     run_dir = args.out / name
     vcfg = load_config(config, common + sched + overrides + [f"output_dir={run_dir}"])
     print(f"\n=== {name}: {' '.join(overrides) or '(paper default)'}; {vcfg.train.iters} iterations", flush=True)
@@ -107,12 +102,11 @@ def report(args, config: Path, common: list[str], iters: int, t_iter, results: d
            effects: tuple[tuple[str, str], ...], target: float) -> None:
     """Write ``<out>/results.json`` and print the table and the effect of each ablated component on AP."""
     summary = {"config": str(config.relative_to(REPO)), "overrides": common, "iterations_budget": iters,
-               "seconds_per_iteration_full": t_iter, "minutes_budget": args.minutes, "threads": args.threads,
-               "smoke": args.smoke, "torch": torch.__version__, "results": results}
+               "seconds_per_iteration_full": t_iter, "minutes_budget": args.minutes, **machine(),
+               "smoke": args.smoke, "results": results}
     if "full" in results and results["full"]["AP"] is not None:
         summary[f"target_AP_{target}_met"] = bool(results["full"]["AP"] >= target)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "results.json").write_text(json.dumps(summary, indent=1))
+    write_json(args.out / "results.json", summary)
 
     print(f"\n{'variant':<12} {'iters':>6} {'min':>6} " + " ".join(f"{k[:6]:>6}" for k in metrics))
     for name, r in results.items():
@@ -123,4 +117,3 @@ def report(args, config: Path, common: list[str], iters: int, t_iter, results: d
         for other, what in effects:
             if other in results and results["full"]["AP"] is not None and results[other]["AP"] is not None:
                 print(f"effect of {what}: {results['full']['AP'] - results[other]['AP']:+.3f} AP")
-    print(f"written: {args.out / 'results.json'}")

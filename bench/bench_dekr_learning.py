@@ -1,7 +1,7 @@
 """DEKR learns: train the small synthetic config on 2,000 `regpose synth` images (seed 0) within a CPU time budget,
 evaluate COCO OKS AP on 200 images of another seed (seed 1), print the loss / AP curve. Target: AP >= 0.5.
 
-    .venv/bin/python bench/bench_dekr_learning.py [--minutes 14] [--out runs/bench_dekr_learning]
+    .venv/bin/python -m bench.bench_dekr_learning [--minutes 14] [--out runs/bench_dekr_learning]
         [--config configs/dekr/dekr_hrnet_tiny_synthetic.yaml] [--threads 2] [--smoke] [key=value ...]
 
 Uses the regular training engine (``regpose.engine.trainer.train``): the run directory holds config.yaml,
@@ -16,69 +16,34 @@ iterations on a tiny split to check the wiring (about a minute).
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-import torch
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from regpose.config import load_config  # noqa: E402
-from regpose.engine.trainer import train  # noqa: E402
+from bench._common import REPO, interleaved, parser, read_metrics, set_threads
+from regpose.config import load_config
+from regpose.data.collate import collate
+from regpose.data.datasets import build_dataset
+from regpose.engine.budget import seconds_per_iteration
+from regpose.engine.trainer import train
+from regpose.models import build_model, get_method
 
 EVALS_IN_LOOP = 2        # intermediate evaluations (the AP curve); the final one runs after the loop
 
 
 def calibrate(cfg, steps: int = 5) -> tuple[float, float]:
     """Seconds per training iteration and per evaluated image (flip test) of ``cfg``'s model on this machine."""
-    from regpose.data.collate import collate
-    from regpose.data.datasets import build_dataset, ensure_synthetic
-    from regpose.models import build_model, get_method
-    from regpose.models.base import total_loss
-
+    t_iter = seconds_per_iteration(cfg, steps=steps, warmup=1)      # also generates the synthetic splits
     spec = get_method(cfg.method)
-    for split in (cfg.data.train, cfg.data.val):
-        if split.synthetic.num_images > 0:
-            ensure_synthetic(split, cfg.data.format)
-    train_ds = build_dataset(cfg, "train", spec.transform(cfg, True), spec.family)
-    model = build_model(cfg).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-5)
-    batch = collate([train_ds[i] for i in range(cfg.train.batch_size)], model.size_divisibility)
-    times = []
-    for i in range(steps + 1):
-        t0 = time.perf_counter()
-        loss = total_loss(model(batch["images"], batch["targets"]))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-    t_iter = sorted(times[1:])[len(times[1:]) // 2]
     val_ds = build_dataset(cfg, "val", spec.transform(cfg, False), spec.family)
-    model.eval()
-    times = []
-    for i in range(4):
-        b = collate([val_ds[i]], model.size_divisibility)
-        t0 = time.perf_counter()
-        model.predict(b, cfg.test)
-        times.append(time.perf_counter() - t0)
-    return t_iter, sorted(times[1:])[1]
-
-
-def read_curve(path: Path) -> tuple[list[dict], list[dict]]:
-    train_rows, val_rows = [], []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            rec = json.loads(line)
-            (val_rows if rec.get("split") == "val" else train_rows).append(rec)
-    return train_rows, val_rows
+    model = build_model(cfg).eval()
+    batches = [collate([val_ds[i]], model.size_divisibility) for i in range(3)]
+    t = interleaved({i: (lambda b=b: model.predict(b, cfg.test)) for i, b in enumerate(batches)}, runs=1)
+    return t_iter, sorted(r["median_ms"] for r in t.values())[1] / 1000
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--config", default=str(REPO / "configs/dekr/dekr_hrnet_tiny_synthetic.yaml"))
     ap.add_argument("--out", default=str(REPO / "runs/bench_dekr_learning"))
     ap.add_argument("--minutes", type=float, default=14.0, help="training-loop budget (train.max_minutes)")
@@ -88,7 +53,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="config overrides, e.g. train.lr=1e-3")
     args = ap.parse_args()
 
-    torch.set_num_threads(args.threads)
+    threads = set_threads(args.threads)
     over = [f"output_dir={args.out}", f"train.max_minutes={args.minutes}"]
     if args.smoke:
         out = Path(args.out)
@@ -108,12 +73,14 @@ def main() -> None:
         print(f"calibration: {t_iter:.2f} s/iteration, {t_img:.3f} s/evaluated image -> {iters} iterations, "
               f"decays at {cfg.train.steps}, evaluations every {cfg.train.eval_period}")
     print(f"config {args.config}: {cfg.train.iters} iterations x batch {cfg.train.batch_size}, lr {cfg.train.lr}, "
-          f"input {cfg.data.input_size}, budget {cfg.train.max_minutes} min, threads {torch.get_num_threads()}")
+          f"input {cfg.data.input_size}, budget {cfg.train.max_minutes} min, threads {threads}")
     t0 = time.time()
     metrics = train(cfg, device="cpu", overwrite=True)    # a fresh run (and curve) each time the bench runs
     wall = time.time() - t0
 
-    train_rows, val_rows = read_curve(Path(cfg.output_dir) / "metrics.jsonl")
+    rows = read_metrics(cfg.output_dir)
+    train_rows = [r for r in rows if r.get("split") != "val"]
+    val_rows = [r for r in rows if r.get("split") == "val"]
     print("\ncurve (training loss averaged over each log period; AP on the 200 validation images):")
     print(f"{'iter':>6} {'loss':>9} {'heatmap':>9} {'offset':>9} {'s/it':>6}   AP")
     aps = {int(r["iter"]): r.get("AP") for r in val_rows}

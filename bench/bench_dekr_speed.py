@@ -1,7 +1,7 @@
 """DEKR speed on CPU: network forward (W32 at 512x512 by default), the adaptive convolution's share of it, MACs,
 and the post-processing cost of the official single-image inference.
 
-    .venv/bin/python bench/bench_dekr_speed.py [--config configs/dekr/dekr_hrnet_w32_coco_512.yaml]
+    .venv/bin/python -m bench.bench_dekr_speed [--config configs/dekr/dekr_hrnet_w32_coco_512.yaml]
         [--threads 2] [--runs 7] [--warmup 2] [--size 512] [--compare] [--json out.json]
 
 * forward: ``torch.inference_mode()``, batch 1, median / min / max over ``--runs`` after ``--warmup``;
@@ -18,48 +18,20 @@ and the post-processing cost of the official single-image inference.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import resource
 import statistics
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from regpose.config import load_config  # noqa: E402
-from regpose.data.collate import collate  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
-from regpose.models import build_model, get_method  # noqa: E402
-from regpose.models.dekr import PoseRescorer, PredictOKSNet  # noqa: E402
-from regpose.models.layers.adaptive_conv import AdaptiveConv2d  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-class Timer:
-    """Accumulates wall time spent inside modules (forward pre/post hooks)."""
-
-    def __init__(self, modules):
-        self.total = 0.0
-        self._t0 = {}
-        self.handles = []
-        for m in modules:
-            self.handles.append(m.register_forward_pre_hook(self._pre))
-            self.handles.append(m.register_forward_hook(self._post))
-
-    def _pre(self, m, _inp):
-        self._t0[id(m)] = time.perf_counter()
-
-    def _post(self, m, _inp, _out):
-        self.total += time.perf_counter() - self._t0.pop(id(m))
-
-    def reset(self) -> None:
-        self.total = 0.0
+from bench._common import (REPO, ModuleTimer, add_timing_args, interleaved, machine, parser, peak_rss_mib,
+                           set_threads, summary, timed, write_json)
+from regpose.config import load_config
+from regpose.data.collate import collate
+from regpose.models import build_model, get_method
+from regpose.models.dekr import PoseRescorer, PredictOKSNet
+from regpose.models.layers.adaptive_conv import AdaptiveConv2d
 
 
 def set_impl(model, impl: str) -> None:
@@ -68,32 +40,24 @@ def set_impl(model, impl: str) -> None:
             m.impl = impl
 
 
-def stats(xs: list[float]) -> dict:
-    return {"median_ms": 1000 * statistics.median(xs), "min_ms": 1000 * min(xs), "max_ms": 1000 * max(xs),
-            "spread_ms": 1000 * (max(xs) - min(xs)), "runs": len(xs)}
-
-
 def bench_forward(model, size: int, impls: list[str], runs: int, warmup: int) -> dict:
+    """Forward time of each adaptive-conv implementation (interleaved rounds) and the adaptive convs' share."""
     x = torch.randn(1, 3, size, size)
-    adaptive = Timer([m for m in model.modules() if isinstance(m, AdaptiveConv2d)])
-    times = {i: [] for i in impls}
-    shares = {i: [] for i in impls}
+    adaptive = ModuleTimer([m for m in model.modules() if isinstance(m, AdaptiveConv2d)])
+    inside = {i: [] for i in impls}
+
+    def forward(impl):
+        set_impl(model, impl)
+        adaptive.reset()
+        model(x)
+        inside[impl].append(adaptive.total)
+
     with torch.inference_mode():
-        for impl in impls:
-            set_impl(model, impl)
-            for _ in range(warmup):
-                model(x)
-        for _ in range(runs):
-            for impl in impls:
-                set_impl(model, impl)
-                adaptive.reset()
-                t0 = time.perf_counter()
-                model(x)
-                dt = time.perf_counter() - t0
-                times[impl].append(dt)
-                shares[impl].append(adaptive.total / dt)
+        times = interleaved({i: (lambda i=i: forward(i)) for i in impls}, runs=runs, warmup=warmup)
+    adaptive.remove()
     set_impl(model, impls[0])
-    return {impl: {**stats(times[impl]), "adaptive_conv_share": statistics.median(shares[impl])} for impl in impls}
+    return {i: {**times[i], "adaptive_conv_share": statistics.median(
+        1000 * t / ms for t, ms in zip(inside[i][-runs:], times[i]["times_ms"]))} for i in impls}
 
 
 def bench_postprocess(model, cfg, runs: int, warmup: int) -> dict:
@@ -112,41 +76,40 @@ def bench_postprocess(model, cfg, runs: int, warmup: int) -> dict:
     tf = get_method("dekr").transform(cfg, False)
     raw = {"image": image, "image_id": 1, "file_name": "synthetic", "sample_index": 0, "orig_size": (480, 640),
            "keypoints": np.zeros((0, model.num_keypoints, 3)), "boxes": np.zeros((0, 4))}
-    network = Timer([model])
-    totals, nets, people = [], [], []
-    for i in range(warmup + runs):
-        t0 = time.perf_counter()
+    input_hw = list(collate([tf(dict(raw))], model.size_divisibility)["images"].shape[-2:])
+    network = ModuleTimer([model])
+    nets, people = [], []
+
+    def predict():
         batch = collate([tf(dict(raw))], model.size_divisibility)      # resize + normalise (part of the pipeline)
         network.reset()
-        res = model.predict(batch, cfg.test)[0]
-        dt = time.perf_counter() - t0
-        if i >= warmup:
-            totals.append(dt)
-            nets.append(network.total)
-            people.append(len(res))
-    post = [t - n for t, n in zip(totals, nets)]
-    return {"input": list(batch["images"].shape[-2:]), "people": int(statistics.median(people)),
-            "total": stats(totals), "network": stats(nets), "postprocess": stats(post),
+        people.append(len(model.predict(batch, cfg.test)[0]))
+        nets.append(network.total)
+
+    total = timed(predict, runs=runs, warmup=warmup)
+    network.remove()
+    nets, people = nets[warmup:], people[warmup:]
+    post = [t / 1000 - n for t, n in zip(total["times_ms"], nets)]
+    return {"input": input_hw, "people": int(statistics.median(people)),
+            "total": total, "network": summary(nets), "postprocess": summary(post),
             "postprocess_share_of_forward": statistics.median(p / n for p, n in zip(post, nets))}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--config", default=str(REPO / "configs/dekr/dekr_hrnet_w32_coco_512.yaml"))
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=7)
-    ap.add_argument("--warmup", type=int, default=2)
+    add_timing_args(ap, runs=7, warmup=2)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--compare", action="store_true", help="also time the official deform_conv2d formulation")
     ap.add_argument("--skip-post", action="store_true", help="skip the post-processing measurement")
     ap.add_argument("--json", default="", help="write the results here")
     args = ap.parse_args()
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     torch.manual_seed(0)
     cfg = load_config(args.config, ["runtime.adaptive_conv_impl=grid_sample"])
     model = build_model(cfg).eval()
-    out: dict = {"config": args.config, "threads": torch.get_num_threads(), "input": [args.size, args.size],
+    out: dict = {"config": args.config, **machine(), "input": [args.size, args.size],
                  "params": sum(p.numel() for p in model.parameters())}
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.randn(1, 3, args.size, args.size))
@@ -156,11 +119,11 @@ def main() -> None:
     out["forward"] = bench_forward(model, args.size, impls, args.runs, args.warmup)
     if not args.skip_post:
         out["predict"] = bench_postprocess(model, cfg, max(3, args.runs // 2), 1)
-    out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mib"] = peak_rss_mib()
 
     print(f"DEKR {Path(args.config).stem}: {out['params']:,} parameters, {out['gmacs']:.3f} GMACs at "
           f"{args.size}x{args.size} (conv + matmul MACs; split {', '.join(f'{k} {v:.3f}' for k, v in out['gmacs_by_op'].items())})")
-    print(f"threads {out['threads']}")
+    print(f"threads {out['threads']}, {out['cpu']}")
     for impl, r in out["forward"].items():
         print(f"  forward [{impl:13s}] median {r['median_ms']:7.1f} ms  (min {r['min_ms']:.1f}, max {r['max_ms']:.1f}, "
               f"{r['runs']} runs)  adaptive conv {100 * r['adaptive_conv_share']:.1f}% of forward")
@@ -174,7 +137,7 @@ def main() -> None:
               f"{p['postprocess']['median_ms']:.1f} ms = {100 * p['postprocess_share_of_forward']:.1f}% of forward")
     print(f"  peak RSS {out['peak_rss_mib']:.0f} MiB")
     if args.json:
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        write_json(args.json, out)
 
 
 if __name__ == "__main__":

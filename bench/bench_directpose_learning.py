@@ -13,7 +13,7 @@ variant fits in ``--minutes`` of wall time (evaluation included), and every vari
 iterations with the same data order and schedule (the cheaper variants finish earlier; their minutes are reported).
 ``train.max_minutes`` is a hard cap on each variant's training time. Target (issue 8): full AP >= 0.4.
 
-    .venv/bin/python bench/bench_directpose_learning.py [--minutes 20] [--variants full,no_kpalign,no_heatmap]
+    .venv/bin/python -m bench.bench_directpose_learning [--minutes 20] [--variants full,no_kpalign,no_heatmap]
         [--threads 2] [--iters N] [--out runs/bench_directpose_learning] [--smoke] [key=value ...]
 
 ``--smoke`` checks the wiring in about three minutes: tiny synthetic splits (48 train / 16 val images, generated
@@ -23,13 +23,10 @@ config overrides applied to every variant (e.g. ``train.lr=1e-3``).
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from _ablation import common_overrides, parse_args, report, schedule_overrides, train_variant  # noqa: E402
-from regpose.config import load_config  # noqa: E402
+from bench._ablation import common_overrides, parse_args, report, schedule_overrides, train_variant
+from bench._common import REPO
+from regpose.config import load_config
 
 CONFIG = REPO / "configs" / "directpose" / "directpose_r18_synthetic.yaml"
 VARIANTS = {

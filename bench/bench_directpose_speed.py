@@ -1,6 +1,6 @@
 """DirectPose speed on CPU at the paper's test size (short side 800: an 800x1216 input, spec §2/§7).
 
-    .venv/bin/python bench/bench_directpose_speed.py [--config configs/directpose/directpose_r50_coco.yaml]
+    .venv/bin/python -m bench.bench_directpose_speed [--config configs/directpose/directpose_r50_coco.yaml]
         [--size 800 1216] [--threads 2] [--runs 7] [--warmup 2] [--compare] [--json out.json]
 
 * forward: eval-mode network (what ONNX export traces), ``torch.inference_mode()``, batch 1, median / min / max
@@ -18,22 +18,18 @@ Latency on a loaded machine is meaningless: final numbers come from a quiet mach
 """
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from regpose.config import load_config  # noqa: E402
-from regpose.engine.bench import count_flops  # noqa: E402
-from regpose.models import build_model  # noqa: E402
+from bench._common import (REPO, ModuleTimer, add_timing_args, interleaved, machine, parser, set_threads, summary,
+                           write_json)
+from regpose.config import load_config
+from regpose.engine.bench import count_flops
+from regpose.models import build_model
 
 COMPARE = {
     "querypose_r50": (REPO / "configs" / "querypose" / "querypose_r50_coco.yaml", (800, 1216)),
@@ -41,40 +37,17 @@ COMPARE = {
 }
 
 
-class Timer:
-    """Accumulated wall time inside a module (forward pre/post hooks)."""
-
-    def __init__(self, module):
-        self.total = 0.0
-        self._t0 = 0.0
-        module.register_forward_pre_hook(self._pre)
-        module.register_forward_hook(self._post)
-
-    def _pre(self, *_):
-        self._t0 = time.perf_counter()
-
-    def _post(self, *_):
-        self.total += time.perf_counter() - self._t0
-
-
-def stats(xs: list[float]) -> dict:
-    return {"median_ms": 1000 * statistics.median(xs), "min_ms": 1000 * min(xs), "max_ms": 1000 * max(xs),
-            "runs": len(xs)}
-
-
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--config", default=str(REPO / "configs" / "directpose" / "directpose_r50_coco.yaml"))
     ap.add_argument("--size", type=int, nargs=2, default=(800, 1216), metavar=("H", "W"))
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=7)
-    ap.add_argument("--warmup", type=int, default=2)
+    add_timing_args(ap, runs=7, warmup=2)
     ap.add_argument("--compare", action="store_true")
     ap.add_argument("--no-flops", action="store_true")
     ap.add_argument("--json", default="")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
 
     cfg = load_config(args.config, args.overrides)
     torch.manual_seed(0)
@@ -83,7 +56,7 @@ def main(argv=None) -> int:
     x = torch.randn(1, 3, h, w)
     parts = {"backbone": model.backbone, "fpn": model.fpn, "cls_tower": model.cls_tower,
              "kpt_head": model.kpt_head, "centerness": model.ctr_pred}
-    timers = {k: Timer(m) for k, m in parts.items()}
+    timers = {k: ModuleTimer([m]) for k, m in parts.items()}
 
     others = {}
     if args.compare:
@@ -92,8 +65,7 @@ def main(argv=None) -> int:
             torch.manual_seed(0)
             others[name] = (build_model(ocfg).eval(), torch.randn(1, 3, *size), size)
 
-    report = {"config": str(Path(args.config).resolve().relative_to(REPO)), "input_hw": [h, w],
-              "threads": torch.get_num_threads(), "torch": torch.__version__,
+    report = {"config": str(Path(args.config).resolve().relative_to(REPO)), "input_hw": [h, w], **machine(),
               "params": sum(p.numel() for p in model.parameters()),
               "params_inference": sum(p.numel() for n, p in model.named_parameters()
                                       if not n.startswith("heatmap_head."))}
@@ -101,54 +73,39 @@ def main(argv=None) -> int:
         flops, _ = count_flops(lambda: model(x))
         report["gflops"], report["gmacs"] = flops / 1e9, flops / 2e9
 
-    times = {"directpose": []}
-    times.update({k: [] for k in others})
-    shares = {k: [] for k in parts}
-    with torch.inference_mode():
-        for _ in range(args.warmup):
-            model(x)
-            for m, xi, _ in others.values():
-                m(xi)
-        for _ in range(args.runs):
-            for t in timers.values():
-                t.total = 0.0
-            t0 = time.perf_counter()
-            model(x)
-            dt = time.perf_counter() - t0
-            times["directpose"].append(dt)
-            for k, t in timers.items():
-                shares[k].append(t.total / dt)
-            for name, (m, xi, _) in others.items():
-                t0 = time.perf_counter()
-                m(xi)
-                times[name].append(time.perf_counter() - t0)
-    report["forward"] = stats(times["directpose"])
-    report["breakdown_share"] = {k: round(statistics.median(v), 4) for k, v in shares.items()}
-    for name, (_, _, size) in others.items():
-        report[f"forward_{name}"] = {**stats(times[name]), "input_hw": list(size)}
+    inside = {k: [] for k in parts}
 
-    # Post-processing, worst case: every location is a candidate.
+    def directpose():
+        for t in timers.values():
+            t.reset()
+        model(x)
+        for k, t in timers.items():
+            inside[k].append(t.total)
+
+    fns = {"directpose": directpose, **{name: (lambda m=m, xi=xi: m(xi)) for name, (m, xi, _) in others.items()}}
+    with torch.inference_mode():
+        times = interleaved(fns, runs=args.runs, warmup=args.warmup)
+    report["forward"] = times["directpose"]
+    report["breakdown_share"] = {k: round(statistics.median(1000 * t / ms for t, ms in zip(
+        v[-args.runs:], times["directpose"]["times_ms"])), 4) for k, v in inside.items()}
+    for name, (_, _, size) in others.items():
+        report[f"forward_{name}"] = {**times[name], "input_hw": list(size)}
+
+    # Post-processing, worst case: every location is a candidate. Network and predict (which runs the network
+    # again) interleaved; post-processing = predict - network, round by round.
     with torch.no_grad():
         model.cls_logits.bias.fill_(10.0)
     meta = {"image_id": 0, "sample_index": 0, "file_name": "", "orig_size": (h, w), "input_size": (h, w),
             "inverse": np.eye(2, 3)}
     batch = {"images": x, "metas": [meta]}
-    net, total = [], []
     with torch.inference_mode():
-        for i in range(args.warmup + args.runs):
-            t0 = time.perf_counter()
-            out = model(x)
-            t1 = time.perf_counter()
-            model.predict(batch, cfg.test)
-            t2 = time.perf_counter()
-            if i >= args.warmup:
-                net.append(t1 - t0)
-                total.append(t2 - t1)
-        n_cand = int((out["cls_logits"].sigmoid() > cfg.model.pre_nms_thresh).sum())
-    post = [t - n for t, n in zip(total, net)]
-    report["postprocess_worst_case"] = {**stats(post), "locations_above_threshold": n_cand}
+        t = interleaved({"network": lambda: model(x), "predict": lambda: model.predict(batch, cfg.test)},
+                        runs=args.runs, warmup=args.warmup)
+        n_cand = int((model(x)["cls_logits"].sigmoid() > cfg.model.pre_nms_thresh).sum())
+    post = [(p - n) / 1000 for p, n in zip(t["predict"]["times_ms"], t["network"]["times_ms"])]
+    report["postprocess_worst_case"] = {**summary(post), "locations_above_threshold": n_cand}
 
-    print(f"{report['config']}  input {h}x{w}  threads {report['threads']}  params {report['params']:,} "
+    print(f"{report['config']}  input {h}x{w}  threads {report['threads']} ({report['cpu']})  params {report['params']:,} "
           f"(inference {report['params_inference']:,})" + (f"  GMACs {report['gmacs']:.1f}" if 'gmacs' in report
                                                              else ""))
     f = report["forward"]
@@ -161,8 +118,7 @@ def main(argv=None) -> int:
         o = report[f"forward_{name}"]
         print(f"{name:<12} median {o['median_ms']:8.1f} ms  at {o['input_hw'][0]}x{o['input_hw'][1]}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=1))
+        write_json(args.json, report)
     return 0
 
 

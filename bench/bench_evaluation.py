@@ -2,33 +2,34 @@
 
 Default: 5,000 images with ~10 predictions each (~7 people per image, duplicates, misses, false positives).
 Every engine reads the same ground-truth and results files from disk, so JSON parsing is included in all
-timings; the statistics must agree to 1e-6. Both wall-clock and process CPU time are reported (on a shared
-machine compare CPU times). Run:
+timings; the statistics must agree to 1e-6. The engines run in interleaved rounds; both wall-clock and process CPU
+time (best of ``--repeat``) are reported (on a shared machine compare CPU times). Run:
 
-    .venv/bin/python bench/bench_evaluation.py [--images 5000] [--dataset coco|crowdpose] [--repeat 1]
+    .venv/bin/python -m bench.bench_evaluation [--images 5000] [--dataset coco|crowdpose] [--repeat 1]
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import io
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+from xtcocotools.coco import COCO as XtCOCO
+from xtcocotools.cocoeval import COCOeval as XtCOCOeval
 
+from bench._common import cpu_model, interleaved, parser
 from regpose.data.keypoints import CROWDPOSE_SIGMAS
 from regpose.evaluation import evaluate
 from regpose.evaluation.coco import COCO_KEYS, CROWDPOSE_KEYS
-from regpose.evaluation.scenes import random_scene
+from bench.scenes import random_scene
 
 
 def run_pycocotools(gt_path, res_path):
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(str(gt_path))
         dt = gt.loadRes(str(res_path))
@@ -38,20 +39,19 @@ def run_pycocotools(gt_path, res_path):
 
 
 def run_xtcocotools(gt_path, res_path):
-    from xtcocotools.coco import COCO
-    from xtcocotools.cocoeval import COCOeval
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(gt_path))
+        gt = XtCOCO(str(gt_path))
         dt = gt.loadRes(str(res_path))
-        e = COCOeval(gt, dt, "keypoints_crowd", CROWDPOSE_SIGMAS, use_area=False)
+        e = XtCOCOeval(gt, dt, "keypoints_crowd", CROWDPOSE_SIGMAS, use_area=False)
         e.evaluate(); e.accumulate(); e.summarize()
     return list(e.stats)
 
 
 def run_faster(gt_path, res_path, dataset):
-    from faster_coco_eval import COCO, COCOeval_faster
+    from faster_coco_eval import COCO as FasterCOCO, COCOeval_faster      # optional: --no-faster skips it
+
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(gt_path))
+        gt = FasterCOCO(str(gt_path))
         dt = gt.loadRes(str(res_path))
         if dataset == "crowdpose":
             e = COCOeval_faster(gt, dt, "keypoints_crowd", kpt_oks_sigmas=CROWDPOSE_SIGMAS, use_area=False,
@@ -63,7 +63,7 @@ def run_faster(gt_path, res_path, dataset):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--images", type=int, default=5000)
     ap.add_argument("--dataset", choices=["coco", "crowdpose"], default="coco")
     ap.add_argument("--repeat", type=int, default=1, help="timed runs per engine (best is reported)")
@@ -77,7 +77,7 @@ def main():
     gt_path, res_path = tmp / "gt.json", tmp / "res.json"
     gt_path.write_text(json.dumps(gt))
     res_path.write_text(json.dumps(res))
-    print(f"{args.images} images, {len(gt['annotations'])} GT people, {len(res)} predictions "
+    print(f"{cpu_model()}: {args.images} images, {len(gt['annotations'])} GT people, {len(res)} predictions "
           f"({len(res) / args.images:.1f} per image), dataset {args.dataset}")
     del gt, res
     gc.collect()
@@ -92,14 +92,11 @@ def main():
                    (lambda: run_xtcocotools(gt_path, res_path)) if crowd else (lambda: run_pycocotools(gt_path, res_path))}
     if not args.no_faster:
         engines["faster-coco-eval"] = lambda: run_faster(gt_path, res_path, args.dataset)
-    times, cpu, stats = {}, {}, {}
-    for name, fn in engines.items():
-        best, best_cpu = np.inf, np.inf
-        for _ in range(args.repeat):
-            t, c = time.perf_counter(), time.process_time()
-            stats[name] = fn()
-            best, best_cpu = min(best, time.perf_counter() - t), min(best_cpu, time.process_time() - c)
-        times[name], cpu[name] = best, best_cpu
+    stats = {}
+    timing = interleaved({name: (lambda name=name, fn=fn: stats.__setitem__(name, fn()))
+                          for name, fn in engines.items()}, runs=args.repeat, warmup=0)
+    times = {name: t["min_ms"] / 1000 for name, t in timing.items()}
+    cpu = {name: t["cpu_min_ms"] / 1000 for name, t in timing.items()}
     ref_name = "xtcocotools" if crowd else "pycocotools"
     ref = np.asarray(stats[ref_name], dtype=np.float64)
     print(f"{'engine':18s} {'wall (s)':>9s} {'cpu (s)':>8s} {'cpu speed-up':>13s} {'max |diff|':>11s}")

@@ -4,16 +4,16 @@ For each method (default: the paper configs below; ``--tiny`` the small syntheti
 random weights:
   1. export the eval network with ``regpose export``'s code (dynamic axes), timing the export;
   2. network forward on a real COCO picture (whole-image methods: the method's test input of
-     ../shared/data/real/coco/000000000785.jpg; top-down: its detected people's crops at each ``--batch-sizes``),
+     $REGPOSE_SHARED (or ../shared)/data/real/coco/000000000785.jpg; top-down: its detected people's crops at each ``--batch-sizes``),
      PyTorch (``inference_mode``) and ONNX Runtime (all graph optimisations) with the same thread count, timed in
      interleaved rounds (torch, onnx, torch, onnx, ...) so load drift hits both alike: median and p10 / p90 over
      ``--runs`` after ``--warmup``; the max abs output difference is reported as a sanity check;
   3. ``Predictor`` on the same picture (transform + network + the method's decoding / NMS + finalize) with each
      backend (top-down: boxes from the real detections file), same protocol.
 
-    .venv/bin/python bench/bench_onnx.py --threads 2 --json-out runs/bench_onnx.json
-    .venv/bin/python bench/bench_onnx.py --tiny --runs 5                 # quick check of the script itself
-    .venv/bin/python bench/bench_onnx.py --methods dekr --configs configs/dekr/dekr_hrnet_w48_coco_640.yaml
+    .venv/bin/python -m bench.bench_onnx --threads 2 --json-out runs/bench_onnx.json
+    .venv/bin/python -m bench.bench_onnx --tiny --runs 5                 # quick check of the script itself
+    .venv/bin/python -m bench.bench_onnx --methods dekr --configs configs/dekr/dekr_hrnet_w48_coco_640.yaml
 
 Random weights: the decoded people are meaningless, the timings are not (QueryPose's max abs diff is large here
 because a randomly initialised QueryPose regresses boxes thousands of pixels wide and its keypoint chain amplifies
@@ -23,31 +23,25 @@ go to a temporary folder unless ``--keep DIR``.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import sys
 import tempfile
 import time
 import warnings
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from regpose.config import load_config  # noqa: E402
-from regpose.data.collate import collate  # noqa: E402
-from regpose.data.datasets import load_detections, read_image  # noqa: E402
-from regpose.inference.export import export_onnx, flatten_outputs, describe_outputs, network_input_names  # noqa: E402
-from regpose.inference.onnx_backend import create_session  # noqa: E402
-from regpose.inference.predictor import Predictor, test_sample  # noqa: E402
-from regpose.inference.topdown import TopDownPredictor  # noqa: E402
-from regpose.models import build_model  # noqa: E402
-from regpose.models.registry import get_method  # noqa: E402
+from bench._common import REPO, add_timing_args, interleaved, machine, parser, set_threads, shared_dir, write_json
+from regpose.config import load_config
+from regpose.data.collate import collate
+from regpose.data.datasets import load_detections, read_image
+from regpose.inference.export import describe_outputs, export_onnx, flatten_outputs, network_input_names
+from regpose.inference.onnx_backend import create_session
+from regpose.inference.predictor import Predictor, test_sample
+from regpose.inference.topdown import TopDownPredictor
+from regpose.models import build_model
+from regpose.models.registry import get_method
 
 PAPER = {
     "querypose": "configs/querypose/querypose_r50_coco.yaml",
@@ -65,31 +59,6 @@ TINY = {
     "rle": "configs/rle/rle_tiny_synthetic.yaml",
     "tfpose": "configs/tfpose/tfpose_tiny_synthetic.yaml",
 }
-
-
-def shared_dir() -> Path:
-    for c in (os.environ.get("REGPOSE_SHARED", ""), ROOT.parent / "shared", "/work/shared"):
-        if c and (Path(c) / "data" / "real").is_dir():
-            return Path(c)
-    raise SystemExit("../shared/data/real not found: set REGPOSE_SHARED")
-
-
-def interleaved(fns: dict, runs: int, warmup: int) -> dict:
-    """Median, p10, p90 (ms) of each callable, timed in interleaved rounds."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times = {k: [] for k in fns}
-    for _ in range(runs):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append((time.perf_counter() - t) * 1e3)
-    out = {}
-    for k, ts in times.items():
-        q = np.percentile(ts, [10, 50, 90])
-        out[k] = {"median_ms": float(q[1]), "p10_ms": float(q[0]), "p90_ms": float(q[2]), "runs": len(ts)}
-    return out
 
 
 def network_inputs(cfg, model, image: np.ndarray, dets: np.ndarray, batch: int) -> dict:
@@ -140,7 +109,7 @@ def bench_method(method: str, config: str, args, image_path: Path, dets_all: dic
         out = torch_forward()
         ref = flatten_outputs(out, describe_outputs(out))
         diff = max(float(np.abs(r.numpy() - o).max()) for r, o in zip(ref, onnx_forward()) if r.numel())
-        timing = interleaved({"torch": torch_forward, "onnx": onnx_forward}, args.runs, args.warmup)
+        timing = interleaved({"torch": torch_forward, "onnx": onnx_forward}, runs=args.runs, warmup=args.warmup)
         row["forward"].append({"input": list(inputs["images"].shape), "torch": timing["torch"],
                                "onnx": timing["onnx"], "max_abs_diff": diff,
                                "speedup": timing["torch"]["median_ms"] / timing["onnx"]["median_ms"]})
@@ -152,7 +121,7 @@ def bench_method(method: str, config: str, args, image_path: Path, dets_all: dic
         preds = {"torch": Predictor(cfg, None, "cpu", **kw), "onnx": Predictor(cfg, onnx_path, "cpu", **kw)}
         preds["torch"].model.load_state_dict(model.state_dict())
         timing = interleaved({k: (lambda p=p: p(image, image_id=image_id)) for k, p in preds.items()},
-                             max(3, args.runs // 2), 1)
+                             runs=max(3, args.runs // 2), warmup=1)
         row["predict"] = {"people": len(dets) if topdown else None, "torch": timing["torch"], "onnx": timing["onnx"],
                           "speedup": timing["torch"]["median_ms"] / timing["onnx"]["median_ms"]}
         print(f"  {method} predict: torch {timing['torch']['median_ms']:.1f} ms, "
@@ -181,20 +150,18 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = parser(__doc__)
     ap.add_argument("--methods", nargs="+", default=list(PAPER), choices=list(PAPER))
     ap.add_argument("--configs", nargs="+", help="one config per --methods entry (default: the paper configs)")
     ap.add_argument("--tiny", action="store_true", help="the small synthetic configs (a quick check)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=10)
-    ap.add_argument("--warmup", type=int, default=2)
+    add_timing_args(ap, runs=10, warmup=2)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32], help="top-down crops per forward")
     ap.add_argument("--no-predict", action="store_true", help="network latency only")
     ap.add_argument("--keep", help="keep the exported models in this folder")
     ap.add_argument("--json-out")
     args = ap.parse_args()
     warnings.filterwarnings("ignore")
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     configs = args.configs or [(TINY if args.tiny else PAPER)[m] for m in args.methods]
     if len(configs) != len(args.methods):
         raise SystemExit("--configs needs one config per --methods entry")
@@ -203,21 +170,16 @@ def main() -> None:
     dets = load_detections(coco / "test_coco_det_AP_H_56.json")
     workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="regpose_bench_onnx_"))
     workdir.mkdir(parents=True, exist_ok=True)
-    import onnxruntime
-
     rows = []
     for method, config in zip(args.methods, configs):
         print(f"{method}: {config}", flush=True)
-        rows.append(bench_method(method, str(ROOT / config) if not Path(config).is_file() else config, args,
+        rows.append(bench_method(method, str(REPO / config) if not Path(config).is_file() else config, args,
                                  image, dets, workdir))
     print()
     print(format_table(rows))
-    report = {"threads": args.threads, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
-              "cpu": platform.processor() or platform.machine(), "image": str(image), "rows": rows}
+    report = {**machine(), "onnxruntime": onnxruntime.__version__, "image": str(image), "rows": rows}
     if args.json_out:
-        Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json_out).write_text(json.dumps(report, indent=1))
-        print(f"wrote {args.json_out}")
+        write_json(args.json_out, report)
     if not args.keep:
         try:
             workdir.rmdir()

@@ -2,8 +2,8 @@
 boxes) within a CPU time budget, evaluate on 200 images of another seed, and report COCO AP with and without the
 uncertainty-based keypoint score (the paper's Table 1c effect).
 
-    .venv/bin/python bench/bench_poseur_learning.py                      # full run (default budget 14 min training)
-    .venv/bin/python bench/bench_poseur_learning.py --smoke              # ~3 min end-to-end check of the pipeline
+    .venv/bin/python -m bench.bench_poseur_learning                      # full run (default budget 14 min training)
+    .venv/bin/python -m bench.bench_poseur_learning --smoke              # ~3 min end-to-end check of the pipeline
 
 How the budget is kept: a short calibration times real training iterations (data loading included) and sets
 ``train.iters`` so that the cosine schedule ends inside the budget; ``train.max_minutes`` is the hard stop.
@@ -17,19 +17,19 @@ Evaluation variants (same trained weights):
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from regpose.config import load_config, save_config  # noqa: E402
-from regpose.engine.budget import fit_schedule_to_budget, seconds_per_iteration, set_schedule_length  # noqa: E402
+from bench._common import REPO, machine, parser, read_metrics, set_threads, write_json
+from regpose.config import load_config, save_config
+from regpose.engine.budget import fit_schedule_to_budget, seconds_per_iteration, set_schedule_length
+from regpose.engine.checkpoint import load_model_weights
+from regpose.engine.evaluator import evaluate_model
+from regpose.engine.trainer import train
+from regpose.models import build_model
 
 VARIANTS = {  # name: (flip, keypoint_score, flip_fusion)
     "none": (False, "none", "type2"),
@@ -41,10 +41,6 @@ VARIANTS = {  # name: (flip, keypoint_score, flip_fusion)
 
 
 def evaluate_variants(cfg, weights: Path, out: Path, names: list[str]) -> dict:
-    from regpose.engine.checkpoint import load_model_weights
-    from regpose.engine.evaluator import evaluate_model
-    from regpose.models import build_model
-
     model = build_model(cfg)
     load_model_weights(model, str(weights))
     model.eval()
@@ -64,8 +60,8 @@ def evaluate_variants(cfg, weights: Path, out: Path, names: list[str]) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default=str(ROOT / "configs" / "poseur" / "poseur_tiny_synthetic.yaml"))
+    ap = parser(__doc__)
+    ap.add_argument("--config", default=str(REPO / "configs" / "poseur" / "poseur_tiny_synthetic.yaml"))
     ap.add_argument("--budget-min", type=float, default=14.0, help="training wall-clock budget in minutes")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--output-dir", default="runs/bench_poseur_learning")
@@ -75,7 +71,7 @@ def main() -> None:
     ap.add_argument("overrides", nargs="*", help="config overrides key=value")
     args = ap.parse_args()
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     budget = 0.5 if args.smoke else args.budget_min
     variants = ["none", "flip_type2"] if args.smoke else args.variants
     out = Path(args.output_dir + ("_smoke" if args.smoke else ""))
@@ -93,14 +89,10 @@ def main() -> None:
     print(f"calibration: {sec_per_iter:.3f} s/iteration ({cfg.train.batch_size} crops) -> {iters} iterations "
           f"in {budget:.1f} min", flush=True)
 
-    from regpose.engine.trainer import train
-
     t_train = time.time()
     train(cfg, device="cpu", overwrite=True)     # each bench run starts afresh
     train_minutes = (time.time() - t_train) / 60
-    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()] \
-        if (out / "metrics.jsonl").is_file() else []
-    losses = [r["loss"] for r in log if "loss" in r]
+    losses = [r["loss"] for r in read_metrics(out) if "loss" in r]
     print(f"trained {train_minutes:.1f} min; loss {losses[0]:.3f} -> {losses[-1]:.3f}" if losses else
           f"trained {train_minutes:.1f} min", flush=True)
 
@@ -108,13 +100,13 @@ def main() -> None:
     results = evaluate_variants(cfg, out / "model_final.pth", out, variants)
     summary = {"config": args.config, "iterations": iters, "sec_per_iter_calibrated": sec_per_iter,
                "train_minutes": round(train_minutes, 2), "total_minutes": round((time.time() - t_start) / 60, 2),
-               "threads": args.threads, "loss_first": losses[0] if losses else None,
+               **machine(), "loss_first": losses[0] if losses else None,
                "loss_last": losses[-1] if losses else None, "variants": results,
                "target_AP": 0.7, "reached": max(v["AP"] for v in results.values()) >= 0.7}
     if "uncertainty" in results and "none" in results:
         summary["uncertainty_gain_AP"] = results["uncertainty"]["AP"] - results["none"]["AP"]
     save_config(cfg, out / "config_resolved.yaml")
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(out / "summary.json", summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "variants"}, indent=1))
 
 

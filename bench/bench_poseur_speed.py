@@ -1,4 +1,5 @@
-"""Poseur R50 6-dec 256x192 CPU latency, next to the official figures (../shared/reference/poseur/latency_cpu.json).
+"""Poseur R50 6-dec 256x192 CPU latency, next to the official figures ($REGPOSE_SHARED or ../shared:
+reference/poseur/latency_cpu.json).
 
 Measures, in one process and on the same random weights:
   * ``ours``          - EMSDA with the one-call ``embedding_bag`` sampler (the default);
@@ -6,36 +7,28 @@ Measures, in one process and on the same random weights:
   * ``official_like`` - the official computation order (mmcv's grid_sample reference as the official model runs on
     CPU): the memory repeated once per head, every head sampling all C channels of each level separately;
 for batch 1 and 32 (network forward, eval, inference_mode), plus the split backbone / neck / head for ``ours`` and
-the full ``predict`` (flip test + decoding) at batch 1. Medians over ``--runs`` after ``--warmup`` runs.
+the full ``predict`` (flip test + decoding) at batch 1. Medians over ``--runs`` after ``--warmup`` runs; the variants
+are timed in interleaved rounds.
 
-    .venv/bin/python bench/bench_poseur_speed.py --threads 2 --out runs/bench_poseur_speed.json
+    .venv/bin/python -m bench.bench_poseur_speed --threads 2 --out runs/bench_poseur_speed.json
 
 Numbers are only meaningful on a quiet machine (another busy process makes 2-thread OpenMP runs stall).
 """
 from __future__ import annotations
 
-import argparse
 import json
-import platform
-import resource
-import statistics
-import sys
-import time
 from contextlib import contextmanager
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from regpose.models.layers import deform_attn  # noqa: E402
-from regpose.models.poseur import Poseur, PoseurConfig  # noqa: E402
-
-REFERENCE = ROOT.parent / "shared" / "reference" / "poseur"
+from bench._common import add_timing_args, interleaved, machine, parser, peak_rss_mib, set_threads, shared_dir, \
+    timed, write_json
+from regpose.models.layers import deform_attn
+from regpose.models.layers.deform_attn import MultiScaleDeformableAttention
+from regpose.models.poseur import Poseur, PoseurConfig
 
 
 def official_like_sample(value, spatial_shapes, locations, weights, sampler="auto", shared=None):
@@ -74,17 +67,6 @@ def sampler_variant(model: Poseur, variant: str):
             a.sampler = s
 
 
-def timed(fn, warmup: int, runs: int) -> dict:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "times_ms": [round(t, 1) for t in times]}
-
-
 def split_times(model: Poseur, x: torch.Tensor, warmup: int, runs: int) -> dict:
     feats = model.backbone(x)
     neck = model.neck(feats)
@@ -102,16 +84,14 @@ def split_times(model: Poseur, x: torch.Tensor, warmup: int, runs: int) -> dict:
         content, pos, ref = model.init_queries(mu, 1)
         return model.decode(content, pos, ref, memory, shapes, 1, all_layers=False)
 
-    return {"backbone": timed(lambda: model.backbone(x), warmup, runs)["median_ms"],
-            "neck": timed(lambda: model.neck(feats), warmup, runs)["median_ms"],
-            "head": timed(head, warmup, runs)["median_ms"]}
+    r = interleaved({"backbone": lambda: model.backbone(x), "neck": lambda: model.neck(feats), "head": head},
+                    runs=runs, warmup=warmup)
+    return {k: v["median_ms"] for k, v in r.items()}
 
 
 def bench_attention(batch_sizes, warmup: int, runs: int) -> dict:
     """One EMSDA layer of the R50 model (C 256, 8 heads, 4 levels, 4 points, 17 queries, 4080 memory tokens): the
     three samplers on identical inputs (training-mode forward + backward for the two exact ones too)."""
-    from regpose.models.layers.deform_attn import MultiScaleDeformableAttention
-
     shapes = [(64, 48), (32, 24), (16, 12), (8, 6)]
     n = sum(h * w for h, w in shapes)
     out = {}
@@ -121,42 +101,45 @@ def bench_attention(batch_sizes, warmup: int, runs: int) -> dict:
         torch.nn.init.normal_(attn.sampling_offsets.weight, std=0.02)
         q, ref, mem = torch.randn(bs, 17, 256), torch.rand(bs, 17, 2), torch.randn(bs, n, 256)
         wrapper = SimpleNamespace(layers=[SimpleNamespace(cross_attn=attn)])
-        for variant in ("ours", "grid_sample", "official_like"):
-            with sampler_variant(wrapper, variant), torch.inference_mode():
-                r = timed(lambda: attn(q, ref, mem, shapes), warmup, runs)
-            out[f"bs{bs}_{variant}_ms"] = r["median_ms"]
-            print(f"EMSDA layer  batch {bs:>2}  {variant:<14} {r['median_ms']:9.2f} ms", flush=True)
-        for variant in ("ours", "grid_sample"):
-            qq, mm = q.clone().requires_grad_(), mem.clone().requires_grad_()
 
-            def step():
+        def forward(variant):
+            with sampler_variant(wrapper, variant), torch.inference_mode():
+                attn(q, ref, mem, shapes)
+
+        r = interleaved({v: (lambda v=v: forward(v)) for v in ("ours", "grid_sample", "official_like")},
+                        runs=runs, warmup=warmup)
+        for variant, t in r.items():
+            out[f"bs{bs}_{variant}_ms"] = t["median_ms"]
+            print(f"EMSDA layer  batch {bs:>2}  {variant:<14} {t['median_ms']:9.2f} ms", flush=True)
+        qq, mm = q.clone().requires_grad_(), mem.clone().requires_grad_()
+
+        def step(variant):
+            with sampler_variant(wrapper, variant):
                 attn.zero_grad()
                 attn(qq, ref, mm, shapes).square().sum().backward()
-            with sampler_variant(wrapper, variant):
-                r = timed(step, 1, max(2, runs // 2))
-            out[f"bs{bs}_{variant}_train_ms"] = r["median_ms"]
-            print(f"EMSDA layer  batch {bs:>2}  {variant:<14} fwd+bwd {r['median_ms']:9.2f} ms", flush=True)
+
+        r = interleaved({v: (lambda v=v: step(v)) for v in ("ours", "grid_sample")}, runs=max(2, runs // 2))
+        for variant, t in r.items():
+            out[f"bs{bs}_{variant}_train_ms"] = t["median_ms"]
+            print(f"EMSDA layer  batch {bs:>2}  {variant:<14} fwd+bwd {t['median_ms']:9.2f} ms", flush=True)
     return out
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=int, default=2)
+    ap = parser(__doc__)
+    add_timing_args(ap, runs=5, warmup=2)
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--variants", nargs="+", default=["ours", "grid_sample", "official_like"])
     ap.add_argument("--out", default="runs/bench_poseur_speed.json")
     ap.add_argument("--attention-only", action="store_true", help="only the one-layer EMSDA micro-benchmark")
     args = ap.parse_args()
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     torch.manual_seed(0)
     model = Poseur(PoseurConfig(), [[2 * i + 1, 2 * i + 2] for i in range(8)]).eval()
-    report = {"model": "Poseur R50 6-dec 256x192 (random init)", "threads": torch.get_num_threads(),
-              "torch": torch.__version__, "machine": platform.processor() or platform.machine(), "runs": {}}
+    report = {"model": "Poseur R50 6-dec 256x192 (random init)", **machine(), "runs": {}}
     official = {}
-    lat_path = REFERENCE / "latency_cpu.json"
+    lat_path = shared_dir(required=False) / "reference" / "poseur" / "latency_cpu.json"
     if lat_path.is_file():
         lat = json.loads(lat_path.read_text())
         official = {r["bs"]: r["median_ms"] for r in lat["runs"] if r["mode"] == "net"}
@@ -165,22 +148,27 @@ def main() -> None:
 
     report["attention_layer"] = bench_attention(args.batch_sizes, args.warmup, args.runs)
     if args.attention_only:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(report, indent=1))
+        write_json(args.out, report)
         return
     with torch.inference_mode():
         for bs in args.batch_sizes:
             x = torch.randn(bs, 3, 256, 192)
-            ref_out = None
+            ref_out, diffs = None, {}
             for variant in args.variants:
                 with sampler_variant(model, variant):
                     out = model(x)
-                    if ref_out is None:
-                        ref_out = out
-                    diff = max(float((a - b).abs().max()) for a, b in zip(out, ref_out))
-                    runs = args.runs if (bs == 1 or variant == "ours") else max(2, args.runs // 2)
-                    r = timed(lambda: model(x), args.warmup if bs == 1 else 1, runs)
-                r["max_abs_diff_vs_ours"] = diff
+                ref_out = out if ref_out is None else ref_out
+                diffs[variant] = max(float((a - b).abs().max()) for a, b in zip(out, ref_out))
+
+            def forward(variant):
+                with sampler_variant(model, variant):
+                    model(x)
+
+            runs = args.runs if bs == 1 else max(2, args.runs // 2)
+            res = interleaved({v: (lambda v=v: forward(v)) for v in args.variants}, runs=runs,
+                              warmup=args.warmup if bs == 1 else 1)
+            for variant, r in res.items():
+                r["max_abs_diff_vs_ours"] = diff = diffs[variant]
                 if bs in official:
                     r["ratio_vs_official"] = r["median_ms"] / official[bs]
                 report["runs"][f"bs{bs}_{variant}"] = r
@@ -194,14 +182,11 @@ def main() -> None:
         metas = [{"image_id": 0, "sample_index": 0, "inverse": np.array([[1.0, 0, 0], [0, 1.0, 0]]),
                   "box": [0, 0, 191, 255], "box_score": 1.0, "scale": [1.2, 1.6]}]
         batch = {"images": torch.randn(1, 3, 256, 192), "metas": metas}
-        r = timed(lambda: model.predict(batch, SimpleNamespace(flip=True)), args.warmup, args.runs)
+        r = timed(lambda: model.predict(batch, SimpleNamespace(flip=True)), runs=args.runs, warmup=args.warmup)
         report["runs"]["bs1_predict_flip"] = r
         print(f"batch  1  predict+flip    median {r['median_ms']:9.1f} ms", flush=True)
-    report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {out}")
+    report["peak_rss_mib"] = peak_rss_mib()
+    write_json(args.out, report)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ checked: people-free synthetic scenes must give no person above the config's ``t
 ``regpose infer`` reports), and a scene with more people than queries must run and return at most
 ``num_proposals`` people. AP itself is computed as the official protocol does, on all predictions (threshold 0).
 
-    .venv/bin/python bench/bench_querypose_learning.py [--minutes 20] [--variants full,no_sim,baseline]
+    .venv/bin/python -m bench.bench_querypose_learning [--minutes 20] [--variants full,no_sim,baseline]
         [--threads 2] [--iters N] [--out runs/bench_querypose_learning] [--smoke] [key=value ...]
 
 ``--smoke`` checks the wiring in about three minutes (tiny synthetic splits generated into the output folder,
@@ -26,20 +26,28 @@ a few iterations); its numbers mean nothing. Target (issue 6): full AP >= 0.4.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import json
 import math
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from _ablation import common_overrides, parse_args, report, schedule_overrides, train_variant  # noqa: E402
-from regpose.config import load_config  # noqa: E402
+from bench._ablation import common_overrides, parse_args, report, schedule_overrides, train_variant
+from bench._common import REPO
+from regpose.config import load_config
+from regpose.data.collate import collate
+from regpose.data.datasets import evaluation_gt
+from regpose.data.synthetic import render_image
+from regpose.engine.evaluator import evaluate_model
+from regpose.models import build_model, get_method
 
 CONFIG = REPO / "configs" / "querypose" / "querypose_r18_synthetic.yaml"
 VARIANTS = {
@@ -52,11 +60,6 @@ METRICS = ("AP", "AP50", "AP75", "APm", "APl", "AR")
 
 def box_ap(gt_json: str, results_json: Path) -> float | None:
     """COCO bbox AP of the predicted person boxes (pycocotools)."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-    import contextlib
-    import io
-
     res = json.loads(results_json.read_text())
     if not res:
         return 0.0
@@ -71,8 +74,6 @@ def box_ap(gt_json: str, results_json: Path) -> float | None:
 
 
 def load_trained(cfg, run_dir: Path):
-    from regpose.models import build_model
-
     model = build_model(cfg)
     state = torch.load(run_dir / "model_final.pth", map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
@@ -81,8 +82,6 @@ def load_trained(cfg, run_dir: Path):
 
 def people_free_scenes(n: int, size: int, seed: int) -> list[np.ndarray]:
     """Synthetic scenes (backgrounds, distractor shapes) that contain no person at all."""
-    from regpose.data.synthetic import render_image
-
     rng = np.random.default_rng(seed)
     out = []
     while len(out) < n:
@@ -94,10 +93,6 @@ def people_free_scenes(n: int, size: int, seed: int) -> list[np.ndarray]:
 
 def crowd_scene(people: int, size: int, seed: int) -> np.ndarray:
     """More people than queries: one-person renders tiled on a grid."""
-    import cv2
-
-    from regpose.data.synthetic import render_image
-
     rng = np.random.default_rng(seed)
     cols = int(math.ceil(math.sqrt(people)))
     rows = int(math.ceil(people / cols))
@@ -111,9 +106,6 @@ def crowd_scene(people: int, size: int, seed: int) -> np.ndarray:
 
 
 def predict_images(cfg, model, images: list[np.ndarray]):
-    from regpose.data.collate import collate
-    from regpose.models import get_method
-
     transform = get_method(cfg.method).transform(cfg, False)
     results = []
     for i, img in enumerate(images):
@@ -129,9 +121,6 @@ def predict_images(cfg, model, images: list[np.ndarray]):
 
 def extra_checks(cfg, run_dir: Path, out: Path, person_threshold: float) -> dict:
     """Same weights, other inference paths; issue 6 point 5 at the config's ``test.score_threshold``."""
-    from regpose.data.datasets import evaluation_gt
-    from regpose.engine.evaluator import evaluate_model
-
     model, _ = load_trained(cfg, run_dir)
     dev = torch.device("cpu")
     gt = evaluation_gt(cfg, "val")
@@ -179,9 +168,6 @@ def main(argv=None) -> int:
     common.append("test.score_threshold=0.0")
     cfg = load_config(CONFIG, common)
     iters, t_iter, sched = schedule_overrides(args, cfg, steps=6, warmup=2)
-
-    from regpose.data.datasets import evaluation_gt
-
     results = {}
     for name in args.variants:
         vcfg, run_dir, results[name] = train_variant(args, CONFIG, common, sched, name, VARIANTS[name], METRICS)

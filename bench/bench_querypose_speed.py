@@ -17,7 +17,7 @@ It also reports the output differences between variants (they must agree within 
 image with 1 person vs 30 people (fixed query count, no NMS: must grow < 10%), a per-part breakdown of one run,
 peak RSS, and the ratio to the official anchor (README_measurements.md: 20.9 s median, idle machine).
 
-    .venv/bin/python bench/bench_querypose_speed.py [--config C] [--size 800 1216] [--threads 2] [--runs 3]
+    .venv/bin/python -m bench.bench_querypose_speed [--config C] [--size 800 1216] [--threads 2] [--runs 3]
         [--warmup 1] [--variants official-like,direct-cl,default,fast-top20] [--weights W] [--out DIR]
         [--quick] [key=value ...]
 
@@ -26,21 +26,21 @@ Wall times are only meaningful on an otherwise idle machine; CPU times are print
 """
 from __future__ import annotations
 
-import argparse
-import json
-import resource
-import statistics
 import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from regpose.config import TestConfig, load_config  # noqa: E402
+from bench._common import (REPO, add_timing_args, interleaved, machine, parser, peak_rss_mib, set_threads, timed,
+                           write_json)
+from regpose.config import TestConfig, load_config
+from regpose.data.synthetic import render_image
+from regpose.engine.checkpoint import load_model_weights
+from regpose.models import build_model
+from regpose.models.querypose.box_decoder import box_rois
 
 OFFICIAL_MS = 20900.0    # official R50 (non-light), 800x1216, 2 threads, idle machine (README_measurements.md)
 VARIANTS = {
@@ -62,8 +62,6 @@ def set_variant(model, base: dict, changes: dict) -> None:
 
 def scene(h: int, w: int, people: int, seed: int) -> np.ndarray:
     """An RGB scene with exactly ``people`` labelled people: synthetic one-person renders tiled on a grid."""
-    from regpose.data.synthetic import render_image
-
     rng = np.random.default_rng(seed)
     if people <= 1:
         img, _ = render_image(rng, size=(w, h), max_people=1)
@@ -71,8 +69,6 @@ def scene(h: int, w: int, people: int, seed: int) -> np.ndarray:
     rows = int(np.floor(np.sqrt(people * h / w)))
     cols = int(np.ceil(people / rows))
     canvas = np.zeros((h, w, 3), np.uint8)
-    import cv2
-
     ch, cw = h // rows, w // cols
     for i in range(people):
         tile, _ = render_image(rng, size=(max(cw, 32), max(ch, 32)), max_people=1)
@@ -94,12 +90,6 @@ def make_batch(model, img: np.ndarray) -> dict:
     return {"images": images, "metas": [meta]}
 
 
-def timed(fn) -> tuple[float, float]:
-    c0, t0 = time.process_time(), time.perf_counter()
-    fn()
-    return (time.perf_counter() - t0) * 1000, (time.process_time() - c0) * 1000
-
-
 def breakdown(model, batch) -> dict:
     """Milliseconds spent in the backbone + neck, box stages, keypoint stages and the rest (one run)."""
     # keypoint stages run in worker threads: time the whole keypoint phase (wall), not the sum of its stages
@@ -118,7 +108,7 @@ def breakdown(model, batch) -> dict:
     for name, fn in orig.items():
         setattr(model, attrs[name], wrap(name, fn))
     try:
-        total, _ = timed(lambda: model.predict(batch, TestConfig()))
+        total = timed(lambda: model.predict(batch, TestConfig()), runs=1, warmup=0)["median_ms"]
     finally:
         for name in orig:
             delattr(model, attrs[name])
@@ -128,12 +118,10 @@ def breakdown(model, batch) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("--config", default=str(REPO / "configs" / "querypose" / "querypose_r50_coco.yaml"))
     ap.add_argument("--size", type=int, nargs=2, default=[800, 1216], metavar=("H", "W"))
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=1)
+    add_timing_args(ap, runs=3, warmup=1)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--weights", default="", help="optional checkpoint (ours or converted); random init otherwise")
     ap.add_argument("--out", default=str(REPO / "runs" / "bench_querypose_speed"))
@@ -141,7 +129,7 @@ def main(argv=None) -> int:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     overrides = list(args.overrides)
     h, w = args.size
     if args.quick:
@@ -149,12 +137,9 @@ def main(argv=None) -> int:
         h, w = 512, 768
         args.runs, args.warmup = min(args.runs, 2), min(args.warmup, 1)
     cfg = load_config(args.config, overrides)
-    from regpose.models import build_model
-
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     if args.weights:
-        from regpose.engine.checkpoint import load_model_weights
         load_model_weights(model, args.weights, strict=False)
     base = {k: getattr(model if k in RUNTIME else cfg.model, k) for k in RUNTIME + ("fast_topk",)}
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -164,8 +149,9 @@ def main(argv=None) -> int:
 
     imgs = {1: scene(h, w, 1, seed=1), 30: scene(h, w, 30, seed=2)}
     batches = {k: make_batch(model, im) for k, im in imgs.items()}
+    env = machine()
     print(f"QueryPose {Path(args.config).name} {'(quick) ' if args.quick else ''}at {h}x{w}, "
-          f"{args.threads} threads, torch {torch.__version__}", flush=True)
+          f"{env['threads']} threads, torch {env['torch']}, {env['cpu']}", flush=True)
 
     # ---- agreement between variants (network outputs on the 30-person scene)
     outs = {}
@@ -192,7 +178,6 @@ def main(argv=None) -> int:
     with torch.inference_mode():
         set_variant(model, base, {})
         feats = model.features(batches[30]["images"])
-        from regpose.models.querypose.box_decoder import box_rois
         boxes = model.initial_boxes(torch.tensor([[h, w]]))
         query = model.init_proposal_features.weight[None]
         _, boxes, _ = model.box_stage(0, feats, boxes, query)
@@ -206,41 +191,29 @@ def main(argv=None) -> int:
     print(f"  keypoint-decoder conv tower, Winograd vs direct: max |diff| / max |value| = {tower_err:.2e}", flush=True)
 
     # ---- latency: variants interleaved run by run
-    wall = {v: [] for v in variants}
-    cpu = {v: [] for v in variants}
+    def predict(variant):
+        set_variant(model, base, VARIANTS[variant])
+        model.predict(batches[1], TestConfig())
+
     with torch.inference_mode():
-        for r in range(args.warmup + args.runs):
-            for v in variants:
-                set_variant(model, base, VARIANTS[v])
-                t, c = timed(lambda: model.predict(batches[1], TestConfig()))
-                if r >= args.warmup:
-                    wall[v].append(t)
-                    cpu[v].append(c)
-            if r >= args.warmup:
-                print(f"  run {r + 1 - args.warmup}/{args.runs}: " +
-                      ", ".join(f"{v} {wall[v][-1]:.0f} ms" for v in variants), flush=True)
+        times = interleaved({v: (lambda v=v: predict(v)) for v in variants}, runs=args.runs, warmup=args.warmup,
+                            progress=True)
     summary = {}
-    for v in variants:
-        med = statistics.median(wall[v])
-        summary[v] = {"median_ms": round(med, 1), "min_ms": round(min(wall[v]), 1), "max_ms": round(max(wall[v]), 1),
-                      "cpu_ms_median": round(statistics.median(cpu[v]), 1),
-                      "vs_official_anchor": round(med / OFFICIAL_MS, 3)}
+    for v, t in times.items():
+        summary[v] = {"median_ms": round(t["median_ms"], 1), "min_ms": round(t["min_ms"], 1),
+                      "max_ms": round(t["max_ms"], 1), "cpu_ms_median": round(t["cpu_median_ms"], 1),
+                      "vs_official_anchor": round(t["median_ms"] / OFFICIAL_MS, 3)}
 
     # ---- 1 vs 30 people (default variant)
-    scaling = {}
     with torch.inference_mode():
         set_variant(model, base, {})
-        for people in (1, 30):
-            model.predict(batches[people], TestConfig())
-        times = {1: [], 30: []}
-        for _ in range(max(args.runs, 2)):
-            for people in (1, 30):
-                times[people].append(timed(lambda: model.predict(batches[people], TestConfig()))[0])
-        m1, m30 = statistics.median(times[1]), statistics.median(times[30])
+        people = interleaved({n: (lambda n=n: model.predict(batches[n], TestConfig())) for n in (1, 30)},
+                             runs=max(args.runs, 2), warmup=1)
+        m1, m30 = people[1]["median_ms"], people[30]["median_ms"]
         scaling = {"1_person_ms": round(m1, 1), "30_people_ms": round(m30, 1), "growth": round(m30 / m1 - 1, 4)}
         bd = breakdown(model, batches[1])
 
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mib()
     print(f"\n{'variant':<14} {'median ms':>10} {'min':>8} {'max':>8} {'cpu ms':>8} {'/ official 20.9 s':>18}")
     for v, s in summary.items():
         print(f"{v:<14} {s['median_ms']:>10.0f} {s['min_ms']:>8.0f} {s['max_ms']:>8.0f} {s['cpu_ms_median']:>8.0f} "
@@ -254,15 +227,13 @@ def main(argv=None) -> int:
     print("breakdown (default, one run, ms):", bd)
     print(f"peak RSS {peak_mb:.0f} MB")
     out = Path(args.out) / ("quick" if args.quick else "full")
-    out.mkdir(parents=True, exist_ok=True)
     result = {"config": str(Path(args.config).resolve().relative_to(REPO)) if Path(args.config).resolve().is_relative_to(REPO)
-              else args.config, "size": [h, w], "threads": args.threads, "runs": args.runs, "quick": args.quick,
-              "torch": torch.__version__, "official_anchor_ms": OFFICIAL_MS, "variants": summary,
+              else args.config, "size": [h, w], **env, "runs": args.runs, "quick": args.quick,
+              "official_anchor_ms": OFFICIAL_MS, "variants": summary,
               "agreement_vs_first": agree, "tower_rel_err_winograd_vs_direct": tower_err, "people_scaling": scaling, "breakdown_ms": bd, "peak_rss_mb": round(peak_mb),
               "target_0.8x_met": bool(summary.get("default", {}).get("vs_official_anchor", 9) <= 0.8),
               "scaling_under_10pct": bool(scaling["growth"] < 0.10)}
-    (out / "results.json").write_text(json.dumps(result, indent=1))
-    print(f"written: {out / 'results.json'}")
+    write_json(out / "results.json", result)
     return 0
 
 

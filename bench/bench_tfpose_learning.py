@@ -3,9 +3,9 @@ boxes) within a wall-clock budget, evaluate on 200 images of another seed (targe
 paper's ablations at the same budget: the auxiliary heatmap loss (Table 4, +2.3 AP and faster convergence) and
 query-to-query attention (Table 1, +1.3 AP).
 
-    .venv/bin/python bench/bench_tfpose_learning.py                       # 3 runs x 14 min training (~45 min)
-    .venv/bin/python bench/bench_tfpose_learning.py --variants default    # the AP target only
-    .venv/bin/python bench/bench_tfpose_learning.py --smoke               # ~3 min end-to-end check of the pipeline
+    .venv/bin/python -m bench.bench_tfpose_learning                       # 3 runs x 14 min training (~45 min)
+    .venv/bin/python -m bench.bench_tfpose_learning --variants default    # the AP target only
+    .venv/bin/python -m bench.bench_tfpose_learning --smoke               # ~3 min end-to-end check of the pipeline
 
 Variants (each trained from the same seed):
   default   the config as shipped (q2q attention on, auxiliary heatmap loss on, lambda 10)
@@ -21,19 +21,14 @@ Numbers are only meaningful on a quiet machine.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from regpose.config import load_config, save_config  # noqa: E402
-from regpose.engine.budget import fit_schedule_to_budget, seconds_per_iteration, set_schedule_length  # noqa: E402
+from bench._common import REPO, machine, parser, read_metrics, set_threads, write_json
+from regpose.config import load_config, save_config
+from regpose.engine.budget import fit_schedule_to_budget, seconds_per_iteration, set_schedule_length
+from regpose.engine.trainer import train
 
 VARIANTS = {
     "default": [],
@@ -43,16 +38,7 @@ VARIANTS = {
 TARGET_AP = 0.6
 
 
-def read_log(out: Path) -> list[dict]:
-    path = out / "metrics.jsonl"
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def run_variant(name: str, args, budget: float, iters: int | None) -> dict:
-    from regpose.engine.trainer import train
-
     out = Path(args.output_dir) / name
     cfg = load_config(args.config, [f"output_dir={out}", *args.overrides, *VARIANTS[name]])
     sec_per_iter = seconds_per_iteration(cfg)
@@ -69,7 +55,7 @@ def run_variant(name: str, args, budget: float, iters: int | None) -> dict:
     t0 = time.time()
     metrics = train(cfg, device="cpu", overwrite=True) or {}    # each bench run starts its variants afresh
     minutes = (time.time() - t0) / 60
-    log = read_log(out)
+    log = read_metrics(out)
     train_rows = [r for r in log if r.get("split") == "train" and "loss" in r]
     last_layer = f"loss_coord_{cfg.model.num_decoder_layers - 1}"
     done = max((int(r["iter"]) for r in train_rows), default=0)
@@ -91,8 +77,8 @@ def _fmt(v) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", default=str(ROOT / "configs" / "tfpose" / "tfpose_tiny_synthetic.yaml"))
+    ap = parser(__doc__)
+    ap.add_argument("--config", default=str(REPO / "configs" / "tfpose" / "tfpose_tiny_synthetic.yaml"))
     ap.add_argument("--budget-min", type=float, default=14.0, help="training wall-clock budget per variant (minutes)")
     ap.add_argument("--variants", default="default,no_aux,no_q2q",
                     help=f"comma-separated subset of {', '.join(VARIANTS)}")
@@ -109,7 +95,7 @@ def main() -> None:
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         ap.error(f"unknown variant(s) {unknown}; choose from {', '.join(VARIANTS)}")
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     budget = 0.33 if args.smoke else args.budget_min
     if args.smoke:
         args.output_dir += "_smoke"
@@ -130,7 +116,7 @@ def main() -> None:
     for name, r in results.items():
         cells = " ".join(f"{_fmt(r[k]):>7}" for k in ("AP", "AP50", "AP75", "APm", "APl", "AR", "AP_halfway"))
         print(f"{name:<9} {cells} {r['iterations_done']:>7d} {r['sec_per_iter_calibrated']:>7.3f}")
-    summary = {"config": args.config, "budget_min_per_variant": budget, "threads": args.threads,
+    summary = {"config": args.config, "budget_min_per_variant": budget, **machine(),
                "same_iters": args.same_iters, "total_minutes": round((time.time() - t_start) / 60, 2),
                "target_AP": TARGET_AP, "variants": results}
     if "default" in results:
@@ -139,9 +125,7 @@ def main() -> None:
         for other, key in (("no_aux", "aux_loss_gain_AP"), ("no_q2q", "q2q_gain_AP")):
             if other in results and results[other]["AP"] is not None:
                 summary[key] = round(ap_default - results[other]["AP"], 4)
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    write_json(Path(args.output_dir) / "summary.json", summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "variants"}, indent=1))
 
 

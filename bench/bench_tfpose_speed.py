@@ -10,33 +10,24 @@ deformable sampler (``gather`` = embedding_bag, the eager default; ``grid_sample
 backbone / input projection + encoder / decoder, the full ``predict`` with flip test at batch 1, GMACs (regpose
 bench's counting) and parameters.
 
-    .venv/bin/python bench/bench_tfpose_speed.py --threads 2 --out runs/bench_tfpose_speed.json
-    .venv/bin/python bench/bench_tfpose_speed.py --input 384x288 --batch-sizes 1 8
+    .venv/bin/python -m bench.bench_tfpose_speed --threads 2 --out runs/bench_tfpose_speed.json
+    .venv/bin/python -m bench.bench_tfpose_speed --input 384x288 --batch-sizes 1 8
 
 Numbers are only meaningful on a quiet machine (another busy process makes 2-thread OpenMP runs stall).
 """
 from __future__ import annotations
 
-import argparse
-import json
-import platform
-import resource
-import statistics
-import sys
-import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from regpose.data.keypoints import get_meta  # noqa: E402
-from regpose.engine.bench import count_flops, count_parameters  # noqa: E402
-from regpose.models.poseur import Poseur, PoseurConfig  # noqa: E402
-from regpose.models.tfpose import TFPose, TFPoseConfig  # noqa: E402
+from bench._common import add_timing_args, interleaved, machine, parser, peak_rss_mib, set_threads, write_json
+from regpose.data.keypoints import get_meta
+from regpose.engine.bench import count_flops, count_parameters
+from regpose.models.layers.deform_attn import MultiScaleDeformableAttention
+from regpose.models.poseur import Poseur, PoseurConfig
+from regpose.models.tfpose import TFPose, TFPoseConfig
 
 
 def build_models(names: list[str]) -> dict[str, torch.nn.Module]:
@@ -53,24 +44,7 @@ def build_models(names: list[str]) -> dict[str, torch.nn.Module]:
     return out
 
 
-def interleaved(fns: dict[str, callable], warmup: int, runs: int) -> dict[str, dict]:
-    """Median / min wall-clock ms of every fn, timed round-robin."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    times = {k: [] for k in fns}
-    for _ in range(runs):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[k].append((time.perf_counter() - t0) * 1000)
-    return {k: {"median_ms": statistics.median(v), "min_ms": min(v), "times_ms": [round(t, 1) for t in v]}
-            for k, v in times.items()}
-
-
 def set_sampler(model: TFPose, sampler: str) -> None:
-    from regpose.models.layers.deform_attn import MultiScaleDeformableAttention
-
     for m in model.modules():
         if isinstance(m, MultiScaleDeformableAttention):
             m.sampler = sampler
@@ -93,26 +67,23 @@ def tfpose_split(model: TFPose, x: torch.Tensor, warmup: int, runs: int) -> dict
         return src
 
     r = interleaved({"backbone": lambda: model.backbone(x), "input_proj+encoder": encoder_only,
-                     "decoder": lambda: model.decode(memory, shapes, all_layers=False)}, warmup, runs)
+                     "decoder": lambda: model.decode(memory, shapes, all_layers=False)}, runs=runs, warmup=warmup)
     return {k: v["median_ms"] for k, v in r.items()}
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--threads", type=int, default=2)
+    ap = parser(__doc__)
+    add_timing_args(ap, runs=7, warmup=2)
     ap.add_argument("--input", default="256x192", help="HxW of the crop (a multiple of 32)")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--models", nargs="+", default=["tfpose_ne6", "tfpose_ne4", "poseur"])
     ap.add_argument("--out", default="runs/bench_tfpose_speed.json")
     args = ap.parse_args()
 
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     h, w = (int(v) for v in args.input.lower().split("x"))
     models = build_models(args.models)
-    report = {"input_hw": [h, w], "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "machine": platform.processor() or platform.machine(), "models": {}, "runs": {}}
+    report = {"input_hw": [h, w], **machine(), "models": {}, "runs": {}}
     with torch.inference_mode():
         for name, m in models.items():
             flops, _ = count_flops(m, torch.randn(1, 3, h, w))
@@ -128,7 +99,7 @@ def main() -> None:
             x = torch.randn(bs, 3, h, w)
             runs = args.runs if bs <= 8 else max(3, args.runs // 2)
             warmup = args.warmup if bs <= 8 else 1
-            res = interleaved({n: (lambda m=m: m(x)) for n, m in models.items()}, warmup, runs)
+            res = interleaved({n: (lambda m=m: m(x)) for n, m in models.items()}, runs=runs, warmup=warmup)
             for n, r in res.items():
                 report["runs"][f"bs{bs}_{n}"] = r
             line = "  ".join(f"{n} {r['median_ms']:.1f} ms" for n, r in res.items())
@@ -139,10 +110,12 @@ def main() -> None:
                         report["runs"][f"bs{bs}_{n}"]["ratio_vs_poseur"] = res[n]["median_ms"] / res["poseur"]["median_ms"]
             tf = next((m for m in models.values() if isinstance(m, TFPose)), None)
             if tf is not None:
-                samplers = {}
-                for s in ("gather", "grid_sample"):
-                    set_sampler(tf, s)
-                    samplers[s] = interleaved({s: lambda: tf(x)}, 1, max(2, runs // 2))[s]
+                def forward(sampler):
+                    set_sampler(tf, sampler)
+                    tf(x)
+
+                samplers = interleaved({s: (lambda s=s: forward(s)) for s in ("gather", "grid_sample")},
+                                       runs=max(2, runs // 2))
                 set_sampler(tf, "auto")                                         # the eval default (gather)
                 report["runs"][f"bs{bs}_tfpose_samplers"] = samplers
                 split = tfpose_split(tf, x, 1, max(2, runs // 2))
@@ -156,17 +129,14 @@ def main() -> None:
                   "box": [0, 0, w - 1, h - 1], "box_score": 1.0, "scale": [w / 200 * 1.25, h / 200 * 1.25]}]
         batch = {"images": torch.randn(1, 3, h, w), "metas": metas}
         test_cfg = SimpleNamespace(flip=True)
-        res = interleaved({n: (lambda m=m: m.predict(batch, test_cfg)) for n, m in models.items()}, args.warmup,
-                          args.runs)
+        res = interleaved({n: (lambda m=m: m.predict(batch, test_cfg)) for n, m in models.items()}, runs=args.runs,
+                          warmup=args.warmup)
         for n, r in res.items():
             report["runs"][f"bs1_predict_flip_{n}"] = r
         print("batch  1  predict+flip median: " + "  ".join(f"{n} {r['median_ms']:.1f} ms" for n, r in res.items()),
               flush=True)
-    report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    print(f"wrote {out}")
+    report["peak_rss_mib"] = peak_rss_mib()
+    write_json(args.out, report)
 
 
 if __name__ == "__main__":

@@ -6,23 +6,20 @@ The default test suite runs the configs that fit CI; this script also runs the f
 suite only checks on the meta device (188M-494M parameters: a step peaks at 4.0-4.7 GB for the light R-50 /
 HRNet-W48 and needs ~7-10 GB for the 322M-494M ones; an evaluation takes minutes on one core).
 
-    OMP_NUM_THREADS=1 python bench/check_every_config.py                   # every config
-    OMP_NUM_THREADS=1 python bench/check_every_config.py configs/querypose/querypose_swin_l_coco.yaml
+    OMP_NUM_THREADS=1 python -m bench.check_every_config                   # every config
+    OMP_NUM_THREADS=1 python -m bench.check_every_config configs/querypose/querypose_swin_l_coco.yaml
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from bench._common import REPO, parser, peak_rss_mib, set_threads, timed, write_json
 
 
 def shipped_configs() -> list[Path]:
@@ -31,22 +28,19 @@ def shipped_configs() -> list[Path]:
 
 def run_one(config: str, threads: int) -> dict:
     """Dry-run one config in this process; its report plus this process's peak resident memory."""
-    import torch
+    from regpose.engine.dryrun import dry_run       # the child process only: the parent stays light
 
-    from regpose.engine.dryrun import dry_run
-
-    torch.set_num_threads(threads)
-    t0 = time.perf_counter()
+    set_threads(threads)
+    reports = []
     with tempfile.TemporaryDirectory() as work:
-        report = dry_run(config, work)
-    out = dataclasses.asdict(report)
-    out.update(seconds_total=time.perf_counter() - t0,
-               peak_rss_gb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+        t = timed(lambda: reports.append(dry_run(config, work)), runs=1, warmup=0)
+    out = dataclasses.asdict(reports[0])
+    out.update(seconds_total=t["median_ms"] / 1000, peak_rss_gb=peak_rss_mib() / 1024)
     return out
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = parser(__doc__)
     ap.add_argument("configs", nargs="*", help="config files (default: every shipped config)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json-out", help="write the reports as JSON")
@@ -59,8 +53,8 @@ def main(argv=None) -> int:
     reports, failed = [], 0
     print(f"{'config':<58}{'params':>13}{'train s':>9}{'eval s':>8}{'total s':>9}{'peak GB':>9}  grads")
     for config in configs:
-        r = subprocess.run([sys.executable, __file__, "--one", str(config), "--threads", str(args.threads)],
-                           capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-m", "bench.check_every_config", "--one", str(config),
+                            "--threads", str(args.threads)], capture_output=True, text=True, cwd=REPO)
         name = str(config.relative_to(REPO)) if config.is_relative_to(REPO) else str(config)
         if r.returncode != 0:
             failed += 1
@@ -74,7 +68,7 @@ def main(argv=None) -> int:
               f"{rep['seconds_total']:>9.1f}{rep['peak_rss_gb']:>9.2f}  "
               f"{rep['tensors_with_gradient']}/{rep['trainable_tensors']}")
     if args.json_out:
-        Path(args.json_out).write_text(json.dumps(reports, indent=1))
+        write_json(args.json_out, reports)
     return 1 if failed else 0
 
 

@@ -10,18 +10,27 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
-def find_shared() -> Path:
-    """The shared folder with official reference data and real samples (never copied into the repo)."""
-    candidates = [os.environ.get("REGPOSE_SHARED", ""), REPO.parent / "shared", "/work/shared"]
-    for c in candidates:
-        if c and (Path(c) / "reference").is_dir():
-            return Path(c)
-    raise RuntimeError("reference data not found: set REGPOSE_SHARED to the folder holding reference/ and data/")
+def find_shared() -> tuple[Path, str]:
+    """The shared folder with official reference data and real samples (never copied into the repo):
+    ``$REGPOSE_SHARED`` if set, else the repository's sibling ``../shared``. Returns (folder, problem or "")."""
+    if os.environ.get("REGPOSE_SHARED"):
+        shared, how = Path(os.environ["REGPOSE_SHARED"]), "REGPOSE_SHARED"
+    else:
+        shared, how = REPO.parent / "shared", "the repository's sibling folder"
+    if (shared / "reference").is_dir():
+        return shared, ""
+    return shared, (f"reference data not found: {how} {shared} holds no reference/ folder; set "
+                    f"REGPOSE_SHARED=/path/to/shared (the folder holding reference/ and data/real/)")
 
 
-SHARED = find_shared()
+SHARED, SHARED_PROBLEM = find_shared()
 REFERENCE = SHARED / "reference"
 REAL = SHARED / "data" / "real"
+
+
+def pytest_configure(config):
+    if SHARED_PROBLEM:
+        pytest.exit(SHARED_PROBLEM, returncode=4)
 
 
 @pytest.fixture(autouse=True)

@@ -10,10 +10,10 @@ import sys
 import numpy as np
 import pytest
 
+from bench.scenes import random_scene
 from regpose.data.keypoints import COCO_SIGMAS
 from regpose.errors import DataError
 from regpose.evaluation.analysis import analyse_keypoint_errors, format_analysis
-from regpose.evaluation.scenes import random_scene
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from conftest import REAL
+from bench.scenes import random_scene
 from regpose.data.keypoints import CROWDPOSE_SIGMAS
 from regpose.errors import DataError
 from regpose.evaluation import COCO_KEYS, CROWDPOSE_KEYS, evaluate, format_metrics
 from regpose.evaluation.oks import oks_matrix
-from regpose.evaluation.scenes import random_scene
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
