@@ -21,17 +21,13 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 
-from .errors import RegposeError
+from .errors import ConfigError, RegposeError
 
 __all__ = [
     "ConfigError", "Config", "TrainConfig", "TestConfig", "RuntimeConfig", "LrRule", "EmaConfig", "Range", "Regex", "PositiveInt",
     "NonNegativeInt", "PositiveFloat", "NonNegativeFloat", "Fraction",
     "load_config", "from_dict", "to_dict", "save_config", "apply_overrides", "parse_overrides",
 ]
-
-
-class ConfigError(RegposeError, ValueError):
-    """A config problem the user can fix; the message is a single line naming the key."""
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ _PEOPLE_SOURCE = {
 
 def people_source(cfg) -> str:
     """How the demo's method finds the people it evaluates and renders (by its family), for the log."""
-    from .models.registry import get_method
+    from .models.registry import get_method  # lazy: `regpose demo --help` reads this module's constants without loading torch
 
     return _PEOPLE_SOURCE[get_method(cfg.method).family]
 
@@ -57,12 +57,12 @@ def run_demo(method: str = DEFAULT_METHOD, minutes: float = DEFAULT_MINUTES, out
     import cv2
     import numpy as np
 
-    from .config import load_config
-    from .data.datasets import ensure_synthetic, load_records, read_image
-    from .engine.budget import fit_schedule_to_budget, seconds_per_iteration
-    from .engine.trainer import train
-    from .evaluation import format_metrics
-    from .inference.predictor import Predictor
+    from .config import load_config  # lazy: `regpose demo --help` reads this module's constants without loading torch
+    from .data.datasets import ensure_synthetic, load_records, read_image  # lazy: `regpose demo --help` reads this module's constants without loading torch
+    from .engine.budget import fit_schedule_to_budget, seconds_per_iteration  # lazy: `regpose demo --help` reads this module's constants without loading torch
+    from .engine.trainer import train  # lazy: `regpose demo --help` reads this module's constants without loading torch
+    from .evaluation import format_metrics  # lazy: `regpose demo --help` reads this module's constants without loading torch
+    from .inference.predictor import Predictor  # lazy: `regpose demo --help` reads this module's constants without loading torch
 
     if method not in SYNTHETIC_CONFIGS:
         raise RegposeError(f"--method: unknown method '{method}' (one of: {', '.join(SYNTHETIC_CONFIGS)})")

@@ -60,21 +60,9 @@ KNOWN_VIOLATIONS = {
     # Upward imports (importer, imported).
     "upward": {
         ("regpose.data.config", "regpose.config"): "20.5: Range & co. move to regpose/typed.py (base layer)",
-        ("regpose.data.datasets", "regpose.config"): "20.5: ConfigError moves to regpose/errors.py",
         ("regpose.data.datasets", "regpose.inference.topdown"): "20.1: boxes come from one box source, before the "
                                                                 "dataset",
         ("regpose.data.show", "regpose.models.registry"): "20.5: show-data moves to the surface (cli/)",
-        ("regpose.models.backbones", "regpose.config"): "20.5: ConfigError moves to regpose/errors.py",
-        ("regpose.models.dekr", "regpose.config"): "20.5: ConfigError moves to regpose/errors.py",
-        ("regpose.models.dekr", "regpose.engine.checkpoint"): "20.4: DEKR's train_rescore loop leaves the model; "
-                                                              "checkpoint.py moves to the assembly layer",
-        ("regpose.models.directpose", "regpose.config"): "20.5: ConfigError moves to regpose/errors.py",
-        ("regpose.models.querypose", "regpose.config"): "20.5: ConfigError moves to regpose/errors.py",
-        ("regpose.models.rle_regression", "regpose.config"): "20.5: ConfigError moves to regpose/errors.py",
-        ("regpose.models.rle_regression", "regpose.inference.topdown"): "20.4: the shared top-down regression "
-                                                                        "module; OKS-NMS moves to ops/ (20.1)",
-        ("regpose.models.tfpose", "regpose.config"): "20.5: ConfigError moves to regpose/errors.py",
-        ("regpose.models.tfpose", "regpose.inference.topdown"): "20.1: OKS-NMS / rescoring move to regpose/ops/",
         ("regpose.inference.commands", "regpose.clitypes"): "20.5: cli/ absorbs inference/commands.py",
         ("regpose.inference.commands", "regpose.engine.checkpoint"): "20.5: cli/ absorbs inference/commands.py",
         ("regpose.inference.predictor", "regpose.engine.checkpoint"): "ARCH assembly layer: regpose/checkpoint.py",
@@ -82,21 +70,18 @@ KNOWN_VIOLATIONS = {
     },
     # Package imports inside functions that do not say why (file or package, without .py: how many in it).
     "in_function": {
-        "regpose/cli": (19, "20.5: the cli/ package; per-command imports marked '# lazy: CLI start-up time'"),
         "regpose/compat/dekr": (16, "20.5: converters named by MethodSpec, imports at top"),
         "regpose/compat/official": (4, "20.5: MethodSpec names each converter"),
-        "regpose/compat/poseur": (8, "20.5: converters named by MethodSpec, imports at top"),
-        "regpose/compat/querypose": (5, "20.5: converters named by MethodSpec, imports at top"),
+        "regpose/compat/poseur": (7, "20.5: converters named by MethodSpec, imports at top"),
         "regpose/config": (2, "20.5: Config assembles the method's dataclass from the registry (assembly "
                                  "layer), typed.py holds the machinery"),
-        "regpose/data/datasets": (3, "20.1: no detector inside the data layer; 20.5 ConfigError in errors.py"),
+        "regpose/data/datasets": (2, "20.1: no detector inside the data layer; 20.5 ConfigError in errors.py"),
         "regpose/data/keypoints": (1, "20.3: keypoint layouts from the dataset config"),
-        "regpose/data/show": (4, "20.5: show-data moves to the surface"),
+        "regpose/data/show": (2, "20.5: show-data moves to the surface"),
         "regpose/data/synthetic": (2, "20.3: keypoint layouts as inputs"),
         "regpose/data/transforms": (4, "20.2: codecs per family"),
-        "regpose/demo": (6, "20.5: the command surface"),
         "regpose/engine/bench": (2, "20.1: one runner, imports at top"),
-        "regpose/engine/budget": (6, "20.1: one runner, imports at top"),
+        "regpose/engine/budget": (5, "20.1: one runner, imports at top"),
         "regpose/engine/dryrun": (6, "20.1: one runner, imports at top"),
         "regpose/engine/evaluator": (7, "20.1: the evaluator uses the inference runner"),
         "regpose/engine/recipe": (2, "20.1: imports at top"),
@@ -104,17 +89,11 @@ KNOWN_VIOLATIONS = {
         "regpose/evaluation/__init__": (4, "20.5: evaluation's public functions at top"),
         "regpose/evaluation/analysis": (1, "20.5: errors at top"),
         "regpose/evaluation/pckh": (1, "20.3: MPII ids from the data layer at top"),
-        "regpose/inference/commands": (17, "20.5: cli/ absorbs inference/commands.py"),
+        "regpose/inference/commands": (15, "20.5: cli/ absorbs inference/commands.py"),
         "regpose/inference/export": (6, "20.1: the export / ONNX backend cycle goes"),
         "regpose/inference/predictor": (17, "20.1: one top-down runner"),
-        "regpose/inference/topdown": (14, "20.1: one top-down runner and one box source"),
-        "regpose/inference/visualize": (1, "20.3: the keypoint layout as an input"),
+        "regpose/inference/topdown": (13, "20.1: one top-down runner and one box source"),
         "regpose/models/__init__": (1, "20.3: one build_backbone / trunk initialisation"),
-        "regpose/models/dekr": (19, "20.4: the dekr/ package"),
-        "regpose/models/directpose": (3, "20.4: the directpose/ package"),
-        "regpose/models/querypose": (5, "20.4: the querypose/ package"),
-        "regpose/models/rle_regression": (6, "20.4: the shared top-down regression module + rle/"),
-        "regpose/models/tfpose": (7, "20.4: the tfpose/ package"),
     },
 }
 

@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import ConfigError
-from ..errors import CheckpointError, RegposeError
+from ..errors import CheckpointError, ConfigError, RegposeError
 
 __all__ = ["convert_state_dict", "convert_rescore_state_dict", "config_from_official", "official_test_options",
            "official_data_options", "official_train_options", "reference_check", "train_step_check",

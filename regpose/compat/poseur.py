@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import CheckpointError, RegposeError
+from ..ops import rescore
 
 __all__ = ["convert_state_dict", "config_from_official", "reference_check", "build_reference_model",
            "UNUSED_OFFICIAL_KEYS"]
@@ -195,7 +196,6 @@ def reference_check(folder: str | Path) -> list[tuple[str, float, float]]:
     2e-5 normalised coordinates / sigmas / scores, 1e-4 hidden states, 5e-3 px image coordinates)."""
     from types import SimpleNamespace
 
-    from ..inference.topdown import rescore
     from ..structures import PoseResult
 
     folder = Path(folder)

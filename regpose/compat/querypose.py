@@ -15,8 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..config import TestConfig, from_dict
+from ..data.collate import collate
 from ..errors import CheckpointError
+from ..models.querypose import QueryPose, QueryPoseConfig
+from ..models.querypose.decode import to_result
 from ..models.weights import detectron2_resnet_key
+from .official import load_npz_state_dict
 
 __all__ = ["convert_state_dict", "config_from_official", "reference_check", "build_reference_model",
            "convert_neck_state_dict", "UNUSED_KEY_PATTERNS", "DERIVED_KEY_PATTERNS"]
@@ -304,9 +309,6 @@ def config_from_official(cfg_json: dict) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 def build_reference_model(folder: str | Path, **overrides):
     """Our model for a reference folder: config from its config.json, weights from its weights.npz."""
-    from ..compat.official import load_npz_state_dict
-    from ..config import from_dict
-    from ..models.querypose import QueryPose, QueryPoseConfig
 
     folder = Path(folder)
     cfg_json = json.loads((folder / "config.json").read_text())
@@ -328,7 +330,6 @@ def build_reference_model(folder: str | Path, **overrides):
 
 def _reference_batch(folder: Path, model) -> dict:
     """The official inputs as our batch: normalised RGB, zero-padded after normalisation to /32."""
-    from ..data.collate import collate
 
     z = np.load(folder / "inputs.npz")
     mean = torch.tensor(model.cfg.pixel_mean).view(3, 1, 1)
@@ -354,8 +355,6 @@ def reference_check(folder: str | Path, conv_impl: str | None = None) -> list[tu
     maps; and, if ``train_loss.npz`` is present, every training-loss term (tolerance rtol 1e-4) and the
     Hungarian matches of every stage (number of differing indices, tolerance 0).
     """
-    from ..config import TestConfig
-    from ..models.querypose.decode import to_result
 
     folder = Path(folder)
     model, cfg_json = build_reference_model(folder)

@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 from torch.utils.data import Dataset
 
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..jsonio import read_json
 from .keypoints import get_meta
 
@@ -725,8 +725,6 @@ def build_dataset(cfg, split: Literal["train", "val"], transform: Callable | Non
                   family: Literal["bottomup", "onestage", "topdown"]) -> Dataset:
     """The dataset a method of ``family`` trains / evaluates on. Training drops images (or people) the family's
     official code drops; top-down evaluation takes its boxes from ``cfg.test.boxes`` ('gt' or 'detections')."""
-    from ..config import ConfigError
-
     if split not in ("train", "val"):
         raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
     fmt = cfg.data.format

@@ -15,7 +15,11 @@ from typing import Callable
 import cv2
 import numpy as np
 
+from ..drawing import draw_poses
+from ..errors import DataError
+from ..structures import PoseResult
 from .keypoints import KeypointMeta, get_meta
+from .transforms import apply_affine
 
 __all__ = ["show_data", "draw_keypoints", "render_sample"]
 
@@ -25,8 +29,6 @@ def draw_keypoints(image: np.ndarray, keypoints: np.ndarray, meta: KeypointMeta,
     (:func:`regpose.drawing.draw_poses`, the same colours as predictions): visible keypoints solid, occluded ones
     (v = 1) faded with dashed limbs, unlabelled ones (v = 0) not at all. When ``highlight`` names a person (the
     person a top-down crop is about), everyone else is drawn faded."""
-    from ..drawing import draw_poses
-    from ..structures import PoseResult
 
     kps = np.array(keypoints, dtype=np.float64).reshape(-1, meta.num_keypoints, 3)
     v = kps[..., 2]
@@ -76,7 +78,6 @@ def render_sample(sample: dict, raw_keypoints: np.ndarray, meta: KeypointMeta, p
     Inputs whose shorter side is below ``min_side`` (top-down crops such as 72x96) are enlarged by a whole factor,
     pixels repeated (nearest neighbour: still exactly what the network sees), so the skeleton drawn over them is
     legible; the keypoints are mapped into the enlarged pixels."""
-    from .transforms import apply_affine
 
     img = sample["image"]
     if not isinstance(img, np.ndarray):
@@ -110,7 +111,6 @@ def show_data(cfg, out_dir, num_samples: int = 8, split: str = "train", seed: in
               transform: Callable | None = None) -> list[Path]:
     """Render ``num_samples`` samples of ``split`` through the method's transform (``train=True`` for the train
     split) into ``out_dir/sample_XX_<image_id>.png``; returns the paths. ``transform`` overrides the method's."""
-    from ..errors import DataError
     from ..models.registry import get_method
     from .datasets import build_dataset
 

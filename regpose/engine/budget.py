@@ -8,6 +8,8 @@ import time
 
 import torch
 
+from ..errors import ConfigError
+
 __all__ = ["seconds_per_iteration", "fit_schedule_to_budget", "set_schedule_length"]
 
 
@@ -62,7 +64,6 @@ def set_schedule_length(cfg, iters: int) -> None:
     stays at most a tenth and the EMA warm-up at most a fifth of the run, the log period at most a twentieth."""
     tc = cfg.train
     if tc.epochs > 0:
-        from ..config import ConfigError
         raise ConfigError(f"train.epochs={tc.epochs}: fitting a schedule to a time budget needs an iteration-based "
                           f"schedule (train.epochs=0 with train.iters / train.steps)")
     scale = iters / max(1, tc.iters)

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..clitypes import finite_float, positive_float, positive_int, size_pair
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 
 __all__ = ["INFER_HELP", "EXPORT_HELP", "add_infer_arguments", "run_infer", "add_export_arguments", "run_export",
            "ResultsJson"]
@@ -160,7 +160,6 @@ def _vis_path(out: Path, it) -> Path:
 
 def _check_drawings_spare_inputs(out: Path, items: list) -> None:
     """Refuse an --out whose drawings would overwrite the inputs themselves (e.g. inputs under <out>/vis/)."""
-    from ..config import ConfigError
 
     inputs = {Path(it.source).resolve(): it.key for it in items if it.kind != "webcam"}
     for it in items:
@@ -201,7 +200,6 @@ def _image_ids(images: list, box_source) -> tuple[dict[str, int], list[tuple[int
 
 def _check_video_boxes(box_source, items: list) -> None:
     """A detections json serves a video by frame index (image_id 0, 1, ...): one video, nothing else in the call."""
-    from ..config import ConfigError
     from .topdown import DetectionBoxes
 
     if isinstance(box_source, DetectionBoxes) and len(items) > 1 and any(it.kind != "image" for it in items):

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..data.keypoints import get_meta
 from ..drawing import draw_poses
+from ..models.topdown_regression import fuse_flip, keypoint_scores
 from ..structures import PoseResult
 
 __all__ = ["Renderer", "DisplayDefaults", "display_defaults", "SOLID_SIGMA", "SOLID_HEAT", "SOLID_PERSON_SCORE"]
@@ -52,8 +54,6 @@ def _rle_defaults(cfg) -> DisplayDefaults:
     the configured score kind and flip fusion; with rescoring the instance score is box + mean + max keypoint score,
     so its maximum is 1 + 2 x the best keypoint score (3 for mean(1 - sigma), 2.4 for Eq. 8 x 0.7)."""
     import torch
-
-    from ..models.topdown_regression import fuse_flip, keypoint_scores
 
     m = cfg.model
 
@@ -91,8 +91,6 @@ class Renderer:
     those of :func:`display_defaults`; options given per call override them."""
 
     def __init__(self, keypoint_format: str = "coco", **options):
-        from ..data.keypoints import get_meta
-
         meta = get_meta(keypoint_format)
         self.skeleton = meta.skeleton
         self.left_ids, self.right_ids = meta.left_ids, meta.right_ids

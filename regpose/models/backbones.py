@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from .weights import WEIGHT_SUFFIXES, LoadReport, fetch_trunk_state, load_partial, to_trunk_names
 
 __all__ = ["BackboneConfig", "TimmBackbone", "SwinFeatures", "build_backbone", "init_trunks",

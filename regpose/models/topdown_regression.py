@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import ConfigError
+from ..errors import ConfigError
 from ..data.keypoints import get_meta
 from ..data.targets import normalized_coords
+from ..ops import topdown_finalize
 from ..data.transforms import (make_meta, to_tensor_normalize, topdown_test_transforms, topdown_train_transforms,
                                transform_boxes)
 from ..structures import PoseResult
@@ -221,7 +222,6 @@ class RLETopDownInference:
         return topdown_results(mu, score, batch["metas"], tuple(images.shape[-2:]), {"sigma": sigma})
 
     def finalize(self, result: PoseResult, meta: dict) -> PoseResult:
-        from ..inference.topdown import topdown_finalize
         return topdown_finalize(result, self.sigmas, self.cfg.oks_nms_threshold, self.cfg.rescore)
 
 

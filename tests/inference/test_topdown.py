@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from regpose.data.keypoints import COCO_SIGMAS
-from regpose.inference.topdown import (DetectionBoxes, GroundTruthBoxes, TopDownPredictor, oks_matrix, oks_nms,
-                                       rescore, topdown_finalize, write_results)
+from regpose.inference.topdown import DetectionBoxes, GroundTruthBoxes, TopDownPredictor, write_results
+from regpose.ops import oks_matrix, oks_nms, rescore, topdown_finalize
 from regpose.structures import PoseResult
 from conftest import REAL
 

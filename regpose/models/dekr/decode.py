@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import curve_fit
 
-from ...config import ConfigError
+from ...errors import ConfigError
 from ...data.transforms import to_tensor_normalize
 from ...structures import PoseResult
 from .config import DEKRConfig

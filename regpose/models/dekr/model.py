@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from timm.models.resnet import BasicBlock
 from torch import nn
 
-from ...config import ConfigError
+from ...errors import ConfigError
 from ...structures import PoseResult
 from ..backbones import BackboneConfig, build_backbone
 from ..base import PoseModel

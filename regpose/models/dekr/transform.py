@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import torch
 
-from ...config import ConfigError
+from ...errors import ConfigError
 from ...data.targets import dekr_heatmaps, dekr_joints, dekr_offsets
 from ...data.transforms import (BottomUpTestResize, Compose, bottomup_train_transforms, make_meta, select_people,
                                 to_tensor_normalize)

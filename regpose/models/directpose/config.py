@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from ...config import ConfigError
+from ...errors import ConfigError
 from ..backbones import BackboneConfig
 
 __all__ = ["DirectPoseConfig", "NUM_LEVELS", "COCO_KPALIGN_GROUPS", "resolve_keypoint_groups"]

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms
 
-from ...config import ConfigError
+from ...errors import ConfigError
 from ...structures import PoseResult
 from .config import DirectPoseConfig
 

@@ -8,7 +8,7 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torchvision.ops import box_iou
 
-from ...config import ConfigError
+from ...errors import ConfigError
 from ...structures import PoseResult
 from .config import flip_permutation
 

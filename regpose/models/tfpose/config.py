@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...config import ConfigError
+from ...errors import ConfigError
 from ...data.keypoints import KeypointMeta
 from ..backbones import BackboneConfig
 from ..topdown_regression import keypoint_meta_for

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...ops import topdown_finalize
 from ...structures import PoseResult
 from ..backbones import build_backbone
 from ..base import PoseModel
@@ -336,7 +337,6 @@ class TFPose(PoseModel):
     def finalize(self, result: PoseResult, meta: dict) -> PoseResult:
         """Per image: mmpose's top-down rescoring (box score x mean keypoint score above 0.2, here x 1, so the box
         score stays) then OKS-NMS over the image's crops."""
-        from ...inference.topdown import topdown_finalize
         return topdown_finalize(result, self.sigmas, self.cfg.oks_nms_threshold, rescoring=False)
 
     # ------------------------------------------------------------------------------------------------------
