@@ -91,8 +91,8 @@ def run_demo(method: str = DEFAULT_METHOD, minutes: float = DEFAULT_MINUTES, out
         if predictor.family == "topdown":  # the demo gives top-down methods the ground-truth person boxes
             labelled = rec.num_keypoints > 0
             boxes = np.concatenate([rec.boxes[labelled], np.ones((int(labelled.sum()), 1), np.float32)], 1)
-        result = predictor(image, boxes=boxes, image_id=rec.image_id)
-        canvas = predictor.render(image, result, bgr=False, kpt_threshold=kpt_threshold)
+        result = predictor(image, color="rgb", boxes=boxes, box_format="xywh", image_id=rec.image_id)
+        canvas = predictor.render(image, result, color="rgb", kpt_threshold=kpt_threshold)
         cv2.imwrite(str(render_dir / (Path(rec.file_name).stem + ".jpg")), canvas[..., ::-1])
     log.info("[4/4] done in %.1f min; predictions rendered to %s", (time.time() - t0) / 60, render_dir)
     if metrics:

@@ -278,7 +278,7 @@ class _InferRun:
                     continue
                 chunk_ids = [ids[it.key] for it, _ in loaded]
                 try:
-                    preds = self.predictor.predict_batch([img for _, img in loaded], image_ids=chunk_ids,
+                    preds = self.predictor.predict_batch([img for _, img in loaded], color="rgb", image_ids=chunk_ids,
                                                          file_names=[it.source for it, _ in loaded])
                 except InputError as e:
                     for it, _ in loaded:
@@ -292,7 +292,7 @@ class _InferRun:
                         self.without_boxes += 1
                     self.results.add_image(it.key, iid, img.shape, res)
                     if self.render:
-                        _save_image(_vis_path(self.out, it), self.predictor.render(img, res, **self.draw))
+                        _save_image(_vis_path(self.out, it), self.predictor.render(img, res, color="rgb", **self.draw))
                     bar.update(1)
                 self.results.write_every(self.out, self.FLUSH_SECONDS)
         finally:
@@ -322,7 +322,7 @@ class _InferRun:
             for index, frame, res in self.predictor.predict_frames(frames, args.batch_size or 4, tracker):
                 entry["frames"].append({"frame": index, "people": self.results.people(res, index)})
                 if writer is not None:
-                    writer.write(self.predictor.render(frame, res, **self.draw))
+                    writer.write(self.predictor.render(frame, res, color="rgb", **self.draw))
                 bar.update(1)
                 self.results.write_every(self.out, self.FLUSH_SECONDS)
         except KeyboardInterrupt:

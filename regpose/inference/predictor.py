@@ -2,14 +2,16 @@
 
     from regpose import Predictor
     pred = Predictor("configs/querypose/querypose_r50_coco.yaml", "querypose_r50.pth", device="cpu")
-    result = pred("photo.jpg")                  # PoseResult: boxes (N, 4), keypoints (N, K, 3), scores (N,)
-    picture = pred.render(image, result)
+    result = pred("photo.jpg")                  # PoseResult: boxes (N, 4) x1,y1,x2,y2, keypoints (N, K, 3), scores (N,)
+    image = cv2.imread("photo.jpg")             # arrays say their channel order: color="bgr" (OpenCV) or "rgb"
+    picture = pred.render(image, pred(image, color="bgr"), color="bgr")
     for index, frame, result in pred.video("clip.mp4", track=True): ...
 
 Every method goes through its own test transform (resize / crop, normalisation), ``model.predict`` (flip test,
 multi-scale, decoding, as ``cfg.test`` says) and ``model.finalize`` (top-down OKS-NMS), so results equal
 ``regpose test``'s for the same image. Top-down methods need person boxes: a detections json (``boxes=``), a
-one-stage regpose detector (``detector=``), or boxes passed per call.
+one-stage regpose detector (``detector=``), or boxes passed per call (x1, y1, x2, y2 like ``result.boxes``, or
+another ``box_format``).
 """
 from __future__ import annotations
 
@@ -24,7 +26,13 @@ from ..config import Config, ConfigError, load_config
 from ..errors import DataError, InputError
 from ..structures import PoseResult
 
-__all__ = ["Predictor", "as_rgb_image", "load_image", "raw_image_sample", "test_sample", "resolve_device"]
+__all__ = ["Predictor", "as_rgb_image", "load_image", "raw_image_sample", "test_sample", "resolve_device",
+           "boxes_to_xywh"]
+
+#: channel orders an in-memory picture may declare (``color=``)
+COLORS = ("rgb", "bgr")
+#: per-call person box formats (torchvision.ops.box_convert names); results are always x1, y1, x2, y2
+BOX_FORMATS = ("xyxy", "xywh", "cxcywh")
 
 log = logging.getLogger("regpose.inference")
 
@@ -32,11 +40,15 @@ log = logging.getLogger("regpose.inference")
 # ----------------------------------------------------------------------------------------------------------
 # Images in
 # ----------------------------------------------------------------------------------------------------------
-def as_rgb_image(image: np.ndarray, bgr: bool = False, name: str = "image") -> np.ndarray:
+def as_rgb_image(image: np.ndarray, color: str | None = "rgb", name: str = "image") -> np.ndarray:
     """Any in-memory picture -> contiguous uint8 (H, W, 3) RGB.
 
-    Accepts (H, W) / (H, W, 1) grayscale, (H, W, 3) RGB (BGR with ``bgr``), (H, W, 4) RGBA / BGRA (alpha dropped),
-    uint8, 16-bit (scaled by 1/257), bool, and float images (0..1 when their maximum is <= 1, else 0..255)."""
+    Accepts (H, W) / (H, W, 1) grayscale, (H, W, 3) colour in the channel order ``color`` ('rgb' or 'bgr'), (H, W, 4)
+    RGBA / BGRA (alpha dropped), uint8, 16-bit (scaled by 1/257), bool, and float images (0..1 when their maximum is
+    <= 1, else 0..255). ``color=None`` means the caller did not say: a colour array is then an error rather than a
+    guess, because OpenCV (BGR) and PIL / imageio (RGB) arrays look alike and a swapped picture still "works"."""
+    if color not in (*COLORS, None):
+        raise InputError(f"{name}: color: expected 'rgb' or 'bgr', got {color!r}")
     a = np.asarray(image)
     if a.ndim == 3 and a.shape[2] == 1:
         a = a[..., 0]
@@ -57,10 +69,13 @@ def as_rgb_image(image: np.ndarray, bgr: bool = False, name: str = "image") -> n
         raise InputError(f"{name}: unsupported image dtype {a.dtype}")
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=2)
-    elif a.shape[2] == 4:
+    else:
+        if color is None:
+            raise InputError(f"{name}: an array does not say its channel order: pass color='bgr' (cv2.imread) or "
+                             f"color='rgb' (PIL, imageio, regpose.inference.load_image)")
         a = a[..., :3]
-    if bgr:
-        a = a[..., ::-1]
+        if color == "bgr":
+            a = a[..., ::-1]
     return np.ascontiguousarray(a)
 
 
@@ -99,6 +114,24 @@ def test_sample(transform, image: np.ndarray, image_id: int = 0, file_name: str 
         return transform(raw)
 
 
+def boxes_to_xywh(boxes, box_format: str = "xyxy", name: str = "boxes") -> np.ndarray:
+    """Person boxes (n, 4) or (n, 5) with an optional score column, in ``box_format`` ('xyxy': x1, y1, x2, y2 as
+    ``PoseResult.boxes``; 'xywh': COCO; 'cxcywh'), -> (n, 5) x, y, w, h, score (score 1 when not given): the
+    top-down crops' format. Converted with :func:`torchvision.ops.box_convert`."""
+    from torchvision.ops import box_convert
+
+    if box_format not in BOX_FORMATS:
+        raise InputError(f"box_format: expected one of {', '.join(BOX_FORMATS)}, got {box_format!r}")
+    b = np.asarray(boxes, dtype=np.float64)
+    if b.size == 0:
+        return np.zeros((0, 5))
+    if b.ndim != 2 or b.shape[1] not in (4, 5):
+        raise InputError(f"{name}: expected (n, 4) or (n, 5) {box_format}[, score], got shape {b.shape}")
+    xywh = box_convert(torch.from_numpy(b[:, :4]), box_format, "xywh").numpy()
+    score = b[:, 4:] if b.shape[1] == 5 else np.ones((len(b), 1))
+    return np.concatenate([xywh, score], axis=1)
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """'auto' (or None) -> CUDA when available, else CPU; a CUDA request without CUDA is a clear error."""
     if device in (None, "", "auto"):
@@ -129,9 +162,9 @@ class Predictor:
     device:          'auto', 'cpu', 'cuda', 'cuda:N'
     flip / scales / score_threshold / max_people:  override ``cfg.test`` (flip test, multi-scale factors,
                      people below the instance score dropped, at most this many people per image)
-    boxes:           top-down methods: a json of person detections (a file's boxes found by its name, see
-                     :meth:`DetectionBoxes.image_id_for`, or by the ``image_id`` argument) or a callable
-                     ``(image_id, rgb) -> (n, 5) x, y, w, h, score``
+    boxes:           top-down methods: a json of person detections (COCO format; a file's boxes found by its name,
+                     see :meth:`DetectionBoxes.image_id_for`, or by the ``image_id`` argument) or a callable
+                     ``(image_id, rgb) -> (n, 4|5) x1, y1, x2, y2[, score]`` (the format of ``result.boxes``)
     detector / detector_weights:  top-down methods: a one-stage or bottom-up regpose config (+ weights) whose
                      people give the boxes
     batch_size:      at most this many images (whole-image methods) or crops (top-down) per network call
@@ -212,7 +245,7 @@ class Predictor:
                               "(--detector), not both")
         if boxes is not None:
             if callable(boxes):
-                return boxes
+                return lambda image_id, image: boxes_to_xywh(boxes(image_id, image), "xyxy", "boxes callable")
             t.boxes, t.detections = "detections", str(boxes)
             return DetectionBoxes(boxes, t.det_score_threshold)
         if t.boxes == "model" and t.detector_config and not detector:
@@ -232,18 +265,25 @@ class Predictor:
                               f"(a one-stage regpose model)")
 
     # ---- inference -------------------------------------------------------------------------------------
-    def __call__(self, image, *, boxes: np.ndarray | None = None, image_id: int | None = None,
-                 bgr: bool = False) -> PoseResult:
-        """People in one image (a file path or an array, see :func:`as_rgb_image`), in its pixel coordinates.
-        ``boxes`` (n, 4) or (n, 5) x, y, w, h[, score]: person boxes for top-down methods (override the source)."""
-        return self.predict_batch([image], boxes=None if boxes is None else [boxes],
-                                  image_ids=None if image_id is None else [image_id], bgr=bgr)[0]
+    def __call__(self, image, *, color: str | None = None, boxes: np.ndarray | None = None,
+                 box_format: str = "xyxy", image_id: int | None = None) -> PoseResult:
+        """People in one image, in its pixel coordinates; ``result.boxes`` are x1, y1, x2, y2.
 
-    def predict_batch(self, images: Sequence, *, boxes: Sequence | None = None,
-                      image_ids: Sequence[int] | None = None, file_names: Sequence[str] | None = None,
-                      bgr: bool = False) -> list[PoseResult]:
-        """Several images at once (``batch_size`` per network call); one :class:`PoseResult` each. Image ids (what
-        a detections json's boxes are looked up by) default to :meth:`image_ids`."""
+        image:       a file path, or an array whose channel order ``color`` names: 'bgr' (``cv2.imread``) or 'rgb'
+                     (PIL, imageio). A colour array without ``color`` is an error, never a guess (grayscale needs
+                     none); see :func:`as_rgb_image`.
+        boxes:       top-down methods: this image's person boxes (n, 4) or (n, 5) with a score column, overriding
+                     the box source. ``box_format`` 'xyxy' (default: x1, y1, x2, y2, the format of
+                     ``result.boxes``, so a result's boxes can be passed back), 'xywh' (COCO) or 'cxcywh'."""
+        return self.predict_batch([image], color=color, boxes=None if boxes is None else [boxes],
+                                  box_format=box_format, image_ids=None if image_id is None else [image_id])[0]
+
+    def predict_batch(self, images: Sequence, *, color: str | None = None, boxes: Sequence | None = None,
+                      box_format: str = "xyxy", image_ids: Sequence[int] | None = None,
+                      file_names: Sequence[str] | None = None) -> list[PoseResult]:
+        """Several images at once (``batch_size`` per network call); one :class:`PoseResult` each (arguments as
+        :meth:`__call__`, ``boxes`` one entry per image). Image ids (what a detections json's boxes are looked up
+        by) default to :meth:`image_ids`."""
         if image_ids is not None:
             ids = [int(i) for i in image_ids]
         else:
@@ -254,13 +294,15 @@ class Predictor:
                 rgbs.append(load_image(img))
                 names.append(str(img))
             else:
-                rgbs.append(as_rgb_image(img, bgr, f"image {i}"))
+                rgbs.append(as_rgb_image(img, color, f"image {i}"))
                 names.append("")
         if file_names is not None:
             names = [str(n) for n in file_names]
         with torch.inference_mode():
             if self.family == "topdown":
-                results = self._predict_topdown(rgbs, ids, names, boxes)
+                given = None if boxes is None else [None if b is None else boxes_to_xywh(b, box_format, f"boxes[{i}]")
+                                                    for i, b in enumerate(boxes)]
+                results = self._predict_topdown(rgbs, ids, names, given)
             else:
                 results = self._predict_whole(rgbs, ids, names)
         return [self._select(r) for r in results]
@@ -295,14 +337,10 @@ class Predictor:
             results += [self.model.finalize(r, m) for r, m in zip(preds, metas)]
         return results
 
-    def _person_boxes(self, image: np.ndarray, image_id: int, given) -> np.ndarray:
+    def _person_boxes(self, image: np.ndarray, image_id: int, given: np.ndarray | None) -> np.ndarray:
+        """(n, 5) x, y, w, h, score: the boxes given for this image (already converted), else the box source's."""
         if given is not None:
-            b = np.asarray(given, dtype=np.float64)
-            if b.size == 0:
-                return np.zeros((0, 5))
-            if b.ndim != 2 or b.shape[1] not in (4, 5):
-                raise InputError(f"boxes: expected (n, 4) or (n, 5) x, y, w, h[, score], got shape {b.shape}")
-            return b if b.shape[1] == 5 else np.concatenate([b, np.ones((len(b), 1))], axis=1)
+            return given
         self.require_boxes()
         return np.asarray(self.box_source(image_id, image), dtype=np.float64).reshape(-1, 5)
 
@@ -346,13 +384,15 @@ class Predictor:
         return r.select(keep)
 
     # ---- pictures, video, tracking ------------------------------------------------------------------------
-    def render(self, image, result: PoseResult, *, bgr: bool = False, **options) -> np.ndarray:
-        """``image`` with ``result`` drawn on it (RGB uint8; BGR in and out with ``bgr``). Options: kpt_threshold
+    def render(self, image, result: PoseResult, *, color: str | None = None, **options) -> np.ndarray:
+        """``image`` with ``result`` drawn on it, uint8 in the channel order of the input: a file path gives RGB, an
+        array is given and returned in ``color`` ('rgb' or 'bgr', required for colour arrays as in
+        :meth:`__call__`). Options: kpt_threshold
         (default: the method's, :func:`visualize.display_defaults`), score_threshold, show_boxes, show_scores,
         radius, thickness (see :func:`regpose.drawing.draw_poses`); None keeps the default."""
-        img = load_image(image) if isinstance(image, (str, os.PathLike)) else as_rgb_image(image, bgr)
+        img = load_image(image) if isinstance(image, (str, os.PathLike)) else as_rgb_image(image, color)
         out = self.renderer(img, result, **options)
-        return out[..., ::-1].copy() if bgr else out
+        return out[..., ::-1].copy() if color == "bgr" else out
 
     def tracker(self, **options):
         """A :class:`regpose.inference.tracking.PoseTracker` for this keypoint layout."""
@@ -369,14 +409,14 @@ class Predictor:
 
         def flush():
             nonlocal index
-            results = self.predict_batch(pending, image_ids=list(range(index, index + len(pending))))
+            results = self.predict_batch(pending, color="rgb", image_ids=list(range(index, index + len(pending))))
             for frame, r in zip(pending, results):
                 yield index, frame, tracker.update(r) if tracker is not None else r
                 index += 1
             pending.clear()
 
         for frame in frames:
-            pending.append(as_rgb_image(frame, name=f"frame {index + len(pending)}"))
+            pending.append(as_rgb_image(frame, "rgb", name=f"frame {index + len(pending)}"))
             if len(pending) == n:
                 yield from flush()
         if pending:
@@ -412,7 +452,7 @@ class DetectorBoxes:
     def __call__(self, image_id: int, image: np.ndarray) -> np.ndarray:
         from .topdown import people_boxes
 
-        return people_boxes(self.predictor(image, image_id=image_id), self.score_threshold)
+        return people_boxes(self.predictor(image, color="rgb", image_id=image_id), self.score_threshold)
 
 
 def _config_dict(cfg: Config) -> dict:

@@ -128,7 +128,7 @@ def test_predictor_equals_the_cli_json(files, tmp_path):
     xywh = np.concatenate([result.boxes[:, :2], result.boxes[:, 2:] - result.boxes[:, :2]], 1)
     np.testing.assert_allclose([p["bbox"] for p in people], xywh, atol=1e-2)
     # the same picture as an array (BGR as OpenCV reads it) gives the same people
-    again = Predictor(cfg, weights, device="cpu", boxes=DETS, flip=True)(cv2.imread(str(image)), bgr=True,
+    again = Predictor(cfg, weights, device="cpu", boxes=DETS, flip=True)(cv2.imread(str(image)), color="bgr",
                                                                         image_id=196141)
     np.testing.assert_allclose(again.keypoints, result.keypoints, atol=1e-5)
 

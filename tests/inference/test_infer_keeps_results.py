@@ -245,7 +245,7 @@ def test_predictor_finds_boxes_by_the_same_rule(files, tmp_path):
     image = cv2.imread(str(PICTURE))
     with pytest.raises(InputError, match="pass image_id="):
         pred(image)
-    assert len(pred(image, image_id=1)) == 1 and len(pred(image, image_id=2)) == 0
+    assert len(pred(image, color="bgr", image_id=1)) == 1 and len(pred(image, color="bgr", image_id=2)) == 0
     assert DetectionBoxes(dets).image_id_for(folder / "0001.jpg") == 1
 
 

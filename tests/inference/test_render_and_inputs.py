@@ -58,7 +58,7 @@ def test_in_memory_images_of_every_kind():
     np.testing.assert_array_equal(as_rgb_image(np.dstack([rgb, np.zeros((6, 7), np.uint8)])), rgb)
     np.testing.assert_array_equal(as_rgb_image(rgb.astype(np.uint16) * 257), rgb)
     np.testing.assert_array_equal(as_rgb_image(rgb / 255.0), rgb)
-    np.testing.assert_array_equal(as_rgb_image(rgb[..., ::-1], bgr=True), rgb)
+    np.testing.assert_array_equal(as_rgb_image(rgb[..., ::-1], "bgr"), rgb)
     for bad in (np.zeros((4, 4, 2), np.uint8), np.zeros((0, 3, 3), np.uint8), np.zeros(5, np.uint8)):
         with pytest.raises(InputError, match="expected an"):
             as_rgb_image(bad)
