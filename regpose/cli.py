@@ -86,9 +86,7 @@ def cmd_analyze(args) -> int:
 
 def cmd_show_data(args) -> int:
     from .data.show import show_data  # lazy: CLI start-up time
-    from .engine.logging import get_logger  # lazy: CLI start-up time
 
-    get_logger()                 # the data layer's notes (e.g. a synthetic split generated first) reach the console
     cfg = _load_cfg(args)
     require_writable_dir(args.out, "--out")
     paths = show_data(cfg, args.out, num_samples=args.num, split=args.split, seed=args.seed)
@@ -254,7 +252,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("test", help="evaluate trained weights on the config's validation split")
     s.add_argument("config")
-    s.add_argument("--weights", required=True)
+    s.add_argument("--weights", required=True,
+                   help="checkpoint (.pth): ours or an official DEKR / Poseur / QueryPose one (converted in memory)")
     s.add_argument("--split", default="val", choices=["val", "train"])
     s.add_argument("--flip", action="store_true", help="flip test")
     s.add_argument("--scales", type=positive_float, nargs="+", help="multi-scale test factors, e.g. 0.5 1 2")
@@ -347,7 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "fn", None):
         parser.print_help()
         return 2
-    try:
+    from .engine.logging import get_logger  # lazy: CLI start-up time (--help loads no engine)
+
+    get_logger()      # every command's log lines reach the console (a synthetic split generated first, an official
+    try:              # checkpoint converted in memory, the thread count ...)
         return int(args.fn(args) or 0)
     except RegposeError as e:
         _close_progress_bars()

@@ -21,7 +21,7 @@ import torch
 
 from ..errors import CheckpointError, ConfigError, RegposeError
 
-__all__ = ["convert_state_dict", "convert_rescore_state_dict", "config_from_official", "official_test_options",
+__all__ = ["is_official", "convert_state_dict", "convert_rescore_state_dict", "config_from_official", "official_test_options",
            "official_data_options", "official_train_options", "reference_check", "train_step_check",
            "build_from_official"]
 
@@ -36,6 +36,12 @@ _ADAPT_MAP = {"transform_matrix_conv.weight": "adapt_conv.transform_matrix_conv.
               "adapt_conv.weight": "adapt_conv.weight",
               "bn.weight": "bn.weight", "bn.bias": "bn.bias", "bn.running_mean": "bn.running_mean",
               "bn.running_var": "bn.running_var", "bn.num_batches_tracked": "bn.num_batches_tracked"}
+
+
+def is_official(state: dict) -> bool:
+    """An official DEKR pose-net state dict: per-keypoint offset branches ``offset_final_layer.<j>.*`` (ours stacks
+    them into ``offset_head.final``), with or without DataParallel's ``module.`` prefix."""
+    return any(_FINAL.match(k[len("module."):] if k.startswith("module.") else k) for k in state)
 
 
 def convert_state_dict(official: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -6,7 +6,6 @@ Each released codebase has its converter module here (``dekr``, ``poseur``, ``qu
 """
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
@@ -14,18 +13,18 @@ import numpy as np
 import torch
 
 from ..errors import RegposeError
+from ..models.registry import official_converter, official_methods
 from ..models.weights import read_state_dict
 
-__all__ = ["CONVERTERS", "load_official_checkpoint", "convert", "reference_check", "format_report",
+__all__ = ["load_official_checkpoint", "convert", "reference_check", "format_report",
            "load_npz_state_dict"]
-
-CONVERTERS = {"dekr": "regpose.compat.dekr", "poseur": "regpose.compat.poseur", "querypose": "regpose.compat.querypose"}
 
 
 def _converter(method: str):
-    if method not in CONVERTERS:
-        raise RegposeError(f"no official converter for method '{method}' (known: {', '.join(CONVERTERS)})")
-    return importlib.import_module(CONVERTERS[method])
+    conv = official_converter(method)
+    if conv is None:
+        raise RegposeError(f"no official converter for method '{method}' (known: {', '.join(official_methods())})")
+    return conv
 
 
 def load_npz_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

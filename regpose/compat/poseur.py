@@ -16,7 +16,7 @@ import torch
 from ..errors import CheckpointError, RegposeError
 from ..ops import rescore
 
-__all__ = ["convert_state_dict", "config_from_official", "reference_check", "build_reference_model",
+__all__ = ["is_official", "convert_state_dict", "config_from_official", "reference_check", "build_reference_model",
            "UNUSED_OFFICIAL_KEYS"]
 
 #: official keys that have no counterpart in our model (none: every key is consumed)
@@ -59,6 +59,11 @@ def _rename(key: str) -> str | None:
         if pattern.match(key):
             return pattern.sub(repl, key)
     return None
+
+
+def is_official(state: dict) -> bool:
+    """An official Poseur state dict: mmpose's ``keypoint_head.transformer.*`` (ours has no ``keypoint_head``)."""
+    return any(k.startswith(_TRANSFORMER) for k in state)
 
 
 def convert_state_dict(official: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

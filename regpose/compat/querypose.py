@@ -23,7 +23,7 @@ from ..models.querypose.decode import to_result
 from ..models.weights import detectron2_resnet_key
 from .official import load_npz_state_dict
 
-__all__ = ["convert_state_dict", "config_from_official", "reference_check", "build_reference_model",
+__all__ = ["is_official", "convert_state_dict", "config_from_official", "reference_check", "build_reference_model",
            "convert_neck_state_dict", "UNUSED_KEY_PATTERNS", "DERIVED_KEY_PATTERNS"]
 
 # Official keys that exist but never influence an output (spec 0, README_measurements). Kept as parameters
@@ -125,6 +125,12 @@ def convert_neck_state_dict(official: dict, keep_unused: bool = True) -> tuple[d
             continue
         raise CheckpointError(f"unexpected official neck key 'backbone.{k}'")
     return out, dropped
+
+
+def is_official(state: dict) -> bool:
+    """An official QueryPose state dict: detectron2's ``head.pose_head_series.*`` keypoint decoders (ours:
+    ``kpt_stages.*``)."""
+    return any(k.startswith("head.pose_head_series.") for k in state)
 
 
 def convert_state_dict(official: dict, keep_unused: bool = True, return_dropped: bool = False):

@@ -1,6 +1,7 @@
 """Checkpoints: atomic writes, ``weights_only`` loads, and errors that name the keys that do not fit."""
 from __future__ import annotations
 
+import logging
 import os
 import re
 import secrets
@@ -11,10 +12,13 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
+from ..models.registry import detect_official, official_converter
 from ..models.weights import LoadReport, load_partial
 
 __all__ = ["atomic_save", "remove_stale_temporaries", "load_checkpoint", "load_state_dict_file",
-           "load_model_weights", "check_fit"]
+           "load_model_weights", "check_fit", "official_as_ours"]
+
+log = logging.getLogger("regpose")
 
 
 def _temporary(path: Path) -> tuple[int, Path]:
@@ -133,12 +137,24 @@ def check_fit(model: nn.Module, state: dict[str, torch.Tensor], source: str = "c
         raise CheckpointError(f"{source} does not fit the model: " + "; ".join(parts))
 
 
+def official_as_ours(state: dict[str, torch.Tensor], source: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """``state`` in regpose's names: an official DEKR / Poseur / QueryPose state dict (recognised by its keys,
+    :func:`regpose.models.registry.detect_official`) is converted in memory, and the log says so; anything else
+    is returned as it is."""
+    method = detect_official(state)
+    if method is None:
+        return state
+    log.info("%s: an official %s checkpoint, converted in memory (`regpose convert --from-official %s` writes the "
+             "converted file once)", source, method, method)
+    return official_converter(method).convert_state_dict(state)
+
+
 def load_model_weights(model: nn.Module, source: str | os.PathLike | dict, strict: bool = True) -> LoadReport | None:
-    """Load weights from a file or state dict into ``model``. With ``strict`` every key must fit; otherwise what
-    fits is loaded and the returned report names the rest (refused when (almost) nothing fits, see
-    :func:`regpose.models.weights.load_partial`)."""
-    state = load_state_dict_file(source) if not isinstance(source, dict) else source
+    """Load weights from a file or state dict into ``model``: a regpose checkpoint or an official one
+    (:func:`official_as_ours`). With ``strict`` every key must fit; otherwise what fits is loaded and the returned
+    report names the rest (refused when (almost) nothing fits, see :func:`regpose.models.weights.load_partial`)."""
     name = str(source) if not isinstance(source, dict) else "state dict"
+    state = official_as_ours(load_state_dict_file(source) if not isinstance(source, dict) else source, name)
     if not strict:
         return load_partial(model, state, name)
     check_fit(model, state, name)

@@ -157,7 +157,8 @@ class Predictor:
     """A trained regpose model for images and videos.
 
     config:          YAML path, dict or :class:`regpose.config.Config`; ``overrides`` are dotted ``key=value``
-    weights:         a checkpoint (``.pth``, ours or converted official) or, for ``backend='onnx'``, the ``.onnx``
+    weights:         a checkpoint (``.pth``: ours, or an official DEKR / Poseur / QueryPose file, recognised by
+                     its keys and converted in memory) or, for ``backend='onnx'``, the ``.onnx``
                      file of ``regpose export`` (the backend follows the suffix when not given)
     device:          'auto', 'cpu', 'cuda', 'cuda:N'
     flip / scales / score_threshold / max_people:  override ``cfg.test`` (flip test, multi-scale factors,

@@ -9,7 +9,8 @@ import importlib
 from dataclasses import dataclass
 from typing import Callable, Literal
 
-__all__ = ["MethodSpec", "register_method", "get_method", "method_names"]
+__all__ = ["MethodSpec", "register_method", "get_method", "method_names", "official_converter", "official_methods",
+           "detect_official"]
 
 # Modules that define methods; imported lazily so `import regpose` stays cheap.
 _METHOD_MODULES = {
@@ -19,6 +20,13 @@ _METHOD_MODULES = {
     "querypose": "regpose.models.querypose",
     "tfpose": "regpose.models.tfpose",
     "directpose": "regpose.models.directpose",
+}
+# Converters of the checkpoints each method's released code wrote (regpose/compat/<method>.py, surface layer), named
+# here and imported by name so that loading a checkpoint can recognise and convert an official file.
+_OFFICIAL_CONVERTERS = {
+    "dekr": "regpose.compat.dekr",
+    "poseur": "regpose.compat.poseur",
+    "querypose": "regpose.compat.querypose",
 }
 
 
@@ -74,3 +82,21 @@ def available_methods() -> list[str]:
 
 def method_names() -> list[str]:
     return available_methods()
+
+
+def official_methods() -> list[str]:
+    """Methods whose released code published checkpoints that regpose converts."""
+    return list(_OFFICIAL_CONVERTERS)
+
+
+def official_converter(name: str):
+    """The converter module of ``name``'s official checkpoints (``convert_state_dict``, ``is_official``,
+    ``config_from_official``, ``reference_check``), or None when the method released none."""
+    module = _OFFICIAL_CONVERTERS.get(name)
+    return importlib.import_module(module) if module else None
+
+
+def detect_official(state: dict) -> str | None:
+    """The method whose official code wrote the state dict ``state`` (recognised by its key names, see each
+    converter's ``is_official``), or None (e.g. a regpose checkpoint)."""
+    return next((m for m in _OFFICIAL_CONVERTERS if official_converter(m).is_official(state)), None)
