@@ -39,8 +39,9 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="model config (YAML)")
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files, folders (searched recursively), video files, or a webcam index (0)")
-    p.add_argument("--weights", required=True, help="checkpoint (.pth): ours or an official DEKR / Poseur / QueryPose one (converted in "
-                   "memory), or model.onnx with --backend onnx")
+    p.add_argument("--weights", required=True,
+                   help="checkpoint (.pth): ours or an official DEKR / Poseur / QueryPose one (converted in memory), "
+                        "or model.onnx with --backend onnx")
     p.add_argument("--out", required=True, help="output folder")
     g = p.add_argument_group("model")
     g.add_argument("--backend", choices=["torch", "onnx"], help="default: onnx for a .onnx file, else torch")
