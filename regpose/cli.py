@@ -188,6 +188,13 @@ def cmd_train_rescore(args) -> int:
     return 0
 
 
+def cmd_models(args) -> int:
+    from .compat.zoo import format_models, format_zoo_table  # lazy: CLI start-up time
+
+    print(format_zoo_table() if args.markdown else format_models(args.method))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo  # lazy: CLI start-up time
 
@@ -295,6 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kind", default="model", choices=["model", "rescore"],
                    help="DEKR only: 'rescore' converts the rescoring net")
     s.set_defaults(fn=cmd_convert)
+
+    s = sub.add_parser("models", help="methods, their configs and the official checkpoints each accepts")
+    s.add_argument("method", nargs="?", help="only this method")
+    s.add_argument("--markdown", action="store_true", help="the README's model-zoo table of official checkpoints")
+    s.set_defaults(fn=cmd_models)
 
     s = sub.add_parser("reference-check", help="compare our converted model with official reference outputs")
     s.add_argument("dir")
