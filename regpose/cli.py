@@ -8,9 +8,10 @@ import json
 import sys
 from pathlib import Path
 
-from .clitypes import finite_float, positive_float, positive_int, size_pair
+from .clitypes import PositiveNumbersThenOverrides, finite_float, positive_float, positive_int, size_pair
 from .errors import RegposeError
 from .paths import require_writable_dir, require_writable_file
+from .threads import set_threads
 
 EXAMPLES = """examples:
   regpose synth data/synth/train --num-images 2000 --seed 0
@@ -99,6 +100,7 @@ def cmd_train(args) -> int:
     from .evaluation import format_metrics  # lazy: CLI start-up time
 
     cfg = _load_cfg(args)
+    set_threads(args.threads, cfg.train.num_workers)
     if _main_process():
         require_writable_dir(cfg.output_dir, "--output-dir" if args.output_dir else "output_dir")
     metrics = train(cfg, resume=args.resume, device=args.device, overwrite=args.overwrite)
@@ -115,6 +117,7 @@ def cmd_test(args) -> int:
     from .models import build_model  # lazy: CLI start-up time
 
     cfg = _load_cfg(args)
+    set_threads(args.threads, cfg.train.num_workers)
     if args.flip:
         cfg.test.flip = True
     if args.scales:
@@ -145,7 +148,7 @@ def cmd_bench(args) -> int:
     out = args.json_out or str(Path(cfg.output_dir) / "bench.json")
     require_writable_file(out, "--json-out" if args.json_out else "output_dir")
     r = run_bench(cfg, input_hw=args.input_size, batch_sizes=args.batch_sizes, warmup=args.warmup, runs=args.runs,
-                  threads=args.threads, device=args.device, weights=args.weights or "", mode=args.mode,
+                  threads=set_threads(args.threads), device=args.device, weights=args.weights or "", mode=args.mode,
                   flops=not args.no_flops)
     print(format_bench(r))
     save_bench(r, out)
@@ -200,10 +203,14 @@ def cmd_demo(args) -> int:
 
     require_writable_dir(args.out, "--out")
     kw = {k: v for k, v in (("method", args.method), ("minutes", args.minutes)) if v is not None}
-    return run_demo(out=args.out, kpt_threshold=args.kpt_threshold, **kw)
+    return run_demo(out=args.out, kpt_threshold=args.kpt_threshold, threads=args.threads, **kw)
 
 
 # --------------------------------------------------------------------------------------------------------------
+THREADS_HELP = ("torch CPU threads (default: this node's cores / its processes - data workers, at least 1; "
+                "the log says which)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="regpose", description="Direct-regression multi-person pose estimation.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -254,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true",
                    help="remove the run already in <output-dir> (checkpoints, metrics) and start over")
     s.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    s.add_argument("--threads", type=positive_int, help=THREADS_HELP)
     s.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. train.lr=1e-4 model.num_queries=50")
     s.set_defaults(fn=cmd_train)
 
@@ -263,11 +271,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint (.pth): ours or an official DEKR / Poseur / QueryPose one (converted in memory)")
     s.add_argument("--split", default="val", choices=["val", "train"])
     s.add_argument("--flip", action="store_true", help="flip test")
-    s.add_argument("--scales", type=positive_float, nargs="+", help="multi-scale test factors, e.g. 0.5 1 2")
+    s.add_argument("--scales", nargs="+", action=PositiveNumbersThenOverrides, metavar="S",
+                   help="multi-scale test factors, e.g. 0.5 1 2 (dotted overrides may follow)")
     s.add_argument("--strict", action="store_true",
                    help="stop at the first unreadable image (default: report it, skip it, evaluate the rest)")
     s.add_argument("--output-dir")
     s.add_argument("--device", default="auto")
+    s.add_argument("--threads", type=positive_int, help=THREADS_HELP)
     s.add_argument("overrides", nargs="*")
     s.set_defaults(fn=cmd_test)
 
@@ -277,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1])
     s.add_argument("--runs", type=positive_int, default=10)
     s.add_argument("--warmup", type=int, default=2)
-    s.add_argument("--threads", type=positive_int, help="torch CPU threads (default: torch's)")
+    s.add_argument("--threads", type=positive_int, help=THREADS_HELP)
     s.add_argument("--device", default="cpu")
     s.add_argument("--weights")
     s.add_argument("--mode", choices=["forward", "predict"], default="forward",
@@ -327,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--minutes", type=positive_float, default=None,
                    help=f"training budget in minutes (default: {DEFAULT_MINUTES:g})")
     s.add_argument("--out", default="runs/demo", help="output folder; the run goes to OUT/METHOD (default runs/demo)")
+    s.add_argument("--threads", type=positive_int, help=THREADS_HELP)
     s.add_argument("--kpt-thr", dest="kpt_threshold", type=finite_float, metavar="T",
                    help="keypoints scoring at least T are drawn solid, the others faded and dashed (default: the "
                         "method's, from what its keypoint scores mean)")

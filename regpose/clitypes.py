@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["size_pair", "positive_int", "positive_float", "finite_float"]
+__all__ = ["size_pair", "positive_int", "positive_float", "finite_float", "PositiveNumbersThenOverrides"]
 
 
 def size_pair(text: str) -> tuple[int, int]:
@@ -39,3 +39,19 @@ def finite_float(text: str) -> float:
 
 def positive_float(text: str) -> float:
     return _checked(text, float, lambda v: math.isfinite(v) and v > 0, "a positive number")
+
+
+class PositiveNumbersThenOverrides(argparse.Action):
+    """A ``nargs="+"`` option of positive numbers that ends at the first ``key=value``: argparse gives an option
+    every following word, so in ``test CFG --scales 0.5 1 2 test.flip=true`` the override would be read as a
+    scale. The words from the first ``key=value`` on are the command's dotted config overrides instead."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        split = next((i for i, v in enumerate(values) if "=" in v), len(values))
+        if split == 0:
+            parser.error(f"argument {option_string}: expected at least one positive number before {values[0]!r}")
+        try:
+            setattr(namespace, self.dest, [positive_float(v) for v in values[:split]])
+        except argparse.ArgumentTypeError as e:
+            parser.error(f"argument {option_string}: {e}")
+        namespace.overrides = [*(getattr(namespace, "overrides", None) or []), *values[split:]]

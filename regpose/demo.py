@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .engine.logging import get_logger
 from .errors import RegposeError
+from .threads import set_threads
 
 __all__ = ["SYNTHETIC_CONFIGS", "DEFAULT_METHOD", "DEFAULT_MINUTES", "run_demo", "configs_dir", "people_source"]
 
@@ -52,8 +53,10 @@ def people_source(cfg) -> str:
 
 
 def run_demo(method: str = DEFAULT_METHOD, minutes: float = DEFAULT_MINUTES, out: str | Path = "runs/demo",
-             num_render: int = 8, overrides: list[str] | None = None, kpt_threshold: float | None = None) -> int:
-    """The demo; ``kpt_threshold``: keypoints drawn solid from this confidence (default: the method's)."""
+             num_render: int = 8, overrides: list[str] | None = None, kpt_threshold: float | None = None,
+             threads: int | None = None) -> int:
+    """The demo; ``kpt_threshold``: keypoints drawn solid from this confidence (default: the method's); ``threads``:
+    torch threads (default: :func:`regpose.threads.default_threads` with the config's data workers)."""
     import cv2
     import numpy as np
 
@@ -70,6 +73,7 @@ def run_demo(method: str = DEFAULT_METHOD, minutes: float = DEFAULT_MINUTES, out
     out = Path(out) / method
     cfg = load_config(configs_dir() / SYNTHETIC_CONFIGS[method],
                       [f"output_dir={out}", *(overrides or [])])
+    set_threads(threads, cfg.train.num_workers)    # before the timing that sizes the schedule to the budget
     t0 = time.time()
     log.info("[1/4] synthetic data (%s format): %s, %s", cfg.data.format, cfg.data.train.root, cfg.data.val.root)
     for split in (cfg.data.train, cfg.data.val):

@@ -27,6 +27,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..progress import progress as progress_bar
+
 __all__ = ["generate", "synth_info", "render_image", "GENERATOR_VERSION"]
 
 GENERATOR_VERSION = 1
@@ -579,9 +581,7 @@ def generate(out_dir: str | os.PathLike, num_images: int, seed: int = 0, fmt: st
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     jobs = [(seed, i, fmt, (w, h), max_people, image_format, str(out)) for i in range(num_images)]
-    from tqdm import tqdm
-
-    bar = tqdm(total=num_images, desc=desc or f"synth {out.name}", unit="img", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=num_images, desc=desc or f"synth {out.name}", unit="img", disable=not progress)
     if workers and workers > 1:
         import multiprocessing as mp
         with mp.get_context("spawn").Pool(workers) as pool:

@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from ..errors import DataError
 from ..jsonio import read_json
+from ..progress import progress
 from ..structures import PoseResult, to_coco_results
 from . import dist
 from .logging import get_logger
@@ -72,8 +73,7 @@ def run_inference(model, loader: DataLoader, test_cfg, device: torch.device, des
     model.eval()
     out, errors = [], []
     show = dist.is_main_process()
-    bar = tqdm(total=len(loader.sampler), desc=desc, unit="img", disable=not show, dynamic_ncols=True,
-               leave=False)
+    bar = progress(total=len(loader.sampler), desc=desc, unit="img", disable=not show, leave=False)
     for batch in loader:
         for e in batch["errors"]:
             if test_cfg.strict:

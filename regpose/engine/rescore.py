@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from tqdm import tqdm
+from ..progress import progress
 
 from ..data.collate import Collate
 from ..data.datasets import ImageDataset, load_records
@@ -36,7 +36,7 @@ def _rescore_records(model: DEKR, cfg, max_images: int | None, device) -> tuple[
                         collate_fn=Collate(model.size_divisibility))
     sigmas = get_meta(cfg.data.format).sigmas
     feats, targets = [], []
-    for batch in tqdm(loader, desc="rescore data", unit="img", dynamic_ncols=True, leave=False):
+    for batch in progress(loader, desc="rescore data", unit="img", leave=False):
         batch["images"] = batch["images"].to(device)
         res = model.predict(batch, test_cfg)[0]
         rec = records[int(batch["metas"][0]["sample_index"])]

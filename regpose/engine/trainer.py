@@ -20,11 +20,10 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
-from tqdm import tqdm
-
 from ..config import Config, ConfigError, save_config, to_dict
 from ..errors import DataError, RegposeError
 from ..models.base import total_loss
+from ..progress import progress
 from . import dist
 from .checkpoint import atomic_save, load_checkpoint, load_model_weights, remove_stale_temporaries
 from .ema import ModelEMA
@@ -378,8 +377,7 @@ class Trainer:
         tc, main = self.tc, self.main
         self.model.train()
         loader_iter = iter(self._loader())
-        bar = tqdm(total=self.total_iters, initial=self.start_iter, desc="train", unit="it", disable=not main,
-                   dynamic_ncols=True)
+        bar = progress(total=self.total_iters, initial=self.start_iter, desc="train", unit="it", disable=not main)
         sums: dict[str, float] = {}
         count, t_last, data_time = 0, time.time(), 0.0
         metrics = None

@@ -63,6 +63,21 @@ PROTOCOLS = {
 # ==========================================================================================================
 # Loading and validation
 # ==========================================================================================================
+#: keypoints per person of each dataset evaluate() knows (MPII: PCKh, regpose.evaluation.pckh)
+_NUM_KEYPOINTS = {**{n: len(p.sigmas) for n, p in PROTOCOLS.items()}, "mpii": 16}
+
+
+def layout_hint(keypoints, dataset: str) -> str:
+    """The usual cause of a wrong keypoint count: a file of another dataset's layout evaluated as ``dataset``
+    (e.g. CrowdPose results, 14 x 3 = 42 values, without ``--dataset crowdpose``). '' when no layout fits."""
+    if not isinstance(keypoints, (list, tuple)) or len(keypoints) % 3:
+        return ""
+    fits = [n for n, k in _NUM_KEYPOINTS.items() if k == len(keypoints) // 3 and n != dataset]
+    if not fits:
+        return ""
+    return (f"; {len(keypoints) // 3} keypoints is the {' / '.join(fits)} layout: evaluate with --dataset {fits[0]} "
+            f"(Python: dataset='{fits[0]}')")
+
 def load_gt(gt) -> tuple[dict, str]:
     """Ground truth as a COCO dict and a name for messages (path or '<ground truth>')."""
     if isinstance(gt, (str, os.PathLike)):
@@ -119,7 +134,7 @@ class _GT:
                 if v is None or len(v) != 3 * k:
                     raise DataError(f"{name}: annotation {a.get('id', i)} has "
                                     f"{'no' if v is None else len(v)} keypoint values, expected {3 * k} "
-                                    f"({k} keypoints x 3) for {proto.name}") from None
+                                    f"({k} keypoints x 3) for {proto.name}{layout_hint(v, proto.name)}") from None
             raise DataError(f"{name}: keypoints are not numbers") from None
         self.kpts = kp.reshape(n, k, 3)
         try:
@@ -223,7 +238,7 @@ class _DT:
             if not isinstance(v, (list, tuple)) or len(v) != 3 * k:
                 got = len(v) if isinstance(v, (list, tuple)) else type(v).__name__
                 raise DataError(f"{name}: entry {i} (image_id {r['image_id']}): expected {3 * k} keypoint values "
-                                f"({k} keypoints x 3) for {proto.name}, got {got}")
+                                f"({k} keypoints x 3) for {proto.name}, got {got}{layout_hint(v, proto.name)}")
             try:
                 np.asarray(v, dtype=np.float64)
                 float(r["score"])

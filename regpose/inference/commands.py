@@ -24,6 +24,8 @@ import numpy as np
 
 from ..clitypes import finite_float, positive_float, positive_int, size_pair
 from ..errors import ConfigError, InputError
+from ..progress import progress
+from ..threads import set_threads
 
 __all__ = ["INFER_HELP", "EXPORT_HELP", "add_infer_arguments", "run_infer", "add_export_arguments", "run_export",
            "ResultsJson"]
@@ -46,7 +48,8 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--backend", choices=["torch", "onnx"], help="default: onnx for a .onnx file, else torch")
     g.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    g.add_argument("--threads", type=positive_int, help="CPU threads (torch and ONNX Runtime)")
+    g.add_argument("--threads", type=positive_int,
+                   help="CPU threads of torch and ONNX Runtime (default: the cores of this process; the log says)")
     g.add_argument("--flip", action="store_true", help="flip test")
     g.add_argument("--scales", type=positive_float, nargs="+", help="multi-scale test factors, e.g. 0.5 1 2")
     g.add_argument("--score-threshold", type=finite_float,
@@ -141,9 +144,7 @@ class ResultsJson:
 
 
 def _progress(total, unit: str, desc: str, disable: bool):
-    from tqdm import tqdm
-    return tqdm(total=total, unit=unit, desc=desc, disable=disable, dynamic_ncols=True, file=sys.stderr,
-                mininterval=0.5)
+    return progress(total=total, unit=unit, desc=desc, disable=disable, mininterval=0.5)
 
 
 def _save_image(path: Path, rgb: np.ndarray) -> None:
@@ -379,11 +380,12 @@ def run_infer(args) -> int:
     from .video import discover_inputs
 
     out = require_writable_dir(args.out, "--out")
+    threads = set_threads(args.threads)        # no data workers: every core of this process
     predictor = Predictor(args.config, args.weights, device=args.device, backend=args.backend, overrides=args.set,
                           flip=True if args.flip else None, scales=args.scales, score_threshold=args.score_threshold,
                           max_people=args.max_people, boxes=args.boxes, detector=args.detector,
                           detector_weights=args.detector_weights, det_score_threshold=args.det_score_threshold,
-                          threads=args.threads)
+                          threads=threads)
     predictor.require_boxes()
     items, problems = discover_inputs(args.inputs)
     _check_video_boxes(predictor.box_source, items)
