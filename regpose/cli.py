@@ -293,7 +293,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mode", choices=["forward", "predict"], default="forward",
                    help="forward: network only; predict: network + decoding")
     s.add_argument("--no-flops", action="store_true")
-    s.add_argument("--json-out")
+    s.add_argument("--json-out", help="where the measurements go as JSON (default: the config's output_dir/bench.json, "
+                                      "i.e. runs/<config name>/bench.json; the last line names it)")
     s.add_argument("overrides", nargs="*")
     s.set_defaults(fn=cmd_bench)
 

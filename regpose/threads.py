@@ -34,8 +34,9 @@ def default_threads(data_workers: int = 0, processes_per_node: int | None = None
     return max(1, available_cores() // max(1, procs) - int(data_workers))
 
 
-def set_threads(requested: int | None = None, data_workers: int = 0) -> int:
-    """Set torch's intra-op thread count to ``requested`` or the default rule, say so in the log, return it."""
+def set_threads(requested: int | None = None, data_workers: int = 0, announce: bool = True) -> int:
+    """Set torch's intra-op thread count to ``requested`` or the default rule, say so in the log (unless the
+    command reports it itself: ``announce=False``), return it."""
     if requested:
         n, why = int(requested), "--threads"
     else:
@@ -46,5 +47,6 @@ def set_threads(requested: int | None = None, data_workers: int = 0) -> int:
     import torch   # here, not at the top: the CLI imports this module before it knows a command needs torch
 
     torch.set_num_threads(n)
-    log.info("torch threads: %d (%s)", n, why)
+    if announce:
+        log.info("torch threads: %d (%s)", n, why)
     return n

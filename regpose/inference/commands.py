@@ -234,13 +234,18 @@ class _InferRun:
 
     FLUSH_SECONDS = 30.0
 
-    def __init__(self, predictor, args, out: Path, skipped: int):
+    def __init__(self, predictor, args, out: Path, skipped: int, threads: int):
+        from .topdown import DetectionBoxes
+
         cfg = predictor.cfg
-        self.predictor, self.args, self.out, self.skipped = predictor, args, out, skipped
+        self.predictor, self.args, self.out, self.skipped, self.threads = predictor, args, out, skipped, threads
+        # a detections json (--boxes): inputs it has no boxes for are reported
+        self.detections = predictor.box_source if isinstance(predictor.box_source, DetectionBoxes) else None
         self.render = not args.no_render
         self.draw = dict(kpt_threshold=args.kpt_threshold, score_threshold=args.vis_threshold,
                          show_boxes=not args.no_boxes, show_scores=not args.no_scores)
-        self.without_boxes = 0
+        self.without_boxes = 0          # images, and video frames, that the detections json has no boxes for
+        self.frames_without_boxes = 0
         self.t0 = time.perf_counter()
         self.results = ResultsJson({
             "method": cfg.method, "config": str(args.config), "weights": str(args.weights),
@@ -257,7 +262,6 @@ class _InferRun:
     # ---- images: ids, read (one line per unreadable file), predict in batches, render
     def images(self, images: list) -> None:
         from .predictor import load_image
-        from .topdown import DetectionBoxes
 
         if not images:
             return
@@ -265,7 +269,7 @@ class _InferRun:
         for _, msg in problems:
             self._skip(msg)
         images = [it for it in images if it.key in ids]
-        detections = self.predictor.box_source if isinstance(self.predictor.box_source, DetectionBoxes) else None
+        detections = self.detections
         bs = self.args.batch_size or 1
         bar = _progress(len(images), "img", "images", self.args.no_progress)
         try:
@@ -321,9 +325,16 @@ class _InferRun:
                                                                          args.max_frames)
         bar = _progress(total, "frame", Path(str(it.key)).name, args.no_progress)
         failure = "no frames could be decoded (empty or corrupt video)"
+        unboxed = 0
         try:
             for index, frame, res in self.predictor.predict_frames(frames, args.batch_size or 4, tracker):
                 entry["frames"].append({"frame": index, "people": self.results.people(res, index)})
+                if self.detections is not None and not len(self.detections(index)):
+                    unboxed += 1
+                    if unboxed == 1:    # once per video: a json for other frames (or images) would repeat it per frame
+                        print(f"{it.key}: {Path(self.detections.path).name} has no person boxes for frame {index} (a "
+                              f"video's frames are image_id 0, 1, ...): frames without boxes get no people",
+                              file=sys.stderr)
                 if writer is not None:
                     writer.write(self.predictor.render(frame, res, color="rgb", **self.draw))
                 bar.update(1)
@@ -341,6 +352,7 @@ class _InferRun:
             if writer is not None:
                 writer.close()
         entry["num_frames"] = len(entry["frames"])
+        self.frames_without_boxes += unboxed
         if not entry["frames"]:
             self._skip(f"skipped {it.key}: {failure}")
             del self.results.videos[it.key]
@@ -362,12 +374,14 @@ class _InferRun:
             parts.append(f"{n_images} image{'s' * (n_images != 1)}"
                          + (f" ({self.without_boxes} without person boxes)" if self.without_boxes else ""))
         if videos:
-            parts.append(f"{len(videos)} video{'s' * (len(videos) != 1)} ({n_frames} frames)")
+            parts.append(f"{len(videos)} video{'s' * (len(videos) != 1)} ({n_frames} frames"
+                         + (f", {self.frames_without_boxes} without person boxes)" if self.frames_without_boxes
+                            else ")"))
         rate = (n_images + n_frames) / elapsed if elapsed > 0 else 0.0
         summary = f"{'' if complete else 'stopped early: '}processed {', '.join(parts) or 'nothing'}; " \
                   f"skipped {self.skipped}"
         if done:
-            summary += f" ({rate:.1f} frames/s); results: {paths[0]}, {paths[1]}"
+            summary += f" ({rate:.1f} frames/s on {self.threads} threads); results: {paths[0]}, {paths[1]}"
             if self.render:
                 summary += f"; pictures: {self.out / 'vis'}"
         print(summary)
@@ -380,7 +394,7 @@ def run_infer(args) -> int:
     from .video import discover_inputs
 
     out = require_writable_dir(args.out, "--out")
-    threads = set_threads(args.threads)        # no data workers: every core of this process
+    threads = set_threads(args.threads, announce=False)   # no data workers: every core; the summary line says it
     predictor = Predictor(args.config, args.weights, device=args.device, backend=args.backend, overrides=args.set,
                           flip=True if args.flip else None, scales=args.scales, score_threshold=args.score_threshold,
                           max_people=args.max_people, boxes=args.boxes, detector=args.detector,
@@ -391,7 +405,7 @@ def run_infer(args) -> int:
     _check_video_boxes(predictor.box_source, items)
     if not args.no_render:
         _check_drawings_spare_inputs(out, items)
-    run = _InferRun(predictor, args, out, skipped=len(problems))
+    run = _InferRun(predictor, args, out, skipped=len(problems), threads=threads)
     for msg in problems:
         print(msg, file=sys.stderr)
     try:

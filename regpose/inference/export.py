@@ -21,6 +21,7 @@ import inspect
 import json
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,10 +47,15 @@ class ExportError(RegposeError):
 # ----------------------------------------------------------------------------------------------------------
 # Output structure: forward's dict / tuple / tensor <-> a flat tuple of graph outputs
 # ----------------------------------------------------------------------------------------------------------
-def describe_outputs(out) -> dict:
-    """{"kind": "dict" | "tuple" | "tensor", "names": graph output names} of an eval forward's result."""
+def describe_outputs(out, names: Sequence[str] = ()) -> dict:
+    """{"kind": "dict" | "tuple" | "tensor", "names": graph output names} of an eval forward's result. A dict's
+    keys name its outputs; a tensor or tuple takes ``names`` (the network's ``output_names``, e.g. DEKR's
+    ``heatmap, offset``), else ``output`` / ``output0, output1 ...``."""
+    count = 1 if isinstance(out, torch.Tensor) else len(out) if isinstance(out, (tuple, list)) else None
+    if names and count is not None and len(names) != count:
+        raise ExportError(f"output_names {tuple(names)} name {len(names)} outputs, the eval forward returns {count}")
     if isinstance(out, torch.Tensor):
-        return {"kind": "tensor", "names": ["output"]}
+        return {"kind": "tensor", "names": list(names) or ["output"]}
     if isinstance(out, dict):
         bad = [k for k, v in out.items() if not isinstance(v, torch.Tensor)]
         if bad:
@@ -58,7 +64,7 @@ def describe_outputs(out) -> dict:
     if isinstance(out, (tuple, list)):
         if not all(isinstance(v, torch.Tensor) for v in out):
             raise ExportError("eval forward returns a tuple with non-tensor entries; only tensors can be graph outputs")
-        return {"kind": "tuple", "names": [f"output{i}" for i in range(len(out))]}
+        return {"kind": "tuple", "names": list(names) or [f"output{i}" for i in range(len(out))]}
     raise ExportError(f"eval forward returns {type(out).__name__}; expected a tensor, a tuple or a dict of tensors")
 
 
@@ -239,7 +245,7 @@ def _export(model: nn.Module, cfg, out: Path, dynamic: bool, input_hw, batch_siz
     input_hw = tuple(input_hw) if input_hw else default_input_size(cfg, model)
     _check_input_size(model, cfg, input_hw)
     inputs = example_inputs(cfg, model, input_hw, batch_size)
-    structure = describe_outputs(_run_torch(net, inputs))
+    structure = describe_outputs(_run_torch(net, inputs), getattr(net, "output_names", ()))
     batch_outputs = _batch_axis_outputs(net, inputs, structure)
     topdown = _family(cfg) == "topdown"
     dynamic_axes = None

@@ -40,6 +40,8 @@ class PoseModel(nn.Module):
     num_keypoints: int = 17
     #: padded input sizes must be a multiple of this
     size_divisibility: int = 1
+    #: names of the eval forward's outputs when it returns a tensor or tuple (ONNX graph output names)
+    output_names: tuple[str, ...] = ()
 
     def forward(self, images: torch.Tensor, targets: list[dict] | None = None):  # pragma: no cover - abstract
         raise NotImplementedError

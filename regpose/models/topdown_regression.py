@@ -208,6 +208,9 @@ class RLETopDownInference:
     The model provides ``cfg`` (``flip_fusion``, ``keypoint_score``, ``uncertainty_a``, ``uncertainty_scale``,
     ``oks_nms_threshold``, ``rescore``), the ``flip_pairs`` buffer (P, 2) and the OKS ``sigmas``."""
 
+    #: eval forward: (N, K, 2) normalised crop coordinates, (N, K, 2) their RLE scale
+    output_names = ("coords", "sigma")
+
     @torch.no_grad()
     def predict(self, batch: dict, test_cfg) -> list[PoseResult]:
         images = batch["images"]

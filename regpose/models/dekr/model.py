@@ -153,6 +153,7 @@ class DEKR(PoseModel):
     CUDA)."""
 
     size_divisibility = 32
+    output_names = ("heatmap", "offset")     # eval forward: (N, K+1, H/4, W/4) incl. centre, (N, 2K, H/4, W/4)
 
     def __init__(self, cfg: DEKRConfig, num_keypoints: int = 17, flip_index: list[int] | None = None,
                  input_size: int = 512, *, adaptive_conv_impl: AdaptiveImpl = "auto"):

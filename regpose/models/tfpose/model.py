@@ -194,6 +194,7 @@ class TFPose(PoseModel):
     gather sampler in eval, grid_sample when exporting."""
 
     size_divisibility = 32
+    output_names = ("coords",)               # eval forward: (B, K, 2) normalised crop coordinates
 
     def __init__(self, cfg: TFPoseConfig, flip_pairs=(), sigmas: np.ndarray | None = None, udp: bool = True, *,
                  attention_sampler: Sampler = "auto"):
