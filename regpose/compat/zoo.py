@@ -95,7 +95,8 @@ def _overrides(ckpt: OfficialCheckpoint) -> str:
 def infer_command(ckpt: OfficialCheckpoint) -> str:
     """The ``regpose infer`` line for ``ckpt`` on a folder of photos (top-down methods: with a detections json)."""
     boxes = " --boxes person_detections.json" if get_method(ckpt.method).family == "topdown" else ""
-    return f"regpose infer configs/{ckpt.config} --weights {ckpt.file} photos/ --out out/{boxes}{_overrides(ckpt)}"
+    sets = "".join(f" --set {o}" for o in ckpt.overrides)
+    return f"regpose infer configs/{ckpt.config} --weights {ckpt.file} photos/ --out out/{boxes}{sets}"
 
 
 def test_command(ckpt: OfficialCheckpoint) -> str:
