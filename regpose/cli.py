@@ -207,8 +207,8 @@ def cmd_demo(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------------
-THREADS_HELP = ("torch CPU threads (default: this node's cores / its processes - data workers, at least 1; "
-                "the log says which)")
+THREADS_HELP = ("torch CPU threads (default: $OMP_NUM_THREADS if set, else this node's cores / its processes - "
+                "data workers, at least 1; the log says which)")
 
 
 def build_parser() -> argparse.ArgumentParser:

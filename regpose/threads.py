@@ -1,6 +1,7 @@
 """How many CPU threads torch computes with, for every command that computes (train, test, demo, infer, bench).
 
-The rule (``--threads N`` overrides it): each process of this node gets an equal share of the cores this process
+The rule (``--threads N`` overrides it, and so does an explicit ``OMP_NUM_THREADS``, which torch itself follows):
+each process of this node gets an equal share of the cores this process
 may run on, minus one core per data-loader worker it starts (each worker computes on one thread, see
 ``engine/trainer.py``), at least one:
 
@@ -37,8 +38,11 @@ def default_threads(data_workers: int = 0, processes_per_node: int | None = None
 def set_threads(requested: int | None = None, data_workers: int = 0, announce: bool = True) -> int:
     """Set torch's intra-op thread count to ``requested`` or the default rule, say so in the log (unless the
     command reports it itself: ``announce=False``), return it."""
+    omp = os.environ.get("OMP_NUM_THREADS", "")
     if requested:
         n, why = int(requested), "--threads"
+    elif omp.isdigit() and int(omp) > 0:
+        n, why = int(omp), "OMP_NUM_THREADS"
     else:
         n = default_threads(data_workers)
         procs = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)

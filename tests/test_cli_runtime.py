@@ -50,13 +50,20 @@ def test_test_command_threads_overrides_after_scales_and_plain_progress(tmp_path
     assert re.search(r"^eval: (\d+)/\1 \[.*\] 100%$", err, re.M)
 
 
-def test_bench_default_threads_follow_the_rule_and_are_logged(tmp_path, capsys):
+def test_bench_default_threads_follow_the_rule_and_are_logged(tmp_path, capsys, monkeypatch):
     out = tmp_path / "bench.json"
-    assert main(["bench", CONFIG, "--runs", "1", "--warmup", "0", "--no-flops", "--json-out", str(out)]) == 0
+    bench = ["bench", CONFIG, "--runs", "1", "--warmup", "0", "--no-flops", "--json-out", str(out)]
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert main(bench) == 0
     err = capsys.readouterr().err
     n = default_threads(0)
     assert f"torch threads: {n} (default: {available_cores()} cores - 0 data workers" in err
     assert json.loads(out.read_text())["threads"] == n == torch.get_num_threads()
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")             # what the user set explicitly wins over the rule
+    torch.set_num_threads(2)
+    assert main(bench) == 0
+    assert "torch threads: 1 (OMP_NUM_THREADS)" in capsys.readouterr().err
+    assert json.loads(out.read_text())["threads"] == 1 == torch.get_num_threads()
 
 
 def test_a_file_of_another_keypoint_layout_gets_a_hint(tmp_path, capsys):
