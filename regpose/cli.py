@@ -117,7 +117,6 @@ def cmd_test(args) -> int:
     from .models import build_model  # lazy: CLI start-up time
 
     cfg = _load_cfg(args)
-    set_threads(args.threads, cfg.train.num_workers)
     if args.flip:
         cfg.test.flip = True
     if args.scales:
@@ -130,6 +129,7 @@ def cmd_test(args) -> int:
     device = dist.init_distributed(args.device)
     model = build_model(cfg)
     load_model_weights(model, args.weights)
+    set_threads(args.threads, cfg.train.num_workers)       # once the inputs are known good: the log line starts the work
     model.to(device)
     metrics, res = evaluate_model(cfg, model, device, split=args.split, out_dir=out)
     if dist.is_main_process():
