@@ -38,7 +38,7 @@ from bench._common import (REPO, add_timing_args, interleaved, machine, parser, 
                            write_json)
 from regpose.config import TestConfig, load_config
 from regpose.data.synthetic import render_image
-from regpose.engine.checkpoint import load_model_weights
+from regpose.checkpoint import load_model_weights
 from regpose.models import build_model
 from regpose.models.querypose.box_decoder import box_rois
 

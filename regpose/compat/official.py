@@ -44,7 +44,7 @@ def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 def convert(method: str, checkpoint: str | Path, out: str | Path, config: str | None = None,
             kind: str = "model") -> Path:
     """Convert an official checkpoint to our key names, optionally check it loads into ``config``'s model."""
-    from ..engine.checkpoint import atomic_save
+    from ..checkpoint import atomic_save
 
     conv = _converter(method)
     official = load_official_checkpoint(checkpoint)
@@ -56,7 +56,7 @@ def convert(method: str, checkpoint: str | Path, out: str | Path, config: str | 
         ours = conv.convert_state_dict(official)
     if config and kind == "model":
         from ..config import load_config
-        from ..engine.checkpoint import check_fit
+        from ..checkpoint import check_fit
         from ..models import build_model
 
         cfg = load_config(config)

@@ -112,7 +112,7 @@ def run_bench(cfg, input_hw: tuple[int, int] | None = None, batch_sizes=(1,), wa
     """Build the model of ``cfg`` and measure it. ``mode``: ``forward`` (network only, eval mode) or
     ``predict`` (network + the method's decoding/post-processing via ``predict``)."""
     from ..models import build_model
-    from .checkpoint import load_model_weights
+    from ..checkpoint import load_model_weights
 
     if threads:
         torch.set_num_threads(threads)

@@ -18,7 +18,7 @@ from ..data.keypoints import get_meta
 from ..errors import DataError
 from ..evaluation.oks import oks_matrix
 from ..models.dekr import DEKR, DEKREvalTransform, PredictOKSNet, build_dekr, rescore_features
-from .checkpoint import atomic_save, load_model_weights
+from ..checkpoint import atomic_save, load_model_weights
 
 __all__ = ["train_rescore"]
 

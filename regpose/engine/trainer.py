@@ -26,7 +26,7 @@ from ..config import Config, ConfigError, save_config, to_dict
 from ..errors import DataError, RegposeError
 from ..models.base import total_loss
 from . import dist
-from .checkpoint import atomic_save, load_checkpoint, load_model_weights, remove_stale_temporaries
+from ..checkpoint import atomic_save, load_checkpoint, load_model_weights, remove_stale_temporaries
 from .ema import ModelEMA
 from .logging import MetricWriter, format_seconds, get_logger
 from .samplers import SeededDataset, TrainBatchSampler

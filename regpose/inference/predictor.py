@@ -181,7 +181,7 @@ class Predictor:
             if weights.lower().endswith(".onnx"):
                 raise ConfigError(f"{weights} is an ONNX model: use backend 'onnx' (--backend onnx)")
             if weights:
-                from ..engine.checkpoint import load_model_weights
+                from ..checkpoint import load_model_weights
                 load_model_weights(model, weights)
             else:
                 log.warning("Predictor: no weights given, the %s network is randomly initialised", cfg.method)

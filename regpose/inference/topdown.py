@@ -152,7 +152,7 @@ class ModelBoxes:
                               "boxes must come from a one-stage or bottom-up model")
         self.model = build_model(self.cfg)
         if detector_weights:
-            from ..engine.checkpoint import load_model_weights
+            from ..checkpoint import load_model_weights
             load_model_weights(self.model, detector_weights)
         self.model.to(device).eval()
         self.transform = spec.transform(self.cfg, False)

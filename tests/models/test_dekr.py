@@ -403,7 +403,7 @@ def test_map_poses_applies_affine():
 # Rescore training and CrowdPose end to end
 # ----------------------------------------------------------------------------------------------------------
 def test_train_rescore_writes_a_usable_net(tmp_path, official_tiny):
-    from regpose.engine.checkpoint import atomic_save
+    from regpose.checkpoint import atomic_save
     from regpose.engine.rescore import train_rescore
     from regpose.models.dekr import PoseRescorer
 

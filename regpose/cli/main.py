@@ -8,9 +8,9 @@ import json
 import sys
 from pathlib import Path
 
-from .clitypes import finite_float, positive_float, positive_int, size_pair
-from .errors import RegposeError
-from .paths import require_writable_dir, require_writable_file
+from .types import finite_float, positive_float, positive_int, size_pair
+from ..errors import RegposeError
+from ..paths import require_writable_dir, require_writable_file
 
 EXAMPLES = """examples:
   regpose synth data/synth/train --num-images 2000 --seed 0
@@ -38,7 +38,7 @@ def _main_process() -> bool:
 
 
 def _load_cfg(args, overrides: list[str] | None = None):
-    from .config import load_config  # lazy: CLI start-up time
+    from ..config import load_config  # lazy: CLI start-up time
 
     cfg = load_config(args.config, overrides or getattr(args, "overrides", None) or [])
     if getattr(args, "output_dir", None):
@@ -48,7 +48,7 @@ def _load_cfg(args, overrides: list[str] | None = None):
 
 # --------------------------------------------------------------------------------------------------------------
 def cmd_synth(args) -> int:
-    from .data.synthetic import generate  # lazy: CLI start-up time
+    from ..data.synthetic import generate  # lazy: CLI start-up time
 
     require_writable_dir(args.out, "out")
     w, h = args.size
@@ -59,7 +59,7 @@ def cmd_synth(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation import evaluate, format_metrics  # lazy: CLI start-up time
+    from ..evaluation import evaluate, format_metrics  # lazy: CLI start-up time
 
     if args.json_out:
         require_writable_file(args.json_out, "--json-out")
@@ -72,7 +72,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_analyze(args) -> int:
-    from .evaluation.analysis import analyse_keypoint_errors, format_analysis  # lazy: CLI start-up time
+    from ..evaluation.analysis import analyse_keypoint_errors, format_analysis  # lazy: CLI start-up time
 
     if args.json_out:
         require_writable_file(args.json_out, "--json-out")
@@ -85,8 +85,8 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_show_data(args) -> int:
-    from .data.show import show_data  # lazy: CLI start-up time
-    from .engine.logging import get_logger  # lazy: CLI start-up time
+    from ..data.show import show_data  # lazy: CLI start-up time
+    from ..engine.logging import get_logger  # lazy: CLI start-up time
 
     get_logger()                 # the data layer's notes (e.g. a synthetic split generated first) reach the console
     cfg = _load_cfg(args)
@@ -97,8 +97,8 @@ def cmd_show_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .engine.trainer import train  # lazy: CLI start-up time
-    from .evaluation import format_metrics  # lazy: CLI start-up time
+    from ..engine.trainer import train  # lazy: CLI start-up time
+    from ..evaluation import format_metrics  # lazy: CLI start-up time
 
     cfg = _load_cfg(args)
     if _main_process():
@@ -110,11 +110,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_test(args) -> int:
-    from .engine import dist  # lazy: CLI start-up time
-    from .engine.checkpoint import load_model_weights  # lazy: CLI start-up time
-    from .engine.evaluator import evaluate_model  # lazy: CLI start-up time
-    from .evaluation import format_metrics  # lazy: CLI start-up time
-    from .models import build_model  # lazy: CLI start-up time
+    from ..engine import dist  # lazy: CLI start-up time
+    from ..checkpoint import load_model_weights  # lazy: CLI start-up time
+    from ..engine.evaluator import evaluate_model  # lazy: CLI start-up time
+    from ..evaluation import format_metrics  # lazy: CLI start-up time
+    from ..models import build_model  # lazy: CLI start-up time
 
     cfg = _load_cfg(args)
     if args.flip:
@@ -141,7 +141,7 @@ def cmd_test(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .engine.bench import format_bench, run_bench, save_bench  # lazy: CLI start-up time
+    from ..engine.bench import format_bench, run_bench, save_bench  # lazy: CLI start-up time
 
     cfg = _load_cfg(args)
     out = args.json_out or str(Path(cfg.output_dir) / "bench.json")
@@ -156,7 +156,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_recipe(args) -> int:
-    from .engine.recipe import recipe_text  # lazy: CLI start-up time
+    from ..engine.recipe import recipe_text  # lazy: CLI start-up time
 
     cfg = _load_cfg(args)
     print(recipe_text(cfg, world_size=args.world_size, name=str(args.config)))
@@ -164,7 +164,7 @@ def cmd_recipe(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from .compat.official import convert  # lazy: CLI start-up time
+    from ..compat.official import convert  # lazy: CLI start-up time
 
     require_writable_file(args.out, "--out")
     out = convert(args.from_official, args.checkpoint, args.out, config=args.config, kind=args.kind)
@@ -173,7 +173,7 @@ def cmd_convert(args) -> int:
 
 
 def cmd_reference_check(args) -> int:
-    from .compat.official import format_report, reference_check  # lazy: CLI start-up time
+    from ..compat.official import format_report, reference_check  # lazy: CLI start-up time
 
     report = reference_check(args.dir)
     print(format_report(report))
@@ -181,7 +181,7 @@ def cmd_reference_check(args) -> int:
 
 
 def cmd_train_rescore(args) -> int:
-    from .engine.rescore import train_rescore  # lazy: CLI start-up time
+    from ..engine.rescore import train_rescore  # lazy: CLI start-up time
 
     cfg = _load_cfg(args)
     require_writable_file(args.out, "--out")
@@ -191,7 +191,7 @@ def cmd_train_rescore(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .demo import run_demo  # lazy: CLI start-up time
+    from ..demo import run_demo  # lazy: CLI start-up time
 
     require_writable_dir(args.out, "--out")
     kw = {k: v for k, v in (("method", args.method), ("minutes", args.minutes)) if v is not None}
@@ -202,7 +202,7 @@ def cmd_demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="regpose", description="Direct-regression multi-person pose estimation.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from . import __version__  # lazy: CLI start-up time
+    from .. import __version__  # lazy: CLI start-up time
     p.add_argument("--version", action="version", version=f"regpose {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*")
     s.set_defaults(fn=cmd_train_rescore)
 
-    from .demo import DEFAULT_METHOD, DEFAULT_MINUTES, SYNTHETIC_CONFIGS  # lazy: CLI start-up time
+    from ..demo import DEFAULT_METHOD, DEFAULT_MINUTES, SYNTHETIC_CONFIGS  # lazy: CLI start-up time
     s = sub.add_parser("demo", help="synthetic data -> train a few CPU minutes -> evaluate -> rendered predictions")
     s.add_argument("--method", default=None, choices=list(SYNTHETIC_CONFIGS),
                    help=f"method to train on its synthetic config (default: {DEFAULT_METHOD})")
@@ -322,7 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_demo)
 
     # Commands whose arguments live with their implementation (inference surface).
-    for name, module in (("infer", "regpose.inference.commands"), ("export", "regpose.inference.commands")):
+    for name, module in (("infer", "regpose.cli.inference"), ("export", "regpose.cli.inference")):
         try:
             mod = importlib.import_module(module)
         except ModuleNotFoundError as e:
