@@ -49,8 +49,6 @@ LAZY_REASON = re.compile(r"#\s*lazy:\s*\S.{3,}")     # "# lazy: <why>" on an in-
 KNOWN_VIOLATIONS = {
     # Import cycles (the set of files on the cycle).
     "cycles": {
-        frozenset({"regpose.config", "regpose.data.config"}):
-            "20.5 / ARCH base layer: the typed-dataclass machinery (Range, PositiveInt ...) moves to regpose/typed.py",
         frozenset({"regpose.data.datasets", "regpose.inference.topdown"}):
             "20.1: person boxes are computed before a dataset is built, never requested by the data layer",
         frozenset({"regpose.inference.export", "regpose.inference.onnx_backend", "regpose.inference.predictor"}):
@@ -58,7 +56,6 @@ KNOWN_VIOLATIONS = {
     },
     # Upward imports (importer, imported).
     "upward": {
-        ("regpose.data.config", "regpose.config"): "20.5: Range & co. move to regpose/typed.py (base layer)",
         ("regpose.data.datasets", "regpose.inference.topdown"): "20.1: boxes come from one box source, before the "
                                                                 "dataset",
         ("regpose.data.show", "regpose.models.registry"): "20.5: show-data moves to the surface (cli/)",
@@ -68,8 +65,6 @@ KNOWN_VIOLATIONS = {
         "regpose/compat/dekr": (16, "20.5: converters named by MethodSpec, imports at top"),
         "regpose/compat/official": (4, "20.5: MethodSpec names each converter"),
         "regpose/compat/poseur": (7, "20.5: converters named by MethodSpec, imports at top"),
-        "regpose/config": (2, "20.5: Config assembles the method's dataclass from the registry (assembly "
-                                 "layer), typed.py holds the machinery"),
         "regpose/data/datasets": (2, "20.1: no detector inside the data layer; 20.5 ConfigError in errors.py"),
         "regpose/data/keypoints": (1, "20.3: keypoint layouts from the dataset config"),
         "regpose/data/show": (2, "20.5: show-data moves to the surface"),
