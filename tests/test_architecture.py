@@ -58,7 +58,6 @@ KNOWN_VIOLATIONS = {
     "upward": {
         ("regpose.data.datasets", "regpose.inference.topdown"): "20.1: boxes come from one box source, before the "
                                                                 "dataset",
-        ("regpose.data.show", "regpose.models.registry"): "20.5: show-data moves to the surface (cli/)",
     },
     # Package imports inside functions that do not say why (file or package, without .py: how many in it).
     "in_function": {
@@ -67,7 +66,6 @@ KNOWN_VIOLATIONS = {
         "regpose/compat/poseur": (7, "20.5: converters named by MethodSpec, imports at top"),
         "regpose/data/datasets": (2, "20.1: no detector inside the data layer; 20.5 ConfigError in errors.py"),
         "regpose/data/keypoints": (1, "20.3: keypoint layouts from the dataset config"),
-        "regpose/data/show": (2, "20.5: show-data moves to the surface"),
         "regpose/data/synthetic": (2, "20.3: keypoint layouts as inputs"),
         "regpose/data/transforms": (4, "20.2: codecs per family"),
         "regpose/engine/bench": (2, "20.1: one runner, imports at top"),

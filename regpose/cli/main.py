@@ -85,7 +85,7 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_show_data(args) -> int:
-    from ..data.show import show_data  # lazy: CLI start-up time
+    from .show_data import show_data  # lazy: CLI start-up time
     from ..engine.logging import get_logger  # lazy: CLI start-up time
 
     get_logger()                 # the data layer's notes (e.g. a synthetic split generated first) reach the console
