@@ -62,7 +62,6 @@ KNOWN_VIOLATIONS = {
     # Package imports inside functions that do not say why (file or package, without .py: how many in it).
     "in_function": {
         "regpose/compat/dekr": (16, "20.5: converters named by MethodSpec, imports at top"),
-        "regpose/compat/official": (4, "20.5: MethodSpec names each converter"),
         "regpose/compat/poseur": (7, "20.5: converters named by MethodSpec, imports at top"),
         "regpose/data/datasets": (2, "20.1: no detector inside the data layer; 20.5 ConfigError in errors.py"),
         "regpose/data/keypoints": (1, "20.3: keypoint layouts from the dataset config"),

@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from . import inference
 from .types import finite_float, positive_float, positive_int, size_pair
 from ..errors import RegposeError
 from ..paths import require_writable_dir, require_writable_file
@@ -180,16 +181,6 @@ def cmd_reference_check(args) -> int:
     return 0 if all(err <= tol for _, err, tol in report) else 1
 
 
-def cmd_train_rescore(args) -> int:
-    from ..engine.rescore import train_rescore  # lazy: CLI start-up time
-
-    cfg = _load_cfg(args)
-    require_writable_file(args.out, "--out")
-    out = train_rescore(cfg, args.weights, args.out, max_images=args.max_images)
-    print(f"wrote {out}")
-    return 0
-
-
 def cmd_demo(args) -> int:
     from ..demo import run_demo  # lazy: CLI start-up time
 
@@ -199,7 +190,8 @@ def cmd_demo(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(method_commands: bool = True) -> argparse.ArgumentParser:
+    """The ``regpose`` parser; ``method_commands=False`` leaves out the commands methods add (which import them)."""
     p = _Parser(prog="regpose", description="Direct-regression multi-person pose estimation.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     from .. import __version__  # lazy: CLI start-up time
@@ -289,7 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_recipe)
 
     s = sub.add_parser("convert", help="convert an official checkpoint to regpose weights")
-    s.add_argument("--from-official", required=True, choices=["dekr", "poseur", "querypose"])
+    s.add_argument("--from-official", required=True, metavar="METHOD",
+                   help="the method the checkpoint is for (one whose MethodSpec names an official converter, "
+                        "e.g. dekr)")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--config", help="check the converted weights load into this config's model")
@@ -300,14 +294,6 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("reference-check", help="compare our converted model with official reference outputs")
     s.add_argument("dir")
     s.set_defaults(fn=cmd_reference_check)
-
-    s = sub.add_parser("train-rescore", help="DEKR: train the rescoring net from a model's predictions")
-    s.add_argument("config")
-    s.add_argument("--weights", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--max-images", type=positive_int)
-    s.add_argument("overrides", nargs="*")
-    s.set_defaults(fn=cmd_train_rescore)
 
     from ..demo import DEFAULT_METHOD, DEFAULT_MINUTES, SYNTHETIC_CONFIGS  # lazy: CLI start-up time
     s = sub.add_parser("demo", help="synthetic data -> train a few CPU minutes -> evaluate -> rendered predictions")
@@ -322,21 +308,43 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_demo)
 
     # Commands whose arguments live with their implementation (inference surface).
-    for name, module in (("infer", "regpose.cli.inference"), ("export", "regpose.cli.inference")):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
-        s = sub.add_parser(name, help=getattr(mod, f"{name.upper()}_HELP", name))
-        getattr(mod, f"add_{name}_arguments")(s)
-        s.set_defaults(fn=getattr(mod, f"run_{name}"))
+    for name, help_text, add_arguments, run in (
+            ("infer", inference.INFER_HELP, inference.add_infer_arguments, inference.run_infer),
+            ("export", inference.EXPORT_HELP, inference.add_export_arguments, inference.run_export)):
+        s = sub.add_parser(name, help=help_text)
+        add_arguments(s)
+        s.set_defaults(fn=run)
+    if method_commands:
+        _add_method_commands(sub)
     return p
 
 
+def _add_method_commands(sub) -> None:
+    """The commands methods add (``MethodSpec.commands``, e.g. DEKR's ``train-rescore``). Finding them imports every
+    method, so :func:`main` adds them only when the command line names no built-in command."""
+    from ..models.registry import get_method, method_names  # lazy: CLI start-up time (imports every method)
+
+    for method in method_names():
+        for name, module in get_method(method).commands.items():
+            mod = importlib.import_module(module)
+            s = sub.add_parser(name, help=mod.HELP)
+            mod.add_arguments(s)
+            s.set_defaults(fn=mod.run)
+
+
+def _needs_method_commands(parser: argparse.ArgumentParser, argv: list[str]) -> bool:
+    """The commands methods add are needed for the top-level help (no command word: the first argument that is no
+    option, the top level having only flags) and for a command word that is not built in."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return "--version" not in argv if word is None else word not in sub.choices
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(method_commands=False)
+    if _needs_method_commands(parser, argv):
+        parser = build_parser()
     # Dotted overrides may come anywhere, also after options: `train CFG --resume train.lr=1e-4`.
     args, extra = parser.parse_known_args(argv)
     if extra:

@@ -6,8 +6,8 @@ dataclass that types its ``model`` section and the function that builds the netw
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import Callable, Literal
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Mapping
 
 __all__ = ["MethodSpec", "register_method", "get_method", "method_names"]
 
@@ -33,12 +33,19 @@ class MethodSpec:
     transform:     ``transform(cfg: Config, train: bool) -> Callable[[raw_sample], sample]``: augmentation and
                    target encoding, run in data-loader workers (see :mod:`regpose.data.datasets` for the raw
                    sample and :mod:`regpose.models.base` for the sample it must return)
+    converter:     dotted module of the official-checkpoint converter (``regpose.compat.<method>``: see
+                   :mod:`regpose.compat.official` for what it exposes), "" when the method has none; a string so
+                   that models never import the surface
+    commands:      extra ``regpose`` commands of the method, command name -> dotted module of the surface exposing
+                   ``HELP``, ``add_arguments(parser)`` and ``run(args)`` (e.g. DEKR's ``train-rescore``)
     """
     name: str
     config_cls: type
     build: Callable
     family: Literal["bottomup", "onestage", "topdown"]
     transform: Callable
+    converter: str = ""
+    commands: Mapping[str, str] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
