@@ -12,7 +12,7 @@ import pytest
 from regpose.cli import build_parser, main
 from regpose.compat import official, poseur
 from regpose.errors import RegposeError
-from regpose.models.registry import MethodSpec, register_method
+from regpose.models.registry import MethodSpec, official_converter, official_methods, register_method
 
 
 @dataclasses.dataclass
@@ -42,6 +42,8 @@ def test_method_commands_come_from_method_specs():
 
 def test_converter_is_the_module_the_spec_names():
     assert official._converter("poseur") is poseur
+    assert official_methods() == ["dekr", "poseur", "querypose"]          # the test method has no converter
+    assert official_converter("_cli_test") is None and official_converter("openpose") is None
     with pytest.raises(RegposeError, match=r"no official converter for method '_cli_test' \(known: dekr, poseur, "
                                            r"querypose\)"):
         official._converter("_cli_test")

@@ -6,7 +6,6 @@ Each released codebase has its converter module here, named by the method's ``Me
 """
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from ..checkpoint import atomic_save, check_fit
 from ..config import load_config
 from ..errors import RegposeError
 from ..models import build_model
-from ..models.registry import get_method, method_names
+from ..models.registry import official_converter, official_methods
 from ..models.weights import read_state_dict
 
 __all__ = ["load_official_checkpoint", "convert", "reference_check", "format_report",
@@ -25,15 +24,10 @@ __all__ = ["load_official_checkpoint", "convert", "reference_check", "format_rep
 
 
 def _converter(method: str):
-    """The converter module that ``method``'s :class:`~regpose.models.registry.MethodSpec` names."""
-    try:
-        module = get_method(method).converter
-    except KeyError:
-        module = ""
-    if not module:
-        known = [m for m in method_names() if get_method(m).converter]
-        raise RegposeError(f"no official converter for method '{method}' (known: {', '.join(known)})")
-    return importlib.import_module(module)
+    conv = official_converter(method)
+    if conv is None:
+        raise RegposeError(f"no official converter for method '{method}' (known: {', '.join(official_methods())})")
+    return conv
 
 
 def load_npz_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -9,7 +9,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Mapping
 
-__all__ = ["MethodSpec", "register_method", "get_method", "method_names"]
+__all__ = ["MethodSpec", "register_method", "get_method", "method_names", "official_converter", "official_methods"]
 
 # Modules that define methods; imported lazily so `import regpose` stays cheap.
 _METHOD_MODULES = {
@@ -81,3 +81,19 @@ def available_methods() -> list[str]:
 
 def method_names() -> list[str]:
     return available_methods()
+
+
+def official_methods() -> list[str]:
+    """Methods whose released code published checkpoints that regpose converts (``MethodSpec.converter``)."""
+    return [name for name in method_names() if get_method(name).converter]
+
+
+def official_converter(name: str):
+    """The converter module of ``name``'s official checkpoints (``convert_state_dict``, ``config_from_official``,
+    ``reference_check``: see :mod:`regpose.compat.official`), or None when the method released none. Imported by
+    name: models never import the surface."""
+    try:
+        module = get_method(name).converter
+    except KeyError:
+        return None
+    return importlib.import_module(module) if module else None
