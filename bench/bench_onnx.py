@@ -73,7 +73,7 @@ def network_inputs(cfg, model, image: np.ndarray, dets: np.ndarray, batch: int) 
         b = collate([test_sample(transform, image, 0, "", model.num_keypoints)], model.size_divisibility)
     inputs = {"images": b["images"]}
     if "image_sizes" in network_input_names(model.export_module()):
-        inputs["image_sizes"] = torch.tensor([list(m["input_size"]) for m in b["metas"]])
+        inputs["image_sizes"] = torch.tensor([list(m["input_hw"]) for m in b["metas"]])
     return inputs
 
 

@@ -412,7 +412,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dynamic", action="store_true",
                    help="dynamic batch (and, for whole-image methods, height / width): needed for flip test, "
                         "multi-scale and images of varying size")
-    p.add_argument("--input-size", type=size_pair, help="network input HxW of the example (default: what the test "
+    p.add_argument("--input-size", type=size_pair, metavar="HxW", help="network input of the example, height first (default: what the test "
                    "transform makes of a 480x640 image; top-down: the crop size)")
     p.add_argument("--batch-size", type=positive_int, default=1, help="batch of the example (the static batch)")
     p.add_argument("--opset", type=_opset, default=17,

@@ -205,7 +205,7 @@ def build_parser(method_commands: bool = True) -> argparse.ArgumentParser:
                    help="random seed: the same seed and options give the same bytes (default 0)")
     s.add_argument("--format", choices=["coco", "crowdpose", "mpii"], default="coco",
                    help="keypoint layout of the annotations: COCO-17, CrowdPose-14 or MPII-16 (default coco)")
-    s.add_argument("--size", type=size_pair, default=(256, 256), help="image size WxH (default 256x256)")
+    s.add_argument("--size", type=size_pair, default=(256, 256), metavar="WxH", help="image size (default 256x256)")
     s.add_argument("--max-people", type=positive_int, default=6, help="at most this many people per image (default 6)")
     s.set_defaults(fn=cmd_synth)
 
@@ -259,7 +259,8 @@ def build_parser(method_commands: bool = True) -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="params, GFLOPs, latency, throughput, peak memory")
     s.add_argument("config")
-    s.add_argument("--input-size", type=size_pair, help="network input HxW (default: the config's)")
+    s.add_argument("--input-size", type=size_pair, metavar="HxW",
+                   help="network input, height first (default: the config's data.input_size, which is WxH)")
     s.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1])
     s.add_argument("--runs", type=positive_int, default=10)
     s.add_argument("--warmup", type=int, default=2)

@@ -183,7 +183,7 @@ def make_meta(sample: dict, **extra) -> dict:
         "sample_index": int(sample["sample_index"]),
         "file_name": sample["file_name"],
         "orig_size": tuple(int(v) for v in sample["orig_size"]),
-        "input_size": (int(h), int(w)),
+        "input_hw": (int(h), int(w)),
         "inverse": inverse_affine(sample)[:2].copy(),
     }
     for k in ("center", "scale", "rotation", "box", "box_score", "person_index", "flipped", "area_scale", "augment"):

@@ -53,7 +53,7 @@ def _whole_image_batch(cfg, model, images):
             small = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
             sy, sx = img.shape[0] / h, img.shape[1] / w
             s = {"image": to_tensor_normalize(small), "meta": {
-                "image_id": i, "sample_index": i, "file_name": "", "orig_size": img.shape[:2], "input_size": (h, w),
+                "image_id": i, "sample_index": i, "file_name": "", "orig_size": img.shape[:2], "input_hw": (h, w),
                 "inverse": np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5]])}}
         samples.append(s)
     return collate(samples, getattr(model, "size_divisibility", 1))
@@ -71,7 +71,7 @@ def _graph_inputs(cfg, model):
         batch = _whole_image_batch(cfg, model, [read_image(IMAGE), read_image(COCO / "000000000785.jpg")])
     inputs = {"images": batch["images"]}
     if "image_sizes" in network_input_names(model.export_module()):
-        inputs["image_sizes"] = torch.tensor([list(m["input_size"]) for m in batch["metas"]])
+        inputs["image_sizes"] = torch.tensor([list(m["input_hw"]) for m in batch["metas"]])
     return inputs
 
 

@@ -339,7 +339,7 @@ def test_eval_transform_resize_matches_official_policy():
                "orig_size": (h, w), "keypoints": np.zeros((0, 17, 3)), "boxes": np.zeros((0, 4))}
         s = tf(raw)
         (wr, hr), _, inv = official_test_resize(h, w, 512)
-        assert s["meta"]["input_size"] == (hr, wr) and min(hr, wr) == 512 and max(hr, wr) % 64 == 0
+        assert s["meta"]["input_hw"] == (hr, wr) and min(hr, wr) == 512 and max(hr, wr) % 64 == 0
         np.testing.assert_allclose(s["meta"]["inverse"], inv, atol=1e-9)
 
 

@@ -75,7 +75,7 @@ def predict(model, batch: dict, test_cfg) -> list[PoseResult]:
     if True in flips and model.flip_index is None:
         raise ConfigError("test.flip: this model has no keypoint flip pairs (build it from a config whose "
                           "data.format names the keypoint layout)")
-    sizes = [tuple(int(v) for v in m.get("input_size", (H, W))) for m in metas]
+    sizes = [tuple(int(v) for v in m.get("input_hw", (H, W))) for m in metas]
     pooled: list[list[dict]] = [[] for _ in range(N)]
     for s in scales:
         x = images
