@@ -9,7 +9,10 @@ import pytest
 import torch
 
 from regpose.data.keypoints import COCO_SIGMAS
-from regpose.inference.topdown import DetectionBoxes, GroundTruthBoxes, TopDownPredictor, write_results
+from regpose.data.datasets import read_image
+from regpose.inference.boxes import DetectionBoxes, GroundTruthBoxes
+from regpose.inference.predictor import build_box_source
+from regpose.inference.runner import PoseRunner, write_results
 from regpose.ops import oks_matrix, oks_nms, rescore, topdown_finalize
 from regpose.structures import PoseResult
 from conftest import REAL
@@ -105,21 +108,23 @@ def _tiny_cfg(tmp_path, **test):
 
 def test_inference_on_real_images_writes_valid_results(tmp_path):
     from pycocotools.coco import COCO as CocoApi
-    from regpose.inference.topdown import build_box_source
     from regpose.models import build_model
 
     cfg = _tiny_cfg(tmp_path, flip=True, det_score_threshold=0.3)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
-    predictor = TopDownPredictor(model, cfg, build_box_source(cfg))
+    boxes = build_box_source(cfg)
     files = sorted(COCO.glob("*.jpg"))
-    results = predictor.predict_files(files)
+    ids = [boxes.image_id_for(f) for f in files]
+    people = PoseRunner(model, cfg)([read_image(f) for f in files], ids, [str(f) for f in files],
+                                    [boxes(i) for i in ids])
+    results = dict(zip(ids, people))
     assert sorted(results) == [785, 40083, 196141, 197388]
     for image_id, res in results.items():
-        n_boxes = len(predictor.boxes(image_id))
+        n_boxes = len(boxes(image_id))
         assert 0 < len(res) <= n_boxes and res.keypoints.shape[1:] == (17, 3)
         assert np.isfinite(res.keypoints).all() and (np.diff(res.scores) <= 0).all()
-        det = predictor.boxes(image_id)
+        det = boxes(image_id)
         det_xyxy = np.concatenate([det[:, :2], det[:, :2] + det[:, 2:4]], 1)
         match = np.abs(res.boxes[:, None] - det_xyxy[None]).max(-1).min(1)
         assert match.max() < 1e-3          # every person keeps its detection box, in image pixels
@@ -139,7 +144,7 @@ def test_predictor_keypoints_land_in_their_boxes_neighbourhood(tmp_path):
     model = build_model(cfg).eval()
     img = np.zeros((240, 320, 3), np.uint8)
     boxes = np.array([[100.0, 50.0, 60.0, 120.0, 0.8]])
-    res = TopDownPredictor(model, cfg, lambda i, im: boxes)(img)
+    res = PoseRunner(model, cfg)([img], boxes=[boxes])[0]
     # crop extends 1.25 x the aspect-fixed box (90 x 120 -> 112.5 x 150) around the centre (130, 110); a black
     # image is a constant crop of -mean / std
     crop = (-torch.tensor([0.485, 0.456, 0.406]) / torch.tensor([0.229, 0.224, 0.225])).view(1, 3, 1, 1)
