@@ -1,5 +1,6 @@
-"""Using a trained model: :class:`Predictor` (images, videos, tracking, rendering), the one inference pipeline (:class:`PoseRunner`) and person-box sources,
-ONNX export and the ONNX Runtime backend, and the ``regpose infer`` / ``regpose export`` commands.
+"""Using a trained model: :class:`Predictor` (images, videos, tracking, rendering), the one inference pipeline
+(:class:`PoseRunner`, also the evaluator's) and its person-box sources, ONNX export and the ONNX Runtime backend,
+and the ``regpose infer`` / ``regpose export`` commands.
 
 Submodules are imported lazily so ``import regpose.inference`` stays light."""
 from __future__ import annotations

@@ -13,7 +13,7 @@ from regpose.data.datasets import read_image
 from regpose.inference.boxes import DetectionBoxes, GroundTruthBoxes
 from regpose.inference.predictor import build_box_source
 from regpose.inference.runner import PoseRunner, write_results
-from regpose.ops import oks_matrix, oks_nms, rescore, topdown_finalize
+from regpose.ops import oks_nms, pairwise_oks, rescore, topdown_finalize
 from regpose.structures import PoseResult
 from conftest import REAL
 
@@ -59,7 +59,7 @@ def test_oks_nms_equals_mmpose(seed):
     for thr in (0.5, 0.9):
         ours = oks_nms(kp, scores, areas, COCO_SIGMAS, thr)
         assert ours.tolist() == _mmpose_oks_nms(kp, scores, areas, COCO_SIGMAS, thr).tolist()
-    oks = oks_matrix(kp, areas, COCO_SIGMAS)
+    oks = pairwise_oks(kp, areas, COCO_SIGMAS)
     for i in range(len(kp)):
         np.testing.assert_allclose(oks[i], _mmpose_oks_iou(kp[i].reshape(-1), kp.reshape(len(kp), -1), areas[i],
                                                            areas, COCO_SIGMAS), rtol=1e-12)
