@@ -23,6 +23,7 @@ import torch
 from ..data.collate import collate
 from ..data.datasets import person_sample, unannotated_sample
 from ..data.keypoints import get_meta
+from ..errors import InputError
 from ..models.registry import get_method
 from ..structures import PoseResult, to_coco_results
 
@@ -73,6 +74,9 @@ class PoseRunner:
         score), other methods the whole picture."""
         if self.family != "topdown":
             return [image_sample(self.transform, image, image_id, file_name, self.num_keypoints)]
+        if boxes is None:
+            raise InputError("a top-down method needs the person boxes of every picture (a box source of "
+                             "regpose.inference.boxes gives them)")
         out = []
         for j, box in enumerate(np.asarray(boxes, dtype=np.float64).reshape(-1, 5)):
             raw = unannotated_sample(image, image_id, file_name, self.num_keypoints)

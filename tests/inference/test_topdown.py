@@ -152,3 +152,34 @@ def test_predictor_keypoints_land_in_their_boxes_neighbourhood(tmp_path):
         mu, sigma = model(crop.expand(1, 3, 128, 96).contiguous())
     expected = np.stack([130 - 56.25 + mu[0, :, 0].numpy() * 112.5, 110 - 75 + mu[0, :, 1].numpy() * 150], -1)
     np.testing.assert_allclose(res.keypoints[0, :, :2], expected, atol=0.05)
+
+
+def test_evaluator_and_predictor_give_the_same_people(tmp_path):
+    """One pipeline (issue 20.1): ``regpose test`` (the evaluator: the split's dataset through a DataLoader, people
+    gathered per image) and :class:`Predictor` (pictures in memory, another batch size) give the same people for
+    the same images and detections."""
+    from regpose import Predictor
+    from regpose.data.config import SplitConfig
+    from regpose.engine.evaluator import evaluate_model
+    from regpose.models import build_model
+    from regpose.structures import to_coco_results
+
+    cfg = _tiny_cfg(tmp_path, flip=True, det_score_threshold=0.9)
+    cfg.data.val = SplitConfig(ann_files=[str(COCO / "test_coco.json")])
+    cfg.train.num_workers = 0
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    torch.save({"model": model.state_dict()}, tmp_path / "weights.pth")
+    metrics, path = evaluate_model(cfg, model, torch.device("cpu"), out_dir=tmp_path / "test")
+    evaluated = json.loads(path.read_text())
+
+    predictor = Predictor(cfg, tmp_path / "weights.pth", device="cpu", batch_size=3)
+    files = sorted(COCO.glob("*.jpg"))
+    predicted = [e for f, image_id, r in zip(files, predictor.image_ids(files), predictor.predict_batch(files))
+                 for e in to_coco_results(r, image_id)]
+    assert metrics is not None and len(evaluated) == len(predicted) > 4
+    order = lambda entries: sorted(entries, key=lambda e: (e["image_id"], -e["score"]))   # noqa: E731
+    for a, b in zip(order(evaluated), order(predicted)):
+        assert a["image_id"] == b["image_id"]
+        np.testing.assert_allclose(a["keypoints"], b["keypoints"], atol=1e-3)
+        np.testing.assert_allclose([a["score"], *a["bbox"]], [b["score"], *b["bbox"]], atol=1e-4)
