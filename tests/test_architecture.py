@@ -49,28 +49,20 @@ LAZY_REASON = re.compile(r"#\s*lazy:\s*\S.{3,}")     # "# lazy: <why>" on an in-
 KNOWN_VIOLATIONS = {
     # Import cycles (the set of files on the cycle).
     "cycles": {
-        frozenset({"regpose.data.datasets", "regpose.inference.topdown"}):
-            "20.1: person boxes are computed before a dataset is built, never requested by the data layer",
-        frozenset({"regpose.inference.export", "regpose.inference.onnx_backend", "regpose.inference.predictor"}):
-            "20.1: one top-down runner and one box source; export / ONNX backend no longer import each other",
     },
     # Upward imports (importer, imported).
     "upward": {
-        ("regpose.data.datasets", "regpose.inference.topdown"): "20.1: boxes come from one box source, before the "
-                                                                "dataset",
     },
     # Package imports inside functions that do not say why (file or package, without .py: how many in it).
     "in_function": {
         "regpose/compat/dekr": (16, "20.5: converters named by MethodSpec, imports at top"),
         "regpose/compat/poseur": (7, "20.5: converters named by MethodSpec, imports at top"),
-        "regpose/data/datasets": (2, "20.1: no detector inside the data layer; 20.5 ConfigError in errors.py"),
         "regpose/data/keypoints": (1, "20.3: keypoint layouts from the dataset config"),
         "regpose/data/synthetic": (2, "20.3: keypoint layouts as inputs"),
         "regpose/data/transforms": (4, "20.2: codecs per family"),
         "regpose/engine/bench": (2, "20.1: one runner, imports at top"),
         "regpose/engine/budget": (5, "20.1: one runner, imports at top"),
         "regpose/engine/dryrun": (6, "20.1: one runner, imports at top"),
-        "regpose/engine/evaluator": (7, "20.1: the evaluator uses the inference runner"),
         "regpose/engine/recipe": (2, "20.1: imports at top"),
         "regpose/engine/trainer": (7, "20.1: imports at top"),
         "regpose/evaluation/__init__": (4, "20.5: evaluation's public functions at top"),
@@ -78,9 +70,6 @@ KNOWN_VIOLATIONS = {
         "regpose/evaluation/pckh": (1, "20.3: MPII ids from the data layer at top"),
         "regpose/cli/inference": (15, "20.5: the infer / export commands (moved from inference/commands.py) "
                                          "import at top or say why"),
-        "regpose/inference/export": (6, "20.1: the export / ONNX backend cycle goes"),
-        "regpose/inference/predictor": (17, "20.1: one top-down runner"),
-        "regpose/inference/topdown": (13, "20.1: one top-down runner and one box source"),
         "regpose/models/__init__": (1, "20.3: one build_backbone / trunk initialisation"),
     },
 }

@@ -175,7 +175,7 @@ def _image_ids(images: list, box_source) -> tuple[dict[str, int], list[tuple[int
     Without a detections json the ids only label results (:func:`unique_image_ids`). With one they also pick each
     input's person boxes (:meth:`DetectionBoxes.image_id_for`): an input the rule matches to no image is skipped,
     and so is every input of a group that matches the same image (whose boxes would be given to all of them)."""
-    from ..inference.topdown import DetectionBoxes, unique_image_ids
+    from ..inference.boxes import DetectionBoxes, unique_image_ids
 
     if not isinstance(box_source, DetectionBoxes):
         return dict(zip((it.key for it in images), unique_image_ids([it.source for it in images]))), []
@@ -200,7 +200,7 @@ def _image_ids(images: list, box_source) -> tuple[dict[str, int], list[tuple[int
 
 def _check_video_boxes(box_source, items: list) -> None:
     """A detections json serves a video by frame index (image_id 0, 1, ...): one video, nothing else in the call."""
-    from ..inference.topdown import DetectionBoxes
+    from ..inference.boxes import DetectionBoxes
 
     if isinstance(box_source, DetectionBoxes) and len(items) > 1 and any(it.kind != "image" for it in items):
         raise ConfigError(f"--boxes {box_source.path}: a video's boxes are looked up by frame index (image_id 0, 1, "
@@ -254,7 +254,7 @@ class _InferRun:
     # ---- images: ids, read (one line per unreadable file), predict in batches, render
     def images(self, images: list) -> None:
         from ..inference.predictor import load_image
-        from ..inference.topdown import DetectionBoxes
+        from ..inference.boxes import DetectionBoxes
 
         if not images:
             return

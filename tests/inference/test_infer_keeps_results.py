@@ -18,7 +18,7 @@ import pytest
 from regpose import Predictor
 from regpose.cli import main
 from regpose.errors import InputError
-from regpose.inference.topdown import DetectionBoxes, unique_image_ids
+from regpose.inference.boxes import DetectionBoxes, unique_image_ids
 from _tiny import write_tiny
 from conftest import REAL
 
