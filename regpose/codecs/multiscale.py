@@ -12,7 +12,7 @@ __all__ = ["resolve_test_scales"]
 def resolve_test_scales(test_cfg, method: str, multi_scale: bool) -> list[float]:
     """``test_cfg.scales`` as floats; a method without a multi-scale test (``multi_scale`` False) accepts only
     [1.0] and raises the one-line :class:`ConfigError` otherwise (instead of silently predicting at one scale)."""
-    scales = [float(s) for s in test_cfg.scales]
+    scales = [float(s) for s in getattr(test_cfg, "scales", [1.0])]     # predict() accepts partial test configs
     if not multi_scale and scales != [1.0]:
         raise ConfigError(f"test.scales: '{method}' has no multi-scale test (it predicts at one scale); "
                           f"expected [1.0], got {scales}")

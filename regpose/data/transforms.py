@@ -186,7 +186,8 @@ def make_meta(sample: dict, **extra) -> dict:
         "input_size": (int(h), int(w)),
         "inverse": inverse_affine(sample)[:2].copy(),
     }
-    for k in ("center", "scale", "rotation", "box", "box_score", "person_index", "flipped", "area_scale", "augment"):
+    for k in ("center", "scale", "rotation", "udp", "box", "box_score", "person_index", "flipped", "area_scale",
+              "augment"):
         if k in sample:
             v = sample[k]
             meta[k] = np.array(v) if isinstance(v, np.ndarray) else v
