@@ -27,7 +27,8 @@ TINY = {  # small networks: predict must refuse before it runs them
 }
 ONE_SCALE = sorted(TINY)
 MULTI_SCALE = ["dekr", "directpose"]
-REFUSAL = r"^test\.scales: '\w+' has no multi-scale test \(it predicts at one scale\); expected \[1\.0\], got \[0\.5, 1\.0\]$"
+REFUSAL = (r"^test\.scales: '\w+' has no multi-scale test \(it predicts at one scale\); "
+           r"expected \[1\.0\], got \[0\.5, 1\.0\]$")
 
 
 def _cfg(method: str, scales=(0.5, 1.0)):

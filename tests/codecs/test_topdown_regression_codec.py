@@ -8,7 +8,7 @@ import torch
 
 from regpose.codecs.topdown_regression import decode_crops, encode, to_crop_pixels
 from regpose.data.config import DataConfig
-from regpose.data.transforms import topdown_test_transforms
+from regpose.data.transforms import make_meta, topdown_test_transforms
 
 
 def test_encode_normalises_by_the_crop_size_and_weights_labelled_inside_points():
@@ -49,11 +49,9 @@ def test_encode_then_decode_is_the_identity_through_the_real_crop(udp):
     data = DataConfig(input_size=(48, 64))
     data.augment.topdown.udp = udp
     kp = np.array([[[30.0, 40.0, 2], [55.5, 70.25, 1], [12.0, 90.0, 2]]])
-    raw = {"image": np.zeros((120, 100, 3), np.uint8), "keypoints": kp.copy(), "boxes": np.array([[10., 30., 70., 100.]]),
-           "box": np.array([10., 30., 70., 100.]), "person_index": 0, "image_id": 1, "sample_index": 0,
+    raw = {"image": np.zeros((120, 100, 3), np.uint8), "keypoints": kp.copy(),
+           "boxes": np.array([[10., 30., 70., 100.]]), "box": np.array([10., 30., 70., 100.]), "person_index": 0, "image_id": 1, "sample_index": 0,
            "file_name": "x", "orig_size": (120, 100)}
-    from regpose.data.transforms import make_meta
-
     s = topdown_test_transforms(data)(raw)
     meta = make_meta(s)
     assert meta["udp"] == udp

@@ -1,5 +1,5 @@
 """The top-down regression pieces Poseur and RLE share: RLE's normalised linear, the coarse head, the flip test of
-(mu, sigma) outputs and its fusion modes by hand (the crop -> image decoding: tests/codecs/test_topdown_regression.py)."""
+(mu, sigma) outputs and its fusion modes by hand (the crop -> image decoding: tests/codecs/)."""
 from __future__ import annotations
 
 import math
