@@ -14,8 +14,9 @@ from regpose.compat.official import load_npz_state_dict
 from regpose.config import load_config
 from regpose.data.collate import collate
 from regpose.models import build_model, get_method
-from regpose.models.dekr import (center_proposals, heatmap_loss, map_poses, merge_flip, offset_loss,
-                                 offset_to_pose, official_test_resize, pose_nms, rescore_features, up_interpolate)
+from regpose.codecs.heatmap_offset import map_poses, official_test_resize
+from regpose.models.dekr import (center_proposals, heatmap_loss, merge_flip, offset_loss, offset_to_pose, pose_nms,
+                                 rescore_features, up_interpolate)
 
 from conftest import REAL, REFERENCE
 
