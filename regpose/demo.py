@@ -13,7 +13,8 @@ from pathlib import Path
 from .engine.logging import get_logger
 from .errors import RegposeError
 
-__all__ = ["SYNTHETIC_CONFIGS", "DEFAULT_METHOD", "DEFAULT_MINUTES", "run_demo", "configs_dir", "people_source"]
+__all__ = ["SYNTHETIC_CONFIGS", "DEFAULT_METHOD", "DEFAULT_MINUTES", "READABLE_ITERS", "run_demo", "configs_dir",
+           "people_source", "demo_threads"]
 
 #: the small config of each method that learns on a CPU from the synthetic data
 SYNTHETIC_CONFIGS = {
