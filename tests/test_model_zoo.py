@@ -7,7 +7,7 @@ import pytest
 from regpose.cli import main
 from regpose.compat.zoo import OFFICIAL_CHECKPOINTS, format_zoo_table, method_configs
 from regpose.config import load_config
-from regpose.models.registry import available_methods, official_methods
+from regpose.models.registry import method_names, official_methods
 from conftest import REPO
 
 
@@ -23,7 +23,7 @@ def test_zoo_entry_config_builds_that_method(ckpt):
 
 def test_each_config_folder_holds_its_method():
     folders = {p.name for p in (REPO / "configs").iterdir() if p.is_dir() and p.name != "_base_"}
-    assert set(official_methods()) <= folders <= set(available_methods())
+    assert set(official_methods()) <= folders <= set(method_names())
     for method in folders:
         for c in method_configs(method, REPO / "configs"):
             assert load_config(REPO / "configs" / c).method == method, c
@@ -36,7 +36,7 @@ def test_readme_zoo_table_is_the_zoo():
 def test_models_command_lists_methods_configs_and_official_files(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    for method in available_methods():
+    for method in method_names():
         assert f"\n{method} (" in f"\n{out}"
         assert all(c.split("/", 1)[1] in out for c in method_configs(method, REPO / "configs"))
     assert all(c.file in out and c.page in out for c in OFFICIAL_CHECKPOINTS)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..demo import configs_dir
 from ..errors import RegposeError
-from ..models.registry import available_methods, get_method, official_methods
+from ..models.registry import method_names, get_method, official_methods
 
 __all__ = ["OfficialCheckpoint", "OFFICIAL_CHECKPOINTS", "method_configs", "format_models", "format_zoo_table",
            "infer_command", "test_command"]
@@ -116,7 +116,7 @@ def method_configs(method: str, root: Path | None = None) -> list[str]:
 
 def format_models(method: str | None = None) -> str:
     """``regpose models``: per method its family, configs and the official checkpoints it accepts."""
-    methods = available_methods()
+    methods = method_names()
     if method is not None:
         if method not in methods:
             raise RegposeError(f"regpose models: unknown method '{method}' (one of: {', '.join(methods)})")

@@ -6,8 +6,8 @@ dataclass that types its ``model`` section and the function that builds the netw
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import Callable, Literal
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Mapping
 
 __all__ = ["MethodSpec", "register_method", "get_method", "method_names", "official_converter", "official_methods",
            "detect_official"]
@@ -20,13 +20,6 @@ _METHOD_MODULES = {
     "querypose": "regpose.models.querypose",
     "tfpose": "regpose.models.tfpose",
     "directpose": "regpose.models.directpose",
-}
-# Converters of the checkpoints each method's released code wrote (regpose/compat/<method>.py, surface layer), named
-# here and imported by name so that loading a checkpoint can recognise and convert an official file.
-_OFFICIAL_CONVERTERS = {
-    "dekr": "regpose.compat.dekr",
-    "poseur": "regpose.compat.poseur",
-    "querypose": "regpose.compat.querypose",
 }
 
 
@@ -41,12 +34,19 @@ class MethodSpec:
     transform:     ``transform(cfg: Config, train: bool) -> Callable[[raw_sample], sample]``: augmentation and
                    target encoding, run in data-loader workers (see :mod:`regpose.data.datasets` for the raw
                    sample and :mod:`regpose.models.base` for the sample it must return)
+    converter:     dotted module of the official-checkpoint converter (``regpose.compat.<method>``: see
+                   :mod:`regpose.compat.official` for what it exposes), "" when the method has none; a string so
+                   that models never import the surface
+    commands:      extra ``regpose`` commands of the method, command name -> dotted module of the surface exposing
+                   ``HELP``, ``add_arguments(parser)`` and ``run(args)`` (e.g. DEKR's ``train-rescore``)
     """
     name: str
     config_cls: type
     build: Callable
     family: Literal["bottomup", "onestage", "topdown"]
     transform: Callable
+    converter: str = ""
+    commands: Mapping[str, str] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
@@ -69,34 +69,30 @@ def get_method(name: str) -> MethodSpec:
     return _REGISTRY[name]
 
 
-def available_methods() -> list[str]:
-    """Methods whose module exists and imports (registered ones, incl. test-only methods)."""
+def method_names() -> list[str]:
+    """Every method: the package's (each imported to register itself) and any registered since (e.g. by tests)."""
     for n in _METHOD_MODULES:
-        try:
-            _load(n)
-        except ModuleNotFoundError as e:  # a method not implemented yet
-            if not (e.name or "").startswith("regpose.models"):
-                raise
+        _load(n)
     return sorted(_REGISTRY)
 
 
-def method_names() -> list[str]:
-    return available_methods()
-
-
 def official_methods() -> list[str]:
-    """Methods whose released code published checkpoints that regpose converts."""
-    return list(_OFFICIAL_CONVERTERS)
+    """Methods whose released code published checkpoints that regpose converts (``MethodSpec.converter``)."""
+    return [name for name in method_names() if get_method(name).converter]
 
 
 def official_converter(name: str):
-    """The converter module of ``name``'s official checkpoints (``convert_state_dict``, ``is_official``,
-    ``config_from_official``, ``reference_check``), or None when the method released none."""
-    module = _OFFICIAL_CONVERTERS.get(name)
+    """The converter module of ``name``'s official checkpoints (``convert_state_dict``, ``config_from_official``,
+    ``reference_check``: see :mod:`regpose.compat.official`), or None when the method released none. Imported by
+    name: models never import the surface."""
+    try:
+        module = get_method(name).converter
+    except KeyError:
+        return None
     return importlib.import_module(module) if module else None
 
 
 def detect_official(state: dict) -> str | None:
     """The method whose official code wrote the state dict ``state`` (recognised by its key names, see each
     converter's ``is_official``), or None (e.g. a regpose checkpoint)."""
-    return next((m for m in _OFFICIAL_CONVERTERS if official_converter(m).is_official(state)), None)
+    return next((m for m in official_methods() if official_converter(m).is_official(state)), None)

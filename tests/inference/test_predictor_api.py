@@ -77,7 +77,7 @@ def demo_files(tmp_path, monkeypatch):
     """What `make demo` leaves behind, in a fresh folder: the synthetic validation split, a Poseur checkpoint of the
     demo config (random weights: the example must run, not predict well) and a results file."""
     from regpose.data.datasets import ensure_synthetic
-    from regpose.inference.topdown import write_results
+    from regpose.inference.runner import write_results
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "configs").symlink_to(REPO / "configs")

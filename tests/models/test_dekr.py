@@ -14,8 +14,9 @@ from regpose.compat.official import load_npz_state_dict
 from regpose.config import load_config
 from regpose.data.collate import collate
 from regpose.models import build_model, get_method
-from regpose.models.dekr import (center_proposals, heatmap_loss, map_poses, merge_flip, offset_loss,
-                                 offset_to_pose, official_test_resize, pose_nms, rescore_features, up_interpolate)
+from regpose.codecs.heatmap_offset import map_poses, official_test_resize
+from regpose.models.dekr import (center_proposals, heatmap_loss, merge_flip, offset_loss, offset_to_pose, pose_nms,
+                                 rescore_features, up_interpolate)
 
 from conftest import REAL, REFERENCE
 
@@ -339,7 +340,7 @@ def test_eval_transform_resize_matches_official_policy():
                "orig_size": (h, w), "keypoints": np.zeros((0, 17, 3)), "boxes": np.zeros((0, 4))}
         s = tf(raw)
         (wr, hr), _, inv = official_test_resize(h, w, 512)
-        assert s["meta"]["input_size"] == (hr, wr) and min(hr, wr) == 512 and max(hr, wr) % 64 == 0
+        assert s["meta"]["input_hw"] == (hr, wr) and min(hr, wr) == 512 and max(hr, wr) % 64 == 0
         np.testing.assert_allclose(s["meta"]["inverse"], inv, atol=1e-9)
 
 
@@ -403,7 +404,7 @@ def test_map_poses_applies_affine():
 # Rescore training and CrowdPose end to end
 # ----------------------------------------------------------------------------------------------------------
 def test_train_rescore_writes_a_usable_net(tmp_path, official_tiny):
-    from regpose.engine.checkpoint import atomic_save
+    from regpose.checkpoint import atomic_save
     from regpose.engine.rescore import train_rescore
     from regpose.models.dekr import PoseRescorer
 

@@ -11,9 +11,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
-from ..models.registry import detect_official, official_converter
-from ..models.weights import LoadReport, load_partial
+from .errors import CheckpointError
+from .models.registry import detect_official, official_converter
+from .models.weights import LoadReport, load_partial
 
 __all__ = ["atomic_save", "remove_stale_temporaries", "load_checkpoint", "load_state_dict_file",
            "load_model_weights", "check_fit", "official_as_ours"]
