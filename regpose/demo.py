@@ -58,6 +58,7 @@ def run_demo(method: str = DEFAULT_METHOD, minutes: float = DEFAULT_MINUTES, out
     import numpy as np
 
     from .config import load_config  # lazy: `regpose demo --help` reads this module's constants without loading torch
+    from .data.keypoints import keypoint_layout
     from .data.datasets import ensure_synthetic, load_records, read_image  # lazy: `regpose demo --help` reads this module's constants without loading torch
     from .engine.budget import fit_schedule_to_budget, seconds_per_iteration  # lazy: `regpose demo --help` reads this module's constants without loading torch
     from .engine.trainer import train  # lazy: `regpose demo --help` reads this module's constants without loading torch
@@ -73,7 +74,7 @@ def run_demo(method: str = DEFAULT_METHOD, minutes: float = DEFAULT_MINUTES, out
     t0 = time.time()
     log.info("[1/4] synthetic data (%s format): %s, %s", cfg.data.format, cfg.data.train.root, cfg.data.val.root)
     for split in (cfg.data.train, cfg.data.val):
-        ensure_synthetic(split, cfg.data.format)
+        ensure_synthetic(split, cfg.data.format, keypoint_layout(cfg.data))
     # the schedule (warm-up, decay, EMA) is fitted to the budget, so the model is finished when time is up
     sec = seconds_per_iteration(cfg)
     iters = fit_schedule_to_budget(cfg, minutes, sec)
@@ -84,7 +85,7 @@ def run_demo(method: str = DEFAULT_METHOD, minutes: float = DEFAULT_MINUTES, out
     predictor = Predictor(cfg, out / "model_final.pth", device="cpu")
     render_dir = out / "predictions"
     render_dir.mkdir(parents=True, exist_ok=True)
-    records = load_records(cfg.data.val, cfg.data.format)[:num_render]
+    records = load_records(cfg.data.val, cfg.data.format, keypoints=keypoint_layout(cfg.data))[:num_render]
     for rec in records:
         image = read_image(rec.file_name)
         boxes = None

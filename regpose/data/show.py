@@ -18,7 +18,7 @@ import numpy as np
 from ..drawing import draw_poses
 from ..errors import DataError
 from ..structures import PoseResult
-from .keypoints import KeypointMeta, get_meta
+from .keypoints import KeypointMeta, keypoint_layout
 from .transforms import apply_affine
 
 __all__ = ["show_data", "draw_keypoints", "render_sample"]
@@ -120,7 +120,7 @@ def show_data(cfg, out_dir, num_samples: int = 8, split: str = "train", seed: in
     dataset = build_dataset(cfg, split, None, spec.family)
     if len(dataset) == 0:
         raise DataError(f"data.{split}: the dataset is empty")
-    meta = get_meta(cfg.data.format)
+    meta = keypoint_layout(cfg.data)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)

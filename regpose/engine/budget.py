@@ -21,13 +21,14 @@ def seconds_per_iteration(cfg, steps: int = 6, warmup: int = 2, statistic: str =
         raise ValueError(f"statistic: expected 'median' or 'min', got {statistic!r}")
     from ..data.collate import Collate
     from ..data.datasets import build_dataset, ensure_synthetic
+    from ..data.keypoints import keypoint_layout
     from ..models import build_model
     from ..models.base import total_loss
     from ..models.registry import get_method
 
     for split in (cfg.data.train, cfg.data.val):
         if split.synthetic.num_images > 0:
-            ensure_synthetic(split, cfg.data.format)
+            ensure_synthetic(split, cfg.data.format, keypoint_layout(cfg.data))
     spec = get_method(cfg.method)
     ds = build_dataset(cfg, "train", spec.transform(cfg, True), spec.family)
     model = build_model(cfg).train()

@@ -92,6 +92,7 @@ def dry_run(config: str | Path, work_dir: str | Path, overrides: list[str] | Non
     """Build ``config``'s full-size model, take one optimizer step on generated data and evaluate it once."""
     from ..data.collate import collate
     from ..data.datasets import build_dataset, ensure_synthetic
+    from ..data.keypoints import keypoint_layout
     from ..models import build_model
     from ..models.registry import get_method
     from .evaluator import evaluate_model
@@ -101,7 +102,7 @@ def dry_run(config: str | Path, work_dir: str | Path, overrides: list[str] | Non
     cfg = load_config(config, [*(overrides or []), *dry_run_overrides(base, work_dir)])
     spec = get_method(cfg.method)
     for split in (cfg.data.train, cfg.data.val):
-        ensure_synthetic(split, cfg.data.format)
+        ensure_synthetic(split, cfg.data.format, keypoint_layout(cfg.data))
     dataset = build_dataset(cfg, "train", spec.transform(cfg, True), spec.family)
 
     torch.manual_seed(cfg.train.seed)

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..data.keypoints import keypoint_layout
 from ..errors import DataError
 from ..jsonio import read_json
 from ..structures import PoseResult, to_coco_results
@@ -140,8 +141,14 @@ def check_ground_truth(cfg, split: str = "val") -> str:
 
     gt = evaluation_gt(cfg, split)
     if has_annotations(gt):
-        evaluate(gt, [], dataset=cfg.data.format)   # scoring no results reads every field scoring needs
+        evaluate(gt, [], dataset=cfg.data.format, sigmas=_sigmas(cfg))   # reads every field scoring needs
     return gt
+
+
+def _sigmas(cfg):
+    """The OKS sigmas of a declared keypoint layout (``data.keypoints``); None scores with the dataset's own."""
+    layout = keypoint_layout(cfg.data)
+    return None if layout.name == cfg.data.format else layout.sigmas
 
 
 def _without_skipped_images(gt_path: str, errors: list, fmt: str, num_samples: int) -> str | dict:
@@ -172,7 +179,7 @@ def evaluate_model(cfg, model, device: torch.device, split: str = "val", out_dir
     loader = build_eval_loader(cfg, model, split, dataset)
     local, errors = run_inference(model, loader, cfg.test, device, desc=f"eval {tag}".strip())
     errors = [e for part in dist.all_gather_object(errors) for e in part]
-    final = collect_results(model, local, cfg.test, getattr(model, "num_keypoints", 17))
+    final = collect_results(model, local, cfg.test, model.num_keypoints)
     if final is None:
         dist.barrier()
         return None, None
@@ -190,7 +197,7 @@ def evaluate_model(cfg, model, device: torch.device, split: str = "val", out_dir
     if errors:
         gt = _without_skipped_images(gt, errors, cfg.data.format, len(loader.dataset))
     if has_annotations(gt):
-        metrics = evaluate(gt, results, dataset=cfg.data.format)
+        metrics = evaluate(gt, results, dataset=cfg.data.format, sigmas=_sigmas(cfg))
         log.info("evaluated %d images (%d people) in %.1fs", len(final), len(results), time.time() - t0)
     else:
         log.info("%s has no annotations: wrote %s for submission (%d people)", gt, res_path, len(results))

@@ -160,11 +160,12 @@ class Trainer:
         # Data first (rank 0 generates synthetic splits while the others wait).
         if train_dataset is None:
             from ..data.datasets import build_dataset, ensure_synthetic
+            from ..data.keypoints import keypoint_layout
 
             if self.main:
                 for split in (cfg.data.train, cfg.data.val):
                     if split.synthetic.num_images > 0:
-                        ensure_synthetic(split, cfg.data.format)
+                        ensure_synthetic(split, cfg.data.format, keypoint_layout(cfg.data))
             dist.barrier()
             train_dataset = build_dataset(cfg, "train", self.spec.transform(cfg, True), self.spec.family)
             if self.tc.skip_corrupt_images and hasattr(train_dataset, "skip_corrupt"):

@@ -16,6 +16,7 @@ settings, and the result area taken from the box when the first result has one (
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,7 +120,7 @@ class _GT:
                 if v is None or len(v) != 3 * k:
                     raise DataError(f"{name}: annotation {a.get('id', i)} has "
                                     f"{'no' if v is None else len(v)} keypoint values, expected {3 * k} "
-                                    f"({k} keypoints x 3) for {proto.name}") from None
+                                    f"({k} keypoints x 3, as many as OKS sigmas)") from None
             raise DataError(f"{name}: keypoints are not numbers") from None
         self.kpts = kp.reshape(n, k, 3)
         try:
@@ -392,11 +393,15 @@ def _summarize(precision, recall, ap: bool, iou_thr=None, area="all") -> float:
     return float(np.mean(valid)) if len(valid) else -1.0
 
 
-def evaluate_coco(gt, results, dataset: str = "coco") -> dict[str, float]:
-    """AP/AR of keypoint ``results`` (path or list of COCO results) against ``gt`` (path or dict)."""
+def evaluate_coco(gt, results, dataset: str = "coco", sigmas=None) -> dict[str, float]:
+    """AP/AR of keypoint ``results`` (path or list of COCO results) against ``gt`` (path or dict) with ``dataset``'s
+    protocol; ``sigmas``: the OKS constants of another keypoint layout (K values; None: the dataset's own), as
+    pycocotools' ``params.kpt_oks_sigmas`` sets them."""
     if dataset not in PROTOCOLS:
         raise DataError(f"unknown dataset {dataset!r} for OKS evaluation (expected coco, crowdpose or ochuman)")
     proto = PROTOCOLS[dataset]
+    if sigmas is not None:
+        proto = dataclasses.replace(proto, sigmas=np.asarray(sigmas, dtype=np.float64).reshape(-1))
     gdata, gname = load_gt(gt)
     res, rname = load_results(results)
     g = _GT(gdata, gname, proto)

@@ -143,7 +143,7 @@ class Predictor:
                  max_people: int | None = None, boxes=None, detector: str | None = None,
                  detector_weights: str | None = None, det_score_threshold: float | None = None,
                  batch_size: int | None = None, threads: int | None = None):
-        from ..data.keypoints import get_meta
+        from ..data.keypoints import keypoint_layout
         from ..models import build_model
         from ..models.registry import get_method
         from .visualize import Renderer
@@ -170,7 +170,7 @@ class Predictor:
         self.spec = get_method(cfg.method)
         self.family = self.spec.family
         self.device = resolve_device(device)
-        self.keypoint_meta = get_meta(cfg.data.format)
+        self.keypoint_meta = keypoint_layout(cfg.data)
 
         weights = str(weights) if weights else ""
         self.backend = backend or ("onnx" if weights.lower().endswith(".onnx") else "torch")
@@ -195,7 +195,7 @@ class Predictor:
             attach_onnx(model, OnnxRuntimeNetwork(weights, self.device, threads), cfg.method)
         self.model = model.eval()
         self.weights = weights
-        self.num_keypoints = int(getattr(model, "num_keypoints", self.keypoint_meta.num_keypoints))
+        self.num_keypoints = model.num_keypoints
         self.transform = self.spec.transform(cfg, False)
         topdown = self.family == "topdown"
         self.batch_size = int(batch_size or max(32 if topdown else 8, t.batch_size))

@@ -114,7 +114,7 @@ def boxes_from_model(model, images: Iterable[np.ndarray], transform: Callable, t
     device = next(model.parameters()).device
     out = []
     for img in images:
-        sample = transform(_raw_image_sample(img, 0, "", getattr(model, "num_keypoints", 17)))
+        sample = transform(_raw_image_sample(img, 0, "", model.num_keypoints))
         batch = collate([sample], getattr(model, "size_divisibility", 1))
         batch["images"] = batch["images"].to(device)
         out.append(people_boxes(model.finalize(model.predict(batch, test_cfg)[0], batch["metas"][0]),
@@ -231,7 +231,7 @@ class TopDownPredictor:
         self.model, self.cfg, self.boxes = model, cfg, boxes
         self.transform = spec.transform(cfg, False)
         self.batch_size = int(batch_size or max(1, cfg.test.batch_size))
-        self.num_keypoints = int(getattr(model, "num_keypoints", 17))
+        self.num_keypoints = model.num_keypoints
 
     def _samples(self, image: np.ndarray, image_id: int, file_name: str, dets: np.ndarray) -> Iterator[dict]:
         for j, d in enumerate(np.asarray(dets, dtype=np.float64).reshape(-1, 5)):

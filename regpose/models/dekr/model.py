@@ -12,12 +12,13 @@ import torch.nn.functional as F
 from timm.models.resnet import BasicBlock
 from torch import nn
 
+from ...data.keypoints import KeypointMeta
 from ...errors import ConfigError
 from ...structures import PoseResult
 from ..backbones import BackboneConfig, build_backbone
 from ..base import PoseModel
 from ..layers.adaptive_conv import AdaptiveConv2d, AdaptiveImpl
-from .config import DEKRConfig, eval_input_size, keypoint_layout
+from .config import DEKRConfig, eval_input_size
 from .decode import BatchedScaleOne, flip_input, map_poses, poses_to_result, run_pipeline
 from .loss import heatmap_loss, offset_loss
 from .rescore import PoseRescorer
@@ -154,12 +155,13 @@ class DEKR(PoseModel):
 
     size_divisibility = 32
 
-    def __init__(self, cfg: DEKRConfig, num_keypoints: int = 17, flip_index: list[int] | None = None,
-                 input_size: int = 512, *, adaptive_conv_impl: AdaptiveImpl = "auto"):
+    def __init__(self, cfg: DEKRConfig, keypoints: KeypointMeta, input_size: int = 512, *,
+                 adaptive_conv_impl: AdaptiveImpl = "auto"):
         super().__init__()
         self.cfg = cfg
-        self.num_keypoints = num_keypoints
-        self.flip_index = list(flip_index) if flip_index is not None else list(range(num_keypoints))
+        self.set_keypoints(keypoints)
+        num_keypoints = self.num_keypoints
+        self.flip_index = [int(i) for i in keypoints.flip_index]
         self.input_size = input_size
         self.backbone = HRNetConcat(cfg.backbone, cfg.hrnet_channels, cfg.hrnet_modules, cfg.hrnet_blocks,
                                     layer1_blocks=cfg.hrnet_layer1_blocks, layer1_planes=cfg.hrnet_layer1_planes)
@@ -248,9 +250,8 @@ class DEKR(PoseModel):
             PoseRescorer.from_state_dict(source)
 
 
-def build_dekr(cfg) -> DEKR:
-    """Build from a full :class:`regpose.config.Config`: keypoint layout from ``data.format``, the official test
+def build_dekr(cfg, keypoints: KeypointMeta) -> DEKR:
+    """Build from a full :class:`regpose.config.Config` for the keypoint layout ``keypoints``: the official test
     resize's input size, the adaptive-conv implementation from ``runtime``."""
-    num_keypoints, flip_index = keypoint_layout(cfg.data.format)
-    return DEKR(cfg.model, num_keypoints, flip_index, eval_input_size(cfg),
+    return DEKR(cfg.model, keypoints, eval_input_size(cfg),
                 adaptive_conv_impl=cfg.runtime.adaptive_conv_impl)

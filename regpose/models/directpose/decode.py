@@ -7,7 +7,6 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import batched_nms
 
-from ...errors import ConfigError
 from ...structures import PoseResult
 from .config import DirectPoseConfig
 
@@ -72,9 +71,6 @@ def predict(model, batch: dict, test_cfg) -> list[PoseResult]:
     N, _, H, W = images.shape
     scales = list(getattr(test_cfg, "scales", [1.0]) or [1.0])
     flips = [False, True] if getattr(test_cfg, "flip", False) else [False]
-    if True in flips and model.flip_index is None:
-        raise ConfigError("test.flip: this model has no keypoint flip pairs (build it from a config whose "
-                          "data.format names the keypoint layout)")
     sizes = [tuple(int(v) for v in m.get("input_size", (H, W))) for m in metas]
     pooled: list[list[dict]] = [[] for _ in range(N)]
     for s in scales:
