@@ -448,7 +448,8 @@ def ensure_synthetic(split, fmt: str, keypoints: KeypointMeta | None = None) -> 
         raise DataError(f"{ann}: unreadable synthetic annotations (delete {root} to regenerate)") from None
     got = head.get("regpose_synth")
     if got is not None and got != want:
-        diff = ", ".join(f"{k}={got.get(k)!r} (config {v!r})" for k, v in want.items() if got.get(k) != v)
+        diff = ", ".join(f"{k}={got.get(k)!r} (config {want.get(k)!r})" for k in dict.fromkeys([*want, *got])
+                         if got.get(k) != want.get(k))
         raise DataError(f"{root} holds a synthetic split generated with {diff}; delete it or change "
                         f"data.<split>.root")
     return ann
