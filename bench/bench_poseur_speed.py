@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from bench._common import add_timing_args, interleaved, machine, parser, peak_rss_mib, set_threads, shared_dir, \
     timed, write_json
+from regpose.data.keypoints import get_meta
 from regpose.models.layers import deform_attn
 from regpose.models.layers.deform_attn import MultiScaleDeformableAttention
 from regpose.models.poseur import Poseur, PoseurConfig
@@ -136,7 +137,7 @@ def main() -> None:
 
     set_threads(args.threads)
     torch.manual_seed(0)
-    model = Poseur(PoseurConfig(), [[2 * i + 1, 2 * i + 2] for i in range(8)]).eval()
+    model = Poseur(PoseurConfig(), get_meta("coco")).eval()
     report = {"model": "Poseur R50 6-dec 256x192 (random init)", **machine(), "runs": {}}
     official = {}
     lat_path = shared_dir(required=False) / "reference" / "poseur" / "latency_cpu.json"
