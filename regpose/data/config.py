@@ -122,7 +122,7 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    format: Literal["coco", "crowdpose", "mpii", "ochuman"] = "coco"   # annotation files and evaluator
+    format: Literal["coco", "crowdpose", "mpii", "ochuman"] = "coco"   # annotation files, evaluator, built-in layout
     keypoints: KeypointsConfig = field(default_factory=KeypointsConfig)   # empty: data.format's keypoint layout
     train: SplitConfig = field(default_factory=SplitConfig)
     val: SplitConfig = field(default_factory=SplitConfig)

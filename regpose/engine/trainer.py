@@ -5,6 +5,7 @@ One *iteration* is one optimizer step; with ``train.accum_steps = A`` it consume
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import re
@@ -23,6 +24,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from ..config import Config, ConfigError, save_config, to_dict
+from ..data.keypoints import keypoint_layout, layout_section
 from ..errors import DataError, RegposeError
 from ..models.base import total_loss
 from . import dist
@@ -148,6 +150,8 @@ class Trainer:
             raise TrainingError(problem)
         # the run's own train settings: the recipe's, moved to this total batch if batch_scaling asks for it
         self.cfg, self.tc = cfg, scale_to_total_batch(cfg.train, self.world)
+        if cfg.data.keypoints.from_annotations:   # the saved config and checkpoints hold the layout itself
+            cfg.data.keypoints = dataclasses.replace(cfg.data.keypoints, **layout_section(keypoint_layout(cfg.data)))
         batch_line, batch_warning = total_batch_messages(cfg.train, self.tc, self.world)
         if self.main:
             self.log.info(batch_line)
@@ -160,7 +164,6 @@ class Trainer:
         # Data first (rank 0 generates synthetic splits while the others wait).
         if train_dataset is None:
             from ..data.datasets import build_dataset, ensure_synthetic
-            from ..data.keypoints import keypoint_layout
 
             if self.main:
                 for split in (cfg.data.train, cfg.data.val):

@@ -13,11 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from regpose.config import apply_overrides, load_config
 from regpose.data.config import SplitConfig, SynthSpec
 from regpose.data.datasets import ensure_synthetic, load_records
-from regpose.data.keypoints import get_meta, keypoint_layout, make_layout
+from regpose.data.keypoints import get_meta, keypoint_layout, layout_section, make_layout
 from regpose.data.synthetic import generate
 from regpose.engine.checkpoint import load_checkpoint
 from regpose.engine.trainer import train
@@ -36,12 +37,20 @@ ANIMAL = {"names": NAMES, "sigmas": SIGMAS,
 JOINTS = ["nose", "left_ear", "right_ear", "left_wrist", "right_wrist"]   # where the generator puts each keypoint
 
 
-def _data(root: Path) -> dict:
-    """The ``data`` overrides of a generated 5-keypoint split pair: the layout is declared here and nowhere else."""
+def _data(root: Path, from_annotations: bool) -> dict:
+    """The ``data`` overrides of a generated 5-keypoint split pair: the layout is declared here (or, with
+    ``from_annotations``, in the generated files' categories with the sigmas here) and nowhere else."""
     def split(name: str, n: int, seed: int) -> dict:
         return {"ann_files": [], "root": str(root / name),
                 "synthetic": {"num_images": n, "seed": seed, "size": [128, 128], "max_people": 3, "joints": JOINTS}}
-    return {"keypoints": ANIMAL, "train": split("train", 8, 0), "val": split("val", 4, 1)}
+    data = {"keypoints": ANIMAL, "train": split("train", 8, 0), "val": split("val", 4, 1)}
+    if from_annotations:
+        layout = make_layout(NAMES, SIGMAS, skeleton=ANIMAL["skeleton"])
+        files = {s: generate(root / s, n, seed=seed, size=(128, 128), max_people=3, progress=False, keypoints=layout,
+                             joints=JOINTS) for s, n, seed in (("train", 8, 0), ("val", 4, 1))}
+        data = {"keypoints": {"from_annotations": True, "sigmas": SIGMAS},
+                **{s: {"ann_files": [str(f)], "root": "", "synthetic": {"num_images": 0}} for s, f in files.items()}}
+    return data
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -93,6 +102,11 @@ def test_layout_from_the_annotation_files_categories_with_sigmas_from_the_config
     assert all(r.keypoints.shape[1:] == (5, 3) for r in records)
     with pytest.raises(DataError, match="has 5 keypoints, coco has 17"):   # the built-in layout does not fit
         load_records(SplitConfig(ann_files=[str(ann)]), "coco")
+    # what a run saves in its config.yaml declares the same layout without the annotation file
+    again = keypoint_layout(load_config(REPO / "configs/rle/rle_tiny_synthetic.yaml",
+                                        {"data": {"keypoints": layout_section(m)}}).data)
+    assert (again.keypoint_names, again.skeleton, again.flip_pairs, again.sigmas.tolist()) == \
+        (m.keypoint_names, m.skeleton, m.flip_pairs, m.sigmas.tolist())
 
 
 def test_generated_layout_keypoints_are_the_coco_joints_they_name(tmp_path):
@@ -116,7 +130,7 @@ def test_generated_layout_keypoints_are_the_coco_joints_they_name(tmp_path):
 # ----------------------------------------------------------------------------------------------------------
 _ONESTAGE_128 = {"augment": {"onestage": {"min_sizes": [96, 112, 128], "max_size": 160, "crop_pre_sizes": [80, 96],
                                           "crop_size": [80, 112], "test_size": 128, "test_max_size": 160}}}
-METHODS = {
+METHODS = {   # RLE reads the layout from its annotation files' categories, the others from the config
     "rle": ("configs/rle/rle_tiny_synthetic.yaml", {"data": {"input_size": [48, 64]}}),
     "dekr": ("configs/dekr/dekr_hrnet_tiny_synthetic.yaml", {"data": {"input_size": [128, 128]}}),
     "querypose": ("configs/querypose/querypose_r18_synthetic.yaml",
@@ -140,10 +154,10 @@ def _pycocotools_stats(gt_path: Path, results: list) -> list[float]:
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_a_method_trains_and_evaluates_on_a_layout_declared_only_in_its_config(method, tmp_path):
+def test_a_method_trains_and_evaluates_on_a_layout_declared_only_in_config_or_annotation_file(method, tmp_path):
     config, over = METHODS[method]
     run = tmp_path / "run"
-    common = {"output_dir": str(run), "data": _data(tmp_path),
+    common = {"output_dir": str(run), "data": _data(tmp_path, from_annotations=method == "rle"),
               "train": {"iters": 4, "batch_size": 2, "num_workers": 0, "log_period": 1, "warmup_iters": 0,
                         "checkpoint_period": 2, "eval_period": 0, "max_minutes": 0.0},
               "test": {"batch_size": 2}}
@@ -160,6 +174,8 @@ def test_a_method_trains_and_evaluates_on_a_layout_declared_only_in_its_config(m
     results = json.loads((run / "results_val.json").read_text())
     assert all(len(r["keypoints"]) == 3 * 5 for r in results)
     assert set(metrics) >= {"AP", "AR"}
+    saved = yaml.safe_load((run / "config.yaml").read_text())["data"]["keypoints"]   # names the layout itself
+    assert saved["names"] == NAMES and saved["sigmas"] == SIGMAS and not saved["from_annotations"]
     if results:
         ref = _pycocotools_stats(tmp_path / "val" / "annotations.json", results)
         assert [metrics[k] for k in ("AP", "AP50", "AP75", "APm", "APl", "AR")] == pytest.approx(ref[:6], abs=1e-6)
