@@ -180,7 +180,7 @@ def _read_coco_like(path: Path, data: dict, fmt: str, image_dir: Path, meta: Key
     """COCO / CrowdPose / OCHuman keypoint json (same schema; CrowdPose adds crowdIndex, omits area/segmentation)
     with the keypoints of layout ``meta``."""
     k = meta.num_keypoints
-    layout = fmt if meta.name == fmt else "the declared layout (data.keypoints)"
+    layout = f"format {fmt!r}" if meta.name == fmt else "the declared layout (data.keypoints)"
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations") or [], list):
         raise DataError(f"{path}: expected a COCO-style keypoint json with lists 'images' and 'annotations' "
@@ -189,7 +189,7 @@ def _read_coco_like(path: Path, data: dict, fmt: str, image_dir: Path, meta: Key
         names = c.get("keypoints") if isinstance(c, dict) else None
         if names is not None and len(names) != k:
             raise DataError(f"{path}: category {c.get('name', c.get('id'))!r} has {len(names)} keypoints, "
-                            f"{layout} has {k} (a layout of one's own: data.keypoints)")
+                            f"{layout} expects {k} (a layout of one's own: declare it in data.keypoints)")
     cat_ids = _person_category_ids(data, path)
     per_image: dict[int, list] = {}
     for i, a in enumerate(data.get("annotations") or []):

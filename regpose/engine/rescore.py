@@ -47,7 +47,7 @@ def _rescore_records(model: DEKR, cfg, max_images: int | None, device) -> tuple[
         kpts = res.keypoints[top]
         oks = oks_matrix(kpts, rec.keypoints, rec.areas, sigmas, rec.boxes).max(axis=1)
         oks[oks == 1] = 0
-        feats.append(rescore_features(kpts))
+        feats.append(rescore_features(kpts, model.keypoints))
         targets.append(oks.astype(np.float32))
     if not feats:
         raise DataError(f"train-rescore: the model found no people in {len(records)} training images")

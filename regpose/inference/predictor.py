@@ -75,7 +75,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
         raise InputError(str(e)) from None
 
 
-def raw_image_sample(image: np.ndarray, image_id: int, file_name: str, num_keypoints: int = 17) -> dict:
+def raw_image_sample(image: np.ndarray, image_id: int, file_name: str, num_keypoints: int) -> dict:
     """A whole-image raw sample (:mod:`regpose.data.datasets` format) with no annotated people."""
     return {"image": image, "image_id": int(image_id), "file_name": str(file_name), "sample_index": 0,
             "orig_size": (int(image.shape[0]), int(image.shape[1])),
@@ -84,7 +84,7 @@ def raw_image_sample(image: np.ndarray, image_id: int, file_name: str, num_keypo
             "ann_ids": np.zeros(0, np.int64)}
 
 
-def test_sample(transform, image: np.ndarray, image_id: int = 0, file_name: str = "", num_keypoints: int = 17) -> dict:
+def test_sample(transform, image: np.ndarray, image_id: int, file_name: str, num_keypoints: int) -> dict:
     """A method's test sample of a picture without annotations. A transform that cannot handle zero people (target
     encoding of an empty set) gets one unlabelled whole-image placeholder person instead: it only reaches the
     unused target, never the image or the meta."""

@@ -100,7 +100,7 @@ def test_layout_from_the_annotation_files_categories_with_sigmas_from_the_config
     assert m.flip_pairs == [(1, 2), (3, 4)] and m.sigmas.tolist() == [0.05] * 5
     records = load_records(SplitConfig(ann_files=[str(ann)]), "coco", keypoints=m)
     assert all(r.keypoints.shape[1:] == (5, 3) for r in records)
-    with pytest.raises(DataError, match="has 5 keypoints, coco has 17"):   # the built-in layout does not fit
+    with pytest.raises(DataError, match="has 5 keypoints, format 'coco' expects 17"):   # the built-in layout does not fit
         load_records(SplitConfig(ann_files=[str(ann)]), "coco")
     # what a run saves in its config.yaml declares the same layout without the annotation file
     again = keypoint_layout(load_config(REPO / "configs/rle/rle_tiny_synthetic.yaml",

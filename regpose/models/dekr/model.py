@@ -241,7 +241,7 @@ class DEKR(PoseModel):
         """Base-image poses -> original pixels (official ``get_final_preds``), then rescoring if a net is loaded."""
         final = map_poses(poses, inverse)
         if self.rescorer is not None:
-            scores = self.rescorer(final, scores)
+            scores = self.rescorer(final, scores, self.keypoints)
         return poses_to_result(final, scores)
 
     def load_rescore_net(self, source) -> None:
