@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from .data.keypoints import keypoint_layout
 from .engine.logging import get_logger
 from .errors import RegposeError
 
@@ -58,7 +59,6 @@ def run_demo(method: str = DEFAULT_METHOD, minutes: float = DEFAULT_MINUTES, out
     import numpy as np
 
     from .config import load_config  # lazy: `regpose demo --help` reads this module's constants without loading torch
-    from .data.keypoints import keypoint_layout
     from .data.datasets import ensure_synthetic, load_records, read_image  # lazy: `regpose demo --help` reads this module's constants without loading torch
     from .engine.budget import fit_schedule_to_budget, seconds_per_iteration  # lazy: `regpose demo --help` reads this module's constants without loading torch
     from .engine.trainer import train  # lazy: `regpose demo --help` reads this module's constants without loading torch

@@ -76,9 +76,7 @@ KNOWN_VIOLATIONS = {
         "regpose/config": (2, "20.5: Config assembles the method's dataclass from the registry (assembly "
                                  "layer), typed.py holds the machinery"),
         "regpose/data/datasets": (2, "20.1: no detector inside the data layer; 20.5 ConfigError in errors.py"),
-        "regpose/data/keypoints": (1, "20.3: keypoint layouts from the dataset config"),
         "regpose/data/show": (2, "20.5: show-data moves to the surface"),
-        "regpose/data/synthetic": (2, "20.3: keypoint layouts as inputs"),
         "regpose/data/transforms": (4, "20.2: codecs per family"),
         "regpose/engine/bench": (2, "20.1: one runner, imports at top"),
         "regpose/engine/budget": (5, "20.1: one runner, imports at top"),
@@ -93,7 +91,6 @@ KNOWN_VIOLATIONS = {
         "regpose/inference/export": (6, "20.1: the export / ONNX backend cycle goes"),
         "regpose/inference/predictor": (17, "20.1: one top-down runner"),
         "regpose/inference/topdown": (13, "20.1: one top-down runner and one box source"),
-        "regpose/models/__init__": (1, "20.3: one build_backbone / trunk initialisation"),
     },
 }
 

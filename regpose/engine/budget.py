@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from ..data.keypoints import keypoint_layout
 from ..errors import ConfigError
 
 __all__ = ["seconds_per_iteration", "fit_schedule_to_budget", "set_schedule_length"]
@@ -21,7 +22,6 @@ def seconds_per_iteration(cfg, steps: int = 6, warmup: int = 2, statistic: str =
         raise ValueError(f"statistic: expected 'median' or 'min', got {statistic!r}")
     from ..data.collate import Collate
     from ..data.datasets import build_dataset, ensure_synthetic
-    from ..data.keypoints import keypoint_layout
     from ..models import build_model
     from ..models.base import total_loss
     from ..models.registry import get_method

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..config import Config, load_config
+from ..data.keypoints import keypoint_layout
 from ..errors import RegposeError
 from ..models.base import total_loss
 from .recipe import no_download_overrides
@@ -92,7 +93,6 @@ def dry_run(config: str | Path, work_dir: str | Path, overrides: list[str] | Non
     """Build ``config``'s full-size model, take one optimizer step on generated data and evaluate it once."""
     from ..data.collate import collate
     from ..data.datasets import build_dataset, ensure_synthetic
-    from ..data.keypoints import keypoint_layout
     from ..models import build_model
     from ..models.registry import get_method
     from .evaluator import evaluate_model

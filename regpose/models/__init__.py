@@ -14,7 +14,7 @@ def build_model(cfg, init_trunk: bool = False):
     reads or downloads trunk weights."""
     model = get_method(cfg.method).build(cfg, keypoint_layout(cfg.data))
     if init_trunk:
-        from .backbones import init_trunks
+        from .backbones import init_trunks  # lazy: loading a config imports this package, not timm
 
         init_trunks(model)
     return model
