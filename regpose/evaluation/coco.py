@@ -120,7 +120,7 @@ class _GT:
                 if v is None or len(v) != 3 * k:
                     raise DataError(f"{name}: annotation {a.get('id', i)} has "
                                     f"{'no' if v is None else len(v)} keypoint values, expected {3 * k} "
-                                    f"({k} keypoints x 3, as many as OKS sigmas)") from None
+                                    f"({k} keypoints x 3) for {proto.name}") from None
             raise DataError(f"{name}: keypoints are not numbers") from None
         self.kpts = kp.reshape(n, k, 3)
         try:
@@ -401,7 +401,8 @@ def evaluate_coco(gt, results, dataset: str = "coco", sigmas=None) -> dict[str, 
         raise DataError(f"unknown dataset {dataset!r} for OKS evaluation (expected coco, crowdpose or ochuman)")
     proto = PROTOCOLS[dataset]
     if sigmas is not None:
-        proto = dataclasses.replace(proto, sigmas=np.asarray(sigmas, dtype=np.float64).reshape(-1))
+        proto = dataclasses.replace(proto, name=f"{proto.name} with the layout's sigmas",
+                                    sigmas=np.asarray(sigmas, dtype=np.float64).reshape(-1))
     gdata, gname = load_gt(gt)
     res, rname = load_results(results)
     g = _GT(gdata, gname, proto)
