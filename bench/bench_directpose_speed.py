@@ -95,7 +95,7 @@ def main(argv=None) -> int:
     # again) interleaved; post-processing = predict - network, round by round.
     with torch.no_grad():
         model.cls_logits.bias.fill_(10.0)
-    meta = {"image_id": 0, "sample_index": 0, "file_name": "", "orig_size": (h, w), "input_size": (h, w),
+    meta = {"image_id": 0, "sample_index": 0, "file_name": "", "orig_size": (h, w), "input_hw": (h, w),
             "inverse": np.eye(2, 3)}
     batch = {"images": x, "metas": [meta]}
     with torch.inference_mode():

@@ -38,8 +38,8 @@ from regpose.data.collate import collate
 from regpose.data.datasets import load_detections, read_image
 from regpose.inference.export import describe_outputs, export_onnx, flatten_outputs, network_input_names
 from regpose.inference.onnx_backend import create_session
-from regpose.inference.predictor import Predictor, test_sample
-from regpose.inference.topdown import TopDownPredictor
+from regpose.inference.predictor import Predictor
+from regpose.inference.runner import PoseRunner
 from regpose.models import build_model
 from regpose.models.registry import get_method
 
@@ -63,17 +63,14 @@ TINY = {
 
 def network_inputs(cfg, model, image: np.ndarray, dets: np.ndarray, batch: int) -> dict:
     """The method's real network input for the picture (top-down: ``batch`` crops of its detections)."""
-    transform = get_method(cfg.method).transform(cfg, False)
+    samples = PoseRunner(model, cfg).samples(image, 0, "", dets)     # top-down: one crop per detection
     if get_method(cfg.method).family == "topdown":
-        td = TopDownPredictor(model, cfg, lambda *_: dets)
-        td.transform = transform
-        crops = list(td._samples(image, 0, "", dets))
-        b = collate([crops[i % len(crops)] for i in range(batch)])
+        b = collate([samples[i % len(samples)] for i in range(batch)])
     else:
-        b = collate([test_sample(transform, image, 0, "", model.num_keypoints)], model.size_divisibility)
+        b = collate(samples, model.size_divisibility)
     inputs = {"images": b["images"]}
     if "image_sizes" in network_input_names(model.export_module()):
-        inputs["image_sizes"] = torch.tensor([list(m["input_size"]) for m in b["metas"]])
+        inputs["image_sizes"] = torch.tensor([list(m["input_hw"]) for m in b["metas"]])
     return inputs
 
 

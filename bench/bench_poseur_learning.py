@@ -26,7 +26,7 @@ import torch
 from bench._common import REPO, machine, parser, read_metrics, set_threads, write_json
 from regpose.config import load_config, save_config
 from regpose.engine.budget import fit_schedule_to_budget, seconds_per_iteration, set_schedule_length
-from regpose.engine.checkpoint import load_model_weights
+from regpose.checkpoint import load_model_weights
 from regpose.engine.evaluator import evaluate_model
 from regpose.engine.trainer import train
 from regpose.models import build_model

@@ -38,7 +38,7 @@ from bench._common import (REPO, add_timing_args, interleaved, machine, parser, 
                            write_json)
 from regpose.config import TestConfig, load_config
 from regpose.data.synthetic import render_image
-from regpose.engine.checkpoint import load_model_weights
+from regpose.checkpoint import load_model_weights
 from regpose.models import build_model
 from regpose.models.querypose.box_decoder import box_rois
 
@@ -85,7 +85,7 @@ def make_batch(model, img: np.ndarray) -> dict:
     ph, pw = -(-h // 32) * 32, -(-w // 32) * 32
     images = torch.zeros(1, 3, ph, pw)
     images[0, :, :h, :w] = x
-    meta = {"image_id": 0, "sample_index": 0, "file_name": "scene", "orig_size": (h, w), "input_size": (h, w),
+    meta = {"image_id": 0, "sample_index": 0, "file_name": "scene", "orig_size": (h, w), "input_hw": (h, w),
             "inverse": np.array([[1.0, 0, 0], [0, 1.0, 0]])}
     return {"images": images, "metas": [meta]}
 

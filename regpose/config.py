@@ -10,18 +10,18 @@ from __future__ import annotations
 import copy
 import dataclasses
 import difflib
-import math
 import os
-import re
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 
-from .errors import ConfigError, RegposeError
+from .data.config import DataConfig
+from .errors import ConfigError
+from .models.registry import get_method, method_names
+from .typed import (Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range, Regex, convert_value,
+                    deep_merge, dotted_keys, from_dict, parse_overrides, to_dict)
 
 __all__ = [
     "ConfigError", "Config", "TrainConfig", "TestConfig", "RuntimeConfig", "LrRule", "EmaConfig", "Range", "Regex", "PositiveInt",
@@ -30,248 +30,6 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True)
-class Range:
-    """Bounds of a numeric field, attached to its type: ``batch_size: Annotated[int, Range(ge=1)]``. Values are
-    checked when the config is typed (files and overrides alike), so a bad value is one line naming its key
-    instead of a crash deep in training. (Every float must also be finite: see :func:`_convert`.)"""
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-
-    def describe(self) -> str:
-        bounds = ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
-        return " and ".join(f"{op} {b:g}" for op, b in bounds if b is not None)
-
-    def check(self, value: float, key: str) -> None:
-        if ((self.ge is not None and value < self.ge) or (self.gt is not None and value <= self.gt)
-                or (self.le is not None and value > self.le) or (self.lt is not None and value >= self.lt)):
-            raise ConfigError(f"{key}: expected a value {self.describe()}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class Regex:
-    """Marks a str field as a regular expression (``Annotated[str, Regex()]``): it must compile."""
-
-    def describe(self) -> str:
-        return "(a regular expression)"
-
-    def check(self, value: str, key: str) -> None:
-        try:
-            re.compile(value)
-        except re.error as e:
-            raise ConfigError(f"{key}: invalid regular expression {value!r} ({e})") from None
-
-
-PositiveInt = Annotated[int, Range(ge=1)]
-NonNegativeInt = Annotated[int, Range(ge=0)]
-PositiveFloat = Annotated[float, Range(gt=0)]
-NonNegativeFloat = Annotated[float, Range(ge=0)]
-Fraction = Annotated[float, Range(ge=0, le=1)]      # probabilities, factors of a base value
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Generic dataclass <-> dict machinery
-# ----------------------------------------------------------------------------------------------------------
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Annotated:
-        base, *rules = typing.get_args(tp)
-        return " ".join([_type_name(base)] + [r.describe() for r in rules if isinstance(r, (Range, Regex))])
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin is not None:
-        args = ", ".join(_type_name(a) for a in typing.get_args(tp) if a is not Ellipsis)
-        return f"{getattr(origin, '__name__', str(origin))}[{args}]"
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _all_keys(cls: type, prefix: str = "") -> list[str]:
-    """Every dotted key a dataclass accepts (used for 'did you mean' suggestions)."""
-    out = []
-    for f in dataclasses.fields(cls):
-        key = f"{prefix}{f.name}"
-        out.append(key)
-        tp = typing.get_type_hints(cls).get(f.name)
-        if dataclasses.is_dataclass(tp):
-            out.extend(_all_keys(tp, key + "."))
-    return out
-
-
-def _convert(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin is Annotated:
-        out = _convert(value, args[0], key)
-        for rule in args[1:]:
-            if isinstance(rule, (Range, Regex)):
-                rule.check(out, key)
-        return out
-    if origin in (Union, types.UnionType):
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _convert(value, a, key)
-            except ConfigError as e:
-                errors.append(e)
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-    if origin is Literal:
-        if value in args:
-            return value
-        close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}{hint}")
-    if dataclasses.is_dataclass(tp):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {type(value).__name__} {value!r}")
-        return from_dict(tp, value, key)
-    if origin in (list, tuple) or tp in (list, tuple):
-        if isinstance(value, tuple):
-            value = list(value)
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(value) != len(args):
-                raise ConfigError(f"{key}: expected {len(args)} values ({_type_name(tp)}), got {len(value)}")
-            return tuple(_convert(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        item_tp = args[0] if args else Any
-        items = [_convert(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if (origin is tuple or tp is tuple) else items
-    if origin is dict or tp is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
-        vt = args[1] if len(args) == 2 else Any
-        return {str(k): _convert(v, vt, f"{key}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{key}: expected bool (true/false), got {type(value).__name__} {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        raise ConfigError(f"{key}: expected int, got {type(value).__name__} {value!r}")
-    if tp is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):  # YAML reads "1e-4" (no dot) as a string
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if number is None:
-            raise ConfigError(f"{key}: expected float, got {type(value).__name__} {value!r}")
-        if not math.isfinite(number):  # no config value means NaN or infinity; it would only poison training
-            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
-        return number
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise ConfigError(f"{key}: expected str, got {type(value).__name__} {value!r}")
-    if isinstance(tp, type) and isinstance(value, tp):
-        return value
-    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
-
-
-def _former_key(cls: type, key: str, prefix: str = "") -> str | None:
-    """The current full dotted name of a key of section ``cls`` (at dotted ``prefix``) that moved: into a nested
-    section (the nested dataclass lists its former names in ``__former_keys__``, e.g. ``pretrained`` ->
-    ``backbone.weights``), or to another section of the config (``cls`` lists it in ``__moved_keys__`` with its
-    full new name, e.g. ``conv_impl`` -> ``runtime.conv_impl``)."""
-    moved_out = getattr(cls, "__moved_keys__", {})
-    if key in moved_out:
-        return moved_out[key]
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        moved = getattr(hints.get(f.name), "__former_keys__", {})
-        if key in moved:
-            return f"{prefix}{f.name}.{moved[key]}"
-    return None
-
-
-def _field_value(f: dataclasses.Field, tp: Any, value: Any) -> Any:
-    """A nested dataclass field keeps its default instance's values for the keys a config does not give: a
-    partial mapping is merged onto them, and a scalar sets the field named by the class's ``__shorthand__``
-    (``backbone: resnet50`` = ``backbone: {name: resnet50}``)."""
-    if not dataclasses.is_dataclass(tp) or isinstance(value, tp):
-        return value
-    shorthand = getattr(tp, "__shorthand__", None)
-    if shorthand and not isinstance(value, dict):
-        value = {shorthand: value}
-    elif isinstance(value, dict) and _SCALAR in value:     # a shorthand refined by a partial mapping
-        value = dict(value)
-        scalar = value.pop(_SCALAR)
-        if shorthand and shorthand not in value:
-            value = {shorthand: scalar, **value}
-    if not isinstance(value, dict):
-        return value
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        default = f.default_factory()  # type: ignore[misc]
-    elif f.default is not dataclasses.MISSING:
-        default = f.default
-    else:
-        return value
-    return _deep_merge(to_dict(default), value)
-
-
-def from_dict(cls: type, data: dict | None, prefix: str = "") -> Any:
-    """Build dataclass ``cls`` from a plain mapping, checking keys and types recursively."""
-    data = dict(data or {})
-    hints = typing.get_type_hints(cls, include_extras=True)
-    names = {f.name for f in dataclasses.fields(cls)}
-    pre = f"{prefix}." if prefix else ""
-    for k in data:
-        if k not in names:
-            former = _former_key(cls, str(k), pre)
-            close = [pre + c for c in difflib.get_close_matches(str(k), _all_keys(cls), n=1, cutoff=0.5)]
-            close = [former] if former else close
-            hint = f" (did you mean '{close[0]}'?)" if close else f" (valid keys: {', '.join(sorted(names))})"
-            raise ConfigError(f"unknown config key '{pre}{k}'{hint}")
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in data:
-            value = _field_value(f, hints[f.name], data[f.name])
-            kwargs[f.name] = _convert(value, hints[f.name], f"{pre}{f.name}")
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:  # type: ignore[misc]
-            raise ConfigError(f"missing required config key '{pre}{f.name}'")
-    try:
-        obj = cls(**kwargs)
-    except ConfigError:
-        raise
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
-    return obj
-
-
-def to_dict(obj: Any) -> Any:
-    """Dataclass -> plain YAML-safe structures (tuples become lists)."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
-    if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
-    return obj
-
-
-# ----------------------------------------------------------------------------------------------------------
-# The top-level config
-# ----------------------------------------------------------------------------------------------------------
 @dataclass
 class LrRule:
     """Parameters whose name matches ``pattern`` (a regular expression, ``re.search``) get lr x ``lr_mult``
@@ -355,12 +113,6 @@ class TestConfig:
     strict: bool = False              # evaluation stops at an unreadable image (default: skipped and counted)
 
 
-# Filled by regpose.data.config at import time (kept there so the data layer owns its own fields).
-def _data_config_cls():
-    from .data.config import DataConfig
-    return DataConfig
-
-
 @dataclass
 class RuntimeConfig:
     """How a model computes, never what: implementation switches that leave the outputs equal (up to float
@@ -387,25 +139,6 @@ class Config:
 # ----------------------------------------------------------------------------------------------------------
 # Loading: base inheritance, overrides, typing
 # ----------------------------------------------------------------------------------------------------------
-_SCALAR = "_scalar_"   # a section's scalar shorthand kept under a mapping merged onto it (see _field_value)
-
-
-def _deep_merge(base: dict, over: dict) -> dict:
-    """``over`` onto ``base``, recursively. A mapping given for a key whose base value is a scalar shorthand
-    (``backbone: resnet18`` then ``model.backbone.kwargs.x=...``) keeps that scalar under ``_scalar_``, so the
-    partial override refines the section instead of silently replacing its name."""
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and not v.get("_replace_", False):
-            out[k] = _deep_merge(out[k], v)
-        elif isinstance(v, dict) and k in out and not isinstance(out[k], (dict, list)) and out[k] is not None \
-                and not v.get("_replace_", False):
-            out[k] = {_SCALAR: out[k], **v}
-        else:
-            if isinstance(v, dict):
-                v = {kk: vv for kk, vv in v.items() if kk != "_replace_"}
-            out[k] = v
-    return out
 
 
 # Hidden key put next to a split's files while merging: [data.format declared with them, where they were set].
@@ -464,43 +197,17 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
         return raw
     merged: dict = {}
     for b in [bases] if isinstance(bases, str) else list(bases):
-        merged = _deep_merge(merged, _read_yaml((path.parent / b), seen + (path,)))
-    return _deep_merge(merged, raw)
-
-
-def parse_overrides(items: list[str]) -> dict:
-    """``["train.lr=1e-4", "model.num_queries=50"]`` -> nested dict; values are parsed as YAML scalars."""
-    out: dict = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r}: expected key=value (e.g. train.lr=1e-4)")
-        key, value = item.split("=", 1)
-        key = key.strip()
-        if not key or any(not p for p in key.split(".")):
-            raise ConfigError(f"override {item!r}: empty key")
-        try:
-            parsed = yaml.safe_load(value) if value.strip() else ""
-        except yaml.YAMLError:
-            parsed = value
-        node = out
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: '{p}' is both a value and a section")
-        node[parts[-1]] = parsed
-    return out
+        merged = deep_merge(merged, _read_yaml((path.parent / b), seen + (path,)))
+    return deep_merge(merged, raw)
 
 
 def apply_overrides(raw: dict, overrides: list[str] | dict) -> dict:
     over = parse_overrides(overrides) if isinstance(overrides, list) else copy.deepcopy(overrides)
-    return _deep_merge(raw, _mark_data_files(over, "the overrides"))
+    return deep_merge(raw, _mark_data_files(over, "the overrides"))
 
 
 def build_config(raw: dict, name: str = "") -> Config:
     """Type a merged raw mapping: ``method`` chooses the dataclass of the ``model`` section."""
-    from .models.registry import get_method, method_names
-
     raw = dict(raw)
     method = raw.get("method")
     if not isinstance(method, str):
@@ -511,22 +218,21 @@ def build_config(raw: dict, name: str = "") -> Config:
         close = difflib.get_close_matches(method, method_names(), n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(method_names())})"
         raise ConfigError(f"method: unknown method '{method}'{hint}") from None
-    data_cls = _data_config_cls()
     unknown = set(raw) - {f.name for f in dataclasses.fields(Config)}
     if unknown:
         k = sorted(unknown)[0]
-        close = difflib.get_close_matches(k, _all_keys(Config) + ["base"], n=1, cutoff=0.5)
+        close = difflib.get_close_matches(k, dotted_keys(Config) + ["base"], n=1, cutoff=0.5)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(f"unknown config key '{k}'{hint}")
     cfg = Config(
         method=method,
         model=from_dict(spec.config_cls, raw.get("model") or {}, "model"),
-        data=from_dict(data_cls, _check_data_files(raw.get("data") or {}), "data"),
+        data=from_dict(DataConfig, _check_data_files(raw.get("data") or {}), "data"),
         train=from_dict(TrainConfig, raw.get("train") or {}, "train"),
         test=from_dict(TestConfig, raw.get("test") or {}, "test"),
         runtime=from_dict(RuntimeConfig, raw.get("runtime") or {}, "runtime"),
-        output_dir=_convert(raw.get("output_dir", ""), str, "output_dir"),
-        name=_convert(raw.get("name", "") or name, str, "name"),
+        output_dir=convert_value(raw.get("output_dir", ""), str, "output_dir"),
+        name=convert_value(raw.get("name", "") or name, str, "name"),
     )
     if not cfg.output_dir:
         cfg.output_dir = os.path.join("runs", cfg.name or method)

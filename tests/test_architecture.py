@@ -38,8 +38,7 @@ LAYERS = (
     ("assembly (config, checkpoint)", ("regpose.config", "regpose.checkpoint")),
     ("inference", ("regpose.inference",)),
     ("engine", ("regpose.engine",)),
-    ("surface (cli, compat, demo)", ("regpose.cli", "regpose.clitypes", "regpose.compat", "regpose.demo",
-                                     "regpose.__main__")),
+    ("surface (cli, compat, demo)", ("regpose.cli", "regpose.compat", "regpose.demo", "regpose.__main__")),
 )
 
 LAZY_REASON = re.compile(r"#\s*lazy:\s*\S.{3,}")     # "# lazy: <why>" on an in-function import's line(s)
@@ -50,47 +49,25 @@ LAZY_REASON = re.compile(r"#\s*lazy:\s*\S.{3,}")     # "# lazy: <why>" on an in-
 KNOWN_VIOLATIONS = {
     # Import cycles (the set of files on the cycle).
     "cycles": {
-        frozenset({"regpose.config", "regpose.data.config"}):
-            "20.5 / ARCH base layer: the typed-dataclass machinery (Range, PositiveInt ...) moves to regpose/typed.py",
-        frozenset({"regpose.data.datasets", "regpose.inference.topdown"}):
-            "20.1: person boxes are computed before a dataset is built, never requested by the data layer",
-        frozenset({"regpose.inference.export", "regpose.inference.onnx_backend", "regpose.inference.predictor"}):
-            "20.1: one top-down runner and one box source; export / ONNX backend no longer import each other",
     },
     # Upward imports (importer, imported).
     "upward": {
-        ("regpose.data.config", "regpose.config"): "20.5: Range & co. move to regpose/typed.py (base layer)",
-        ("regpose.data.datasets", "regpose.inference.topdown"): "20.1: boxes come from one box source, before the "
-                                                                "dataset",
-        ("regpose.data.show", "regpose.models.registry"): "20.5: show-data moves to the surface (cli/)",
-        ("regpose.inference.commands", "regpose.clitypes"): "20.5: cli/ absorbs inference/commands.py",
-        ("regpose.inference.commands", "regpose.engine.checkpoint"): "20.5: cli/ absorbs inference/commands.py",
-        ("regpose.inference.predictor", "regpose.engine.checkpoint"): "ARCH assembly layer: regpose/checkpoint.py",
-        ("regpose.inference.topdown", "regpose.engine.checkpoint"): "ARCH assembly layer: regpose/checkpoint.py",
     },
     # Package imports inside functions that do not say why (file or package, without .py: how many in it).
     "in_function": {
         "regpose/compat/dekr": (16, "20.5: converters named by MethodSpec, imports at top"),
-        "regpose/compat/official": (4, "20.5: MethodSpec names each converter"),
         "regpose/compat/poseur": (7, "20.5: converters named by MethodSpec, imports at top"),
-        "regpose/config": (2, "20.5: Config assembles the method's dataclass from the registry (assembly "
-                                 "layer), typed.py holds the machinery"),
-        "regpose/data/datasets": (2, "20.1: no detector inside the data layer; 20.5 ConfigError in errors.py"),
-        "regpose/data/show": (2, "20.5: show-data moves to the surface"),
         "regpose/data/transforms": (4, "20.2: codecs per family"),
         "regpose/engine/bench": (2, "20.1: one runner, imports at top"),
         "regpose/engine/budget": (5, "20.1: one runner, imports at top"),
         "regpose/engine/dryrun": (6, "20.1: one runner, imports at top"),
-        "regpose/engine/evaluator": (7, "20.1: the evaluator uses the inference runner"),
         "regpose/engine/recipe": (2, "20.1: imports at top"),
         "regpose/engine/trainer": (7, "20.1: imports at top"),
         "regpose/evaluation/__init__": (4, "20.5: evaluation's public functions at top"),
         "regpose/evaluation/analysis": (1, "20.5: errors at top"),
         "regpose/evaluation/pckh": (1, "20.3: MPII ids from the data layer at top"),
-        "regpose/inference/commands": (15, "20.5: cli/ absorbs inference/commands.py"),
-        "regpose/inference/export": (6, "20.1: the export / ONNX backend cycle goes"),
-        "regpose/inference/predictor": (17, "20.1: one top-down runner"),
-        "regpose/inference/topdown": (13, "20.1: one top-down runner and one box source"),
+        "regpose/cli/inference": (15, "20.5: the infer / export commands (moved from inference/commands.py) "
+                                         "import at top or say why"),
     },
 }
 

@@ -1,31 +1,33 @@
 """Entry points for official checkpoints: ``regpose convert`` and ``regpose reference-check``.
 
-Each released codebase has its converter module here (``dekr``, ``poseur``, ``querypose``) exposing
+Each released codebase has its converter module here, named by the method's ``MethodSpec.converter``, exposing
 ``convert_state_dict(official) -> ours`` (every official key consumed or explicitly listed as unused),
 ``config_from_official(config_json) -> model overrides`` and ``reference_check(folder)``.
 """
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..checkpoint import atomic_save, check_fit
+from ..config import load_config
 from ..errors import RegposeError
+from ..models import build_model
+from ..models.registry import official_converter, official_methods
 from ..models.weights import read_state_dict
 
-__all__ = ["CONVERTERS", "load_official_checkpoint", "convert", "reference_check", "format_report",
+__all__ = ["load_official_checkpoint", "convert", "reference_check", "format_report",
            "load_npz_state_dict"]
-
-CONVERTERS = {"dekr": "regpose.compat.dekr", "poseur": "regpose.compat.poseur", "querypose": "regpose.compat.querypose"}
 
 
 def _converter(method: str):
-    if method not in CONVERTERS:
-        raise RegposeError(f"no official converter for method '{method}' (known: {', '.join(CONVERTERS)})")
-    return importlib.import_module(CONVERTERS[method])
+    conv = official_converter(method)
+    if conv is None:
+        raise RegposeError(f"no official converter for method '{method}' (known: {', '.join(official_methods())})")
+    return conv
 
 
 def load_npz_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -44,21 +46,15 @@ def load_official_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
 def convert(method: str, checkpoint: str | Path, out: str | Path, config: str | None = None,
             kind: str = "model") -> Path:
     """Convert an official checkpoint to our key names, optionally check it loads into ``config``'s model."""
-    from ..engine.checkpoint import atomic_save
-
     conv = _converter(method)
     official = load_official_checkpoint(checkpoint)
     if kind == "rescore":
         if not hasattr(conv, "convert_rescore_state_dict"):
-            raise RegposeError(f"--kind rescore applies to dekr only, not {method}")
+            raise RegposeError(f"--kind rescore: the {method} converter has no rescoring net (DEKR's has)")
         ours = conv.convert_rescore_state_dict(official)
     else:
         ours = conv.convert_state_dict(official)
     if config and kind == "model":
-        from ..config import load_config
-        from ..engine.checkpoint import check_fit
-        from ..models import build_model
-
         cfg = load_config(config)
         if cfg.method != method:
             raise RegposeError(f"--config {config} is a '{cfg.method}' config, not '{method}'")

@@ -344,7 +344,7 @@ def _reference_batch(folder: Path, model) -> dict:
         inverse = np.array([[rx, 0, 0.5 * rx - 0.5], [0, ry, 0.5 * ry - 0.5]], dtype=np.float64)
         samples.append({"image": (img - mean) / std, "meta": {
             "image_id": b, "sample_index": b, "file_name": f"image{b}", "orig_size": (int(oh), int(ow)),
-            "input_size": (int(ih), int(iw)), "inverse": inverse}})
+            "input_hw": (int(ih), int(iw)), "inverse": inverse}})
     return collate(samples, model.size_divisibility)
 
 
@@ -363,7 +363,7 @@ def reference_check(folder: str | Path, conv_impl: str | None = None) -> list[tu
         model.conv_impl = conv_impl
     ref = np.load(folder / "outputs.npz")
     batch = _reference_batch(folder, model)
-    sizes = torch.tensor([list(m["input_size"]) for m in batch["metas"]])
+    sizes = torch.tensor([list(m["input_hw"]) for m in batch["metas"]])
     rows: list[tuple[str, float, float]] = []
 
     def add(name, ours, theirs, tol):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from ..config import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range
+from ..typed import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range
 
 __all__ = ["DataConfig", "KeypointsConfig", "SplitConfig", "SynthSpec", "AugmentConfig", "BottomUpAugment", "OneStageAugment",
            "TopDownAugment", "ColorAugment"]

@@ -42,10 +42,12 @@ from torch.utils.data import Dataset
 from ..errors import ConfigError, DataError
 from ..jsonio import read_json
 from .keypoints import KeypointMeta, get_meta, keypoint_layout
+from .synthetic import generate, synth_info
 
 __all__ = ["ImageRecord", "read_image", "load_records", "load_annotation_file", "ensure_synthetic", "ignore_mask",
            "load_detections", "read_detections", "ImageDataset", "TopDownDataset", "build_dataset", "evaluation_gt",
-           "filter_records", "clean_gt_boxes", "annotation_paths", "raw_sample", "check_finite"]
+           "filter_records", "clean_gt_boxes", "annotation_paths", "raw_sample", "unannotated_sample",
+           "person_sample", "check_finite"]
 
 log = logging.getLogger("regpose.data")
 
@@ -411,8 +413,6 @@ def ensure_synthetic(split, fmt: str, keypoints: KeypointMeta | None = None) -> 
     Safe when several processes race: each generates into a private temporary folder next to ``root`` and renames
     it into place; the loser discards its copy. An existing folder generated with other settings is an error
     (delete it or change ``root``)."""
-    from .synthetic import generate, synth_info
-
     spec = split.synthetic
     if not split.root:
         raise DataError("synthetic split needs data.<split>.root (the folder to generate into)")
@@ -628,6 +628,25 @@ def raw_sample(record: ImageRecord, image: np.ndarray, index: int) -> dict:
     }
 
 
+def unannotated_sample(image: np.ndarray, image_id: int, file_name: str, num_keypoints: int) -> dict:
+    """The raw sample (module docstring) of a picture without annotations (``regpose infer``, a detector's input):
+    no people, no record."""
+    return {"image": image, "image_id": int(image_id), "file_name": str(file_name), "sample_index": 0,
+            "orig_size": (int(image.shape[0]), int(image.shape[1])),
+            "keypoints": np.zeros((0, num_keypoints, 3), np.float32), "boxes": np.zeros((0, 4), np.float32),
+            "areas": np.zeros(0, np.float32), "iscrowd": np.zeros(0, bool), "num_keypoints": np.zeros(0, np.int64),
+            "ann_ids": np.zeros(0, np.int64)}
+
+
+def person_sample(sample: dict, box_xywh: np.ndarray, score: float, person_index: int = -1) -> dict:
+    """``sample`` (a whole-image raw sample, changed in place and returned) as the top-down sample of one person
+    box: the box as x, y, w, h and x1, y1, x2, y2, its score (1 for ground truth) and the annotated person it is
+    (-1: a detection)."""
+    xywh = np.asarray(box_xywh, dtype=np.float64)[:4].copy()
+    sample.update(box_xywh=xywh, box=_xywh_to_xyxy(xywh), box_score=float(score), person_index=int(person_index))
+    return sample
+
+
 class _SkippingDataset(Dataset):
     """Shared image loading with optional skipping of corrupt files (counted, warned)."""
 
@@ -720,19 +739,17 @@ class TopDownDataset(_SkippingDataset):
         return self.records[self._rec[index]]
 
     def _make(self, index: int, image: np.ndarray) -> dict:
-        s = raw_sample(self.records[self._rec[index]], image, index)
-        xywh = self._box[index].copy()
-        s["box_xywh"] = xywh
-        s["box"] = _xywh_to_xyxy(xywh)
-        s["box_score"] = float(self._score[index])
-        s["person_index"] = int(self._person[index])
-        return s
+        return person_sample(raw_sample(self.records[self._rec[index]], image, index), self._box[index],
+                             self._score[index], self._person[index])
 
 
 def build_dataset(cfg, split: Literal["train", "val"], transform: Callable | None,
-                  family: Literal["bottomup", "onestage", "topdown"]) -> Dataset:
+                  family: Literal["bottomup", "onestage", "topdown"],
+                  person_boxes: dict[int, np.ndarray] | None = None) -> Dataset:
     """The dataset a method of ``family`` trains / evaluates on. Training drops images (or people) the family's
-    official code drops; top-down evaluation takes its boxes from ``cfg.test.boxes`` ('gt' or 'detections')."""
+    official code drops. Top-down evaluation crops the person boxes ``cfg.test.boxes`` names: cleaned ground truth
+    ('gt') or a detections json ('detections'); boxes computed elsewhere (a detector model, 'model') come in as
+    ``person_boxes`` ``{image_id: (n, 5) x, y, w, h, score}`` - the data layer never runs a model."""
     if split not in ("train", "val"):
         raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
     fmt = cfg.data.format
@@ -740,22 +757,15 @@ def build_dataset(cfg, split: Literal["train", "val"], transform: Callable | Non
     train = split == "train"
     skip = bool(train and getattr(cfg.train, "skip_corrupt_images", False))
     if family == "topdown":
-        if train or cfg.test.boxes == "gt":
+        if person_boxes is None and (train or cfg.test.boxes == "gt"):
             dataset = TopDownDataset(records, transform, boxes="gt", skip_corrupt=skip)
             if train:
                 _require_samples(dataset, records, cfg, "people with labelled keypoints, not crowd, and a box of "
                                  "positive size inside the image")
             return dataset
-        if cfg.test.boxes == "detections":
-            if not cfg.test.detections:
-                raise ConfigError("test.detections: a detections json is required when test.boxes is 'detections'")
-            dets = load_detections(cfg.test.detections, cfg.test.det_score_threshold)
-            return TopDownDataset(records, transform, boxes="detections", detections=dets,
-                                  det_score_threshold=cfg.test.det_score_threshold)
-        from ..inference.topdown import model_detections  # person boxes from a regpose detector model
-
-        dets = model_detections(cfg, records)
-        return TopDownDataset(records, transform, boxes="detections", detections=dets,
+        if person_boxes is None:
+            person_boxes = _detections_of(cfg)
+        return TopDownDataset(records, transform, boxes="detections", detections=person_boxes,
                               det_score_threshold=cfg.test.det_score_threshold)
     if family not in ("bottomup", "onestage"):
         raise ConfigError(f"unknown method family {family!r}")
@@ -766,6 +776,18 @@ def build_dataset(cfg, split: Literal["train", "val"], transform: Callable | Non
         f" and at least {cfg.data.train_min_keypoints} labelled keypoints" if cfg.data.train_min_keypoints else "")
     _require_samples(dataset, records, cfg, need)
     return dataset
+
+
+def _detections_of(cfg) -> dict[int, np.ndarray]:
+    """The person boxes of ``test.detections`` (``test.boxes: detections``); other box sources are computed before
+    the dataset is built and passed as ``person_boxes``."""
+    t = cfg.test
+    if t.boxes == "detections":
+        if not t.detections:
+            raise ConfigError("test.detections: a detections json is required when test.boxes is 'detections'")
+        return load_detections(t.detections, t.det_score_threshold)
+    raise ConfigError(f"test.boxes: '{t.boxes}' boxes are computed before the dataset is built: pass them as "
+                      f"build_dataset(..., person_boxes=...) (regpose.engine.evaluator.evaluation_dataset does)")
 
 
 def _require_samples(dataset: Dataset, records: list[ImageRecord], cfg, need: str) -> None:

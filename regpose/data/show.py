@@ -1,4 +1,4 @@
-"""``regpose show-data``: render augmented training samples as the network sees them, with their keypoints and
+"""Render augmented training samples (``regpose show-data``, :mod:`regpose.cli.show_data`) as the network sees them, with their keypoints and
 skeleton and every heatmap-like target overlaid, so a person can check augmentation and target encoding.
 
 The keypoints drawn are the raw annotations mapped through the sample's own ``meta["inverse"]`` (inverted), so
@@ -18,10 +18,10 @@ import numpy as np
 from ..drawing import draw_poses
 from ..errors import DataError
 from ..structures import PoseResult
-from .keypoints import KeypointMeta, keypoint_layout
+from .keypoints import KeypointMeta
 from .transforms import apply_affine
 
-__all__ = ["show_data", "draw_keypoints", "render_sample"]
+__all__ = ["render_samples", "draw_keypoints", "render_sample"]
 
 def draw_keypoints(image: np.ndarray, keypoints: np.ndarray, meta: KeypointMeta,
                    highlight: int | None = None) -> np.ndarray:
@@ -107,20 +107,14 @@ def render_sample(sample: dict, raw_keypoints: np.ndarray, meta: KeypointMeta, p
     return np.concatenate(panels, axis=1)
 
 
-def show_data(cfg, out_dir, num_samples: int = 8, split: str = "train", seed: int = 0,
-              transform: Callable | None = None) -> list[Path]:
-    """Render ``num_samples`` samples of ``split`` through the method's transform (``train=True`` for the train
-    split) into ``out_dir/sample_XX_<image_id>.png``; returns the paths. ``transform`` overrides the method's."""
-    from ..models.registry import get_method
-    from .datasets import build_dataset
-
-    spec = get_method(cfg.method)
-    if transform is None:
-        transform = spec.transform(cfg, split == "train")
-    dataset = build_dataset(cfg, split, None, spec.family)
+def render_samples(dataset, transform: Callable, meta: KeypointMeta, out_dir, num_samples: int = 8, seed: int = 0,
+                   source: str = "the transform") -> list[Path]:
+    """Render ``num_samples`` raw samples of ``dataset``, picked by ``seed``, through ``transform`` (a method's
+    augmentation and target encoding) into ``out_dir/sample_XX_<image_id>.png``; returns the paths. ``source``
+    names the transform in errors. The same seed gives the same pictures (the transforms draw from Python's and
+    numpy's global generators, seeded per sample)."""
     if len(dataset) == 0:
-        raise DataError(f"data.{split}: the dataset is empty")
-    meta = keypoint_layout(cfg.data)
+        raise DataError(f"{source}: the dataset is empty")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -134,8 +128,7 @@ def show_data(cfg, out_dir, num_samples: int = 8, split: str = "train", seed: in
         np.random.seed((seed * 100003 + j) % (2 ** 32))
         sample = transform(raw)
         if "meta" not in sample or "inverse" not in sample["meta"]:
-            raise DataError(f"method {cfg.method!r}: its transform returned no meta['inverse'] (see "
-                            f"regpose.models.base)")
+            raise DataError(f"{source}: the transform returned no meta['inverse'] (see regpose.models.base)")
         pic = render_sample(sample, raw_kp, meta, person)
         path = out / f"sample_{j:02d}_{int(sample['meta']['image_id'])}.png"
         cv2.imwrite(str(path), cv2.cvtColor(pic, cv2.COLOR_RGB2BGR))

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "to_tensor_normalize", "denormalize",
+    "IMAGENET_MEAN", "IMAGENET_STD", "to_tensor_normalize",
     "Compose", "apply_affine", "transform_boxes", "inverse_affine", "make_meta", "select_people", "flip_matrix",
     "HorizontalFlip", "ResizeShortestEdge", "RandomCrop", "OneStageAugmentation", "OneStageAnnotations",
     "BottomUpRandomAffine", "BottomUpTestResize", "dekr_affine_matrix",
@@ -70,14 +70,6 @@ def to_tensor_normalize(image: np.ndarray, mean: Sequence[float] = IMAGENET_MEAN
     m = torch.as_tensor(mean, dtype=torch.float32).view(-1, 1, 1)
     s = torch.as_tensor(std, dtype=torch.float32).view(-1, 1, 1)
     return t.sub_(m).div_(s)
-
-
-def denormalize(tensor: torch.Tensor, mean: Sequence[float] = IMAGENET_MEAN,
-                std: Sequence[float] = IMAGENET_STD) -> np.ndarray:
-    """Inverse of :func:`to_tensor_normalize` for display: (3, H, W) -> uint8 (H, W, 3)."""
-    t = tensor.detach().cpu().float()
-    t = t * torch.as_tensor(std).view(-1, 1, 1) + torch.as_tensor(mean).view(-1, 1, 1)
-    return (t.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 # ==========================================================================================================
@@ -183,7 +175,7 @@ def make_meta(sample: dict, **extra) -> dict:
         "sample_index": int(sample["sample_index"]),
         "file_name": sample["file_name"],
         "orig_size": tuple(int(v) for v in sample["orig_size"]),
-        "input_size": (int(h), int(w)),
+        "input_hw": (int(h), int(w)),
         "inverse": inverse_affine(sample)[:2].copy(),
     }
     for k in ("center", "scale", "rotation", "box", "box_score", "person_index", "flipped", "area_scale", "augment"):

@@ -112,7 +112,7 @@ def run_bench(cfg, input_hw: tuple[int, int] | None = None, batch_sizes=(1,), wa
     """Build the model of ``cfg`` and measure it. ``mode``: ``forward`` (network only, eval mode) or
     ``predict`` (network + the method's decoding/post-processing via ``predict``)."""
     from ..models import build_model
-    from .checkpoint import load_model_weights
+    from ..checkpoint import load_model_weights
 
     if threads:
         torch.set_num_threads(threads)
@@ -133,7 +133,7 @@ def run_bench(cfg, input_hw: tuple[int, int] | None = None, batch_sizes=(1,), wa
         if mode == "forward":
             return lambda: model(images)
         hh, ww = input_hw
-        metas = [{"image_id": i, "sample_index": i, "file_name": "", "orig_size": (hh, ww), "input_size": (hh, ww),
+        metas = [{"image_id": i, "sample_index": i, "file_name": "", "orig_size": (hh, ww), "input_hw": (hh, ww),
                   "inverse": [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], "box": [0.0, 0.0, ww - 1.0, hh - 1.0],
                   "box_score": 1.0, "center": [ww / 2, hh / 2], "scale": [ww / 200 * 1.25, hh / 200 * 1.25]}
                  for i in range(b)]

@@ -10,7 +10,6 @@ other images (COCO-style ground truth without the skipped ones). ``test.strict``
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -20,27 +19,42 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from ..data.collate import CatchErrors, Collate
+from ..data.datasets import build_dataset, evaluation_gt, load_records
 from ..data.keypoints import keypoint_layout
 from ..errors import DataError
+from ..evaluation import evaluate
+from ..inference.boxes import boxes_of_records
+from ..inference.predictor import build_box_source
+from ..inference.runner import PoseRunner, write_results
 from ..jsonio import read_json
-from ..structures import PoseResult, to_coco_results
+from ..models.registry import get_method
 from . import dist
 from .logging import get_logger
 from .samplers import InferenceSampler
 
 __all__ = ["build_eval_loader", "run_inference", "collect_results", "evaluate_model", "has_annotations",
-           "check_ground_truth", "evaluation_dataset"]
+           "check_ground_truth", "evaluation_dataset", "person_boxes"]
 
 
-def evaluation_dataset(cfg, split: str = "val"):
-    """The dataset of an evaluation split, its ground truth checked first (:func:`check_ground_truth`); a split
-    with nothing to evaluate is an error, not an empty results file."""
-    from ..data.datasets import build_dataset
-    from ..models.registry import get_method
+def person_boxes(cfg, split: str = "val", device: str | torch.device = "cpu") -> dict[int, np.ndarray] | None:
+    """The person boxes of a top-down evaluation whose boxes come from a detector model (``test.boxes: model``):
+    ``{image_id: (n, 5)}`` over every image of the split, computed here, before the dataset is built. None for
+    the boxes the data layer reads itself (ground truth, a detections json) and for whole-image methods."""
+    if get_method(cfg.method).family != "topdown" or cfg.test.boxes != "model":
+        return None
+    records = load_records(getattr(cfg.data, split), cfg.data.format, cfg.data.invalid_annotations,
+                           keypoint_layout(cfg.data))
+    return boxes_of_records(build_box_source(cfg, records, device), records)
 
+
+def evaluation_dataset(cfg, split: str = "val", device: str | torch.device = "cpu"):
+    """The dataset of an evaluation split, its ground truth checked first (:func:`check_ground_truth`) and its
+    person boxes resolved (:func:`person_boxes`, a detector running on ``device``); a split with nothing to
+    evaluate is an error, not an empty results file."""
     spec = get_method(cfg.method)
     gt = check_ground_truth(cfg, split)
-    dataset = build_dataset(cfg, split, spec.transform(cfg, False), spec.family)
+    dataset = build_dataset(cfg, split, spec.transform(cfg, False), spec.family, person_boxes(cfg, split, device))
     if len(dataset) == 0:
         hint = (" (top-down evaluation with test.boxes=gt crops the annotated people; for a split without them give "
                 "person boxes: test.boxes=detections or model)" if spec.family == "topdown" and cfg.test.boxes == "gt"
@@ -49,35 +63,29 @@ def evaluation_dataset(cfg, split: str = "val"):
     return dataset
 
 
-def build_eval_loader(cfg, model, split: str = "val", dataset=None) -> DataLoader:
-    from ..data.collate import CatchErrors, Collate
-
+def build_eval_loader(cfg, model, split: str = "val", dataset=None, device: str | torch.device = "cpu"
+                      ) -> DataLoader:
     if dataset is None:
-        dataset = evaluation_dataset(cfg, split)
+        dataset = evaluation_dataset(cfg, split, device)
     sampler = InferenceSampler(len(dataset), dist.get_rank(), dist.get_world_size())
     workers = min(cfg.train.num_workers, 4)
     return DataLoader(CatchErrors(dataset), batch_size=cfg.test.batch_size, sampler=sampler, num_workers=workers,
                       collate_fn=Collate(getattr(model, "size_divisibility", 1)), persistent_workers=False)
 
 
-def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    return images.to(device, non_blocking=True)
-
-
-@torch.no_grad()
-def run_inference(model, loader: DataLoader, test_cfg, device: torch.device, desc: str = "eval"
-                  ) -> tuple[list, list]:
+def run_inference(runner: PoseRunner, loader: DataLoader, desc: str = "eval") -> tuple[list, list]:
     """Predict every sample of this rank's shard: (list of (sample_index, image_id, meta, PoseResult), list of the
-    :class:`~regpose.data.collate.SampleError` of samples that could not be loaded; with ``test_cfg.strict`` the
+    :class:`~regpose.data.collate.SampleError` of samples that could not be loaded; with ``test.strict`` the
     first of those is raised instead)."""
-    model.eval()
+    runner.model.eval()
+    strict = runner.test_cfg.strict
     out, errors = [], []
     show = dist.is_main_process()
     bar = tqdm(total=len(loader.sampler), desc=desc, unit="img", disable=not show, dynamic_ncols=True,
                leave=False)
     for batch in loader:
         for e in batch["errors"]:
-            if test_cfg.strict:
+            if strict:
                 raise DataError(f"{e.message} (test.strict=true: evaluation stops at an unreadable image)")
             if e.message not in {x.message for x in errors}:   # one line per image, as `infer` reports inputs
                 tqdm.write(f"skipped: {e.message}", file=sys.stderr)
@@ -85,9 +93,7 @@ def run_inference(model, loader: DataLoader, test_cfg, device: torch.device, des
         bar.update(len(batch["errors"]))
         if not batch["metas"]:
             continue
-        batch["images"] = _to_device(batch["images"], device)
-        results = model.predict(batch, test_cfg)
-        for meta, res in zip(batch["metas"], results):
+        for meta, res in runner.predict_batch(batch):
             # never gather images across processes (records and raw images stay local)
             light = {k: v for k, v in meta.items() if k not in ("record", "image_raw")}
             out.append((int(meta["sample_index"]), int(meta["image_id"]), light, res))
@@ -96,7 +102,7 @@ def run_inference(model, loader: DataLoader, test_cfg, device: torch.device, des
     return out, errors
 
 
-def collect_results(model, local: list, test_cfg, num_keypoints: int) -> dict[int, PoseResult] | None:
+def collect_results(runner: PoseRunner, local: list) -> dict[int, PoseResult] | None:
     """Gather every rank's predictions on rank 0; one finalized PoseResult per image id (None elsewhere)."""
     gathered = dist.all_gather_object(local)
     if not dist.is_main_process():
@@ -111,16 +117,7 @@ def collect_results(model, local: list, test_cfg, num_keypoints: int) -> dict[in
             seen.add(sample_index)
             per_image.setdefault(image_id, []).append(res)
             metas.setdefault(image_id, meta)
-    final = {}
-    for image_id, parts in per_image.items():
-        res = PoseResult.concat(parts, num_keypoints)
-        res = model.finalize(res, metas[image_id])
-        if len(res):
-            keep = res.scores >= test_cfg.score_threshold
-            res = res.select(np.nonzero(keep)[0]).sorted()
-            res = res.select(np.arange(min(len(res), test_cfg.max_people)))
-        final[image_id] = res
-    return final
+    return {image_id: runner.finalize(parts, metas[image_id]) for image_id, parts in per_image.items()}
 
 
 def has_annotations(gt: str | dict | list) -> bool:
@@ -136,9 +133,6 @@ def check_ground_truth(cfg, split: str = "val") -> str:
     """The split's evaluation ground truth, checked before anything is predicted: malformed or non-finite entries,
     CrowdPose without crowdIndex... are reported up front, not after the whole split was predicted (or, while
     training, at the first evaluation hours later). Returns its path."""
-    from ..data.datasets import evaluation_gt
-    from ..evaluation import evaluate
-
     gt = evaluation_gt(cfg, split)
     if has_annotations(gt):
         evaluate(gt, [], dataset=cfg.data.format, sigmas=_sigmas(cfg))   # reads every field scoring needs
@@ -171,27 +165,20 @@ def _without_skipped_images(gt_path: str, errors: list, fmt: str, num_samples: i
 def evaluate_model(cfg, model, device: torch.device, split: str = "val", out_dir: str | Path | None = None,
                    dataset=None, tag: str = "") -> tuple[dict | None, Path | None]:
     """Predict the split, write ``results_<split>.json`` and return (metrics or None, results path) on rank 0."""
-    from ..data.datasets import evaluation_gt
-    from ..evaluation import evaluate
-
     log = get_logger()
     t0 = time.time()
-    loader = build_eval_loader(cfg, model, split, dataset)
-    local, errors = run_inference(model, loader, cfg.test, device, desc=f"eval {tag}".strip())
+    runner = PoseRunner(model, cfg, device=device)
+    loader = build_eval_loader(cfg, model, split, dataset, device)
+    local, errors = run_inference(runner, loader, desc=f"eval {tag}".strip())
     errors = [e for part in dist.all_gather_object(errors) for e in part]
-    final = collect_results(model, local, cfg.test, model.num_keypoints)
+    final = collect_results(runner, local)
     if final is None:
         dist.barrier()
         return None, None
-    results = []
-    for image_id in sorted(final):
-        results.extend(to_coco_results(final[image_id], image_id))
     out = Path(out_dir or cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    res_path = out / f"results_{split}{('_' + tag) if tag else ''}.json"
-    tmp = res_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results))
-    tmp.replace(res_path)
+    res_path = write_results(final, out / f"results_{split}{('_' + tag) if tag else ''}.json",
+                             cfg.test.score_threshold, cfg.test.max_people)
+    results = read_json(res_path)
     gt = evaluation_gt(cfg, split)
     metrics = None
     if errors:

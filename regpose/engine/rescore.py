@@ -16,9 +16,9 @@ from ..data.collate import Collate
 from ..data.datasets import ImageDataset, load_records
 from ..data.keypoints import keypoint_layout
 from ..errors import DataError
-from ..evaluation.oks import oks_matrix
+from ..evaluation.oks import coco_oks
 from ..models.dekr import DEKR, DEKREvalTransform, PredictOKSNet, build_dekr, rescore_features
-from .checkpoint import atomic_save, load_model_weights
+from ..checkpoint import atomic_save, load_model_weights
 
 __all__ = ["train_rescore"]
 
@@ -45,7 +45,7 @@ def _rescore_records(model: DEKR, cfg, max_images: int | None, device) -> tuple[
             continue
         top = np.argsort(-res.scores, kind="mergesort")[:20]
         kpts = res.keypoints[top]
-        oks = oks_matrix(kpts, rec.keypoints, rec.areas, sigmas, rec.boxes).max(axis=1)
+        oks = coco_oks(kpts, rec.keypoints, rec.areas, sigmas, rec.boxes).max(axis=1)
         oks[oks == 1] = 0
         feats.append(rescore_features(kpts, model.keypoints))
         targets.append(oks.astype(np.float32))

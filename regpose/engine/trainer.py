@@ -28,7 +28,7 @@ from ..data.keypoints import keypoint_layout, layout_section
 from ..errors import DataError, RegposeError
 from ..models.base import total_loss
 from . import dist
-from .checkpoint import atomic_save, load_checkpoint, load_model_weights, remove_stale_temporaries
+from ..checkpoint import atomic_save, load_checkpoint, load_model_weights, remove_stale_temporaries
 from .ema import ModelEMA
 from .logging import MetricWriter, format_seconds, get_logger
 from .samplers import SeededDataset, TrainBatchSampler

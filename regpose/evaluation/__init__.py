@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 from .coco import COCO_KEYS, CROWDPOSE_KEYS, evaluate_coco
-from .oks import oks_matrix
+from .oks import coco_oks
 
-__all__ = ["evaluate", "format_metrics", "evaluate_coco", "evaluate_pckh", "oks_matrix", "COCO_KEYS",
+__all__ = ["evaluate", "format_metrics", "evaluate_coco", "evaluate_pckh", "coco_oks", "COCO_KEYS",
            "CROWDPOSE_KEYS", "DATASETS"]
 
 DATASETS = ("coco", "crowdpose", "ochuman", "mpii")

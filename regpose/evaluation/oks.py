@@ -5,13 +5,14 @@ OKS between a prediction d and a ground truth g with labelled keypoints L (v > 0
     e_k = (dx_k² + dy_k²) / (2 sigma_k)² / (area + eps) / 2,      OKS = mean_{k in L} exp(-e_k)
 
 A ground truth without labelled keypoints measures the distance to its box grown by the box size on each side
-(and averages over all K). Shared by the evaluator, OKS-NMS and tracking.
+(and averages over all K). Shared by the evaluator, DEKR's rescore-net targets and tracking; OKS-NMS between
+predictions uses mmpose's symmetric variant (:func:`regpose.ops.pairwise_oks`).
 """
 from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["oks_core", "oks_matrix"]
+__all__ = ["oks_core", "coco_oks"]
 
 _EPS = np.spacing(1)
 
@@ -37,9 +38,9 @@ def oks_core(xd: np.ndarray, yd: np.ndarray, xg: np.ndarray, yg: np.ndarray, vg:
     return num / den
 
 
-def oks_matrix(dt_keypoints: np.ndarray, gt_keypoints: np.ndarray, gt_areas: np.ndarray, sigmas: np.ndarray,
+def coco_oks(dt_keypoints: np.ndarray, gt_keypoints: np.ndarray, gt_areas: np.ndarray, sigmas: np.ndarray,
                gt_boxes: np.ndarray | None = None) -> np.ndarray:
-    """OKS of every prediction against every ground truth (one image).
+    """OKS of every prediction against every ground truth of one image, as COCOeval's ``computeOks``.
 
     dt_keypoints (D, K, 2+) and gt_keypoints (G, K, 3) in pixels, gt_areas (G,), sigmas (K,); gt_boxes (G, 4) x, y,
     w, h are needed only for ground truths without labelled keypoints. Returns (D, G)."""

@@ -1,5 +1,6 @@
-"""Using a trained model: :class:`Predictor` (images, videos, tracking, rendering), the shared top-down pipeline,
-ONNX export and the ONNX Runtime backend, and the ``regpose infer`` / ``regpose export`` commands.
+"""Using a trained model: :class:`Predictor` (images, videos, tracking, rendering), the one inference pipeline
+(:class:`PoseRunner`, also the evaluator's) and its person-box sources, ONNX export and the ONNX Runtime backend,
+and the ``regpose infer`` / ``regpose export`` commands.
 
 Submodules are imported lazily so ``import regpose.inference`` stays light."""
 from __future__ import annotations
@@ -7,12 +8,12 @@ from __future__ import annotations
 import importlib
 
 __all__ = ["Predictor", "PoseTracker", "Renderer", "export_onnx", "OnnxRuntimeNetwork",
-           "attach_onnx", "TopDownPredictor"]
+           "attach_onnx", "PoseRunner"]
 
 _LAZY = {
     "Predictor": "predictor", "PoseTracker": "tracking", "Renderer": "visualize",
     "export_onnx": "export", "OnnxRuntimeNetwork": "onnx_backend", "attach_onnx": "onnx_backend",
-    "TopDownPredictor": "topdown",
+    "PoseRunner": "runner",
 }
 
 

@@ -28,12 +28,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import __version__
+from ..config import save_config
 from ..errors import RegposeError
+from ..models.registry import get_method
+from .onnx_backend import create_session
+from .onnx_graph import METADATA_PREFIX, flatten_outputs, unflatten_outputs
+from .runner import image_sample
 
 __all__ = ["ExportError", "ExportResult", "export_onnx", "network_input_names", "describe_outputs",
            "flatten_outputs", "unflatten_outputs", "example_inputs", "METADATA_PREFIX", "DEFAULT_OPSET"]
 
-METADATA_PREFIX = "regpose."
 DEFAULT_OPSET = 17
 # Extra (non-image) forward inputs the exporter knows how to make, in graph-input order.
 _EXTRA_INPUTS = ("image_sizes",)
@@ -62,22 +67,6 @@ def describe_outputs(out) -> dict:
     raise ExportError(f"eval forward returns {type(out).__name__}; expected a tensor, a tuple or a dict of tensors")
 
 
-def flatten_outputs(out, structure: dict) -> tuple:
-    if structure["kind"] == "tensor":
-        return (out,)
-    if structure["kind"] == "dict":
-        return tuple(out[k] for k in structure["names"])
-    return tuple(out)
-
-
-def unflatten_outputs(values: list, structure: dict):
-    if structure["kind"] == "tensor":
-        return values[0]
-    if structure["kind"] == "dict":
-        return dict(zip(structure["names"], values))
-    return tuple(values)
-
-
 def network_input_names(module: nn.Module) -> list[str]:
     """``images`` plus the extra tensors ``module.forward`` accepts (QueryPose: ``image_sizes``)."""
     params = inspect.signature(module.forward).parameters
@@ -102,7 +91,6 @@ class _GraphModule(nn.Module):
 # Example inputs
 # ----------------------------------------------------------------------------------------------------------
 def _family(cfg) -> str:
-    from ..models.registry import get_method
     return get_method(cfg.method).family
 
 
@@ -112,12 +100,9 @@ def default_input_size(cfg, model, image_hw: tuple[int, int] = (480, 640)) -> tu
     if _family(cfg) == "topdown":
         w, h = cfg.data.input_size
         return int(h), int(w)
-    from ..models.registry import get_method
-    from .predictor import test_sample
-
     div = max(1, int(getattr(model, "size_divisibility", 1)))
     try:
-        sample = test_sample(get_method(cfg.method).transform(cfg, False), np.zeros((*image_hw, 3), np.uint8), 0, "",
+        sample = image_sample(get_method(cfg.method).transform(cfg, False), np.zeros((*image_hw, 3), np.uint8), 0, "",
                              model.num_keypoints)
         h, w = (int(v) for v in sample["image"].shape[-2:])
     except NotImplementedError:   # a method whose data transform is not there yet: the picture itself
@@ -228,10 +213,7 @@ def _check_input_size(model, cfg, input_hw: tuple[int, int]) -> None:
 
 def _export(model: nn.Module, cfg, out: Path, dynamic: bool, input_hw, batch_size: int, opset: int,
             verify: bool) -> ExportResult:
-    import onnx
-
-    from .. import __version__
-    from ..config import save_config
+    import onnx   # lazy: optional dependency (pip install 'regpose[onnx]'), needed only to export
 
     model = model.eval().cpu()
     net = model.export_module().eval()
@@ -285,8 +267,6 @@ def _export(model: nn.Module, cfg, out: Path, dynamic: bool, input_hw, batch_siz
     result = ExportResult(out, input_names, {n: list(inputs[n].shape) for n in input_names}, structure["names"],
                           bool(dynamic))
     if verify:
-        from .onnx_backend import create_session
-
         session = create_session(out)
         checks = [inputs]
         if dynamic:   # a second shape: batch 2 and (whole-image methods) another height and width

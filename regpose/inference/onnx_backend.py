@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, RegposeError
-from .export import METADATA_PREFIX, unflatten_outputs
+from .onnx_graph import METADATA_PREFIX, unflatten_outputs
 
 __all__ = ["create_session", "read_metadata", "OnnxRuntimeNetwork", "attach_onnx"]
 

@@ -13,18 +13,30 @@ one-stage regpose detector (``detector=``), or boxes passed per call.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from ..config import Config, ConfigError, load_config
+from ..config import Config, ConfigError, load_config, to_dict
+from ..data.datasets import read_image
+from ..data.keypoints import keypoint_layout
+from ..checkpoint import load_model_weights
 from ..errors import DataError, InputError
+from ..models import build_model
+from ..models.registry import get_method
 from ..structures import PoseResult
+from .boxes import BoxSource, DetectionBoxes, DetectorBoxes, GroundTruthBoxes, unique_image_ids
+from .onnx_backend import OnnxRuntimeNetwork, attach_onnx
+from .runner import PoseRunner
+from .tracking import PoseTracker
+from .video import VideoReader
+from .visualize import Renderer
 
-__all__ = ["Predictor", "as_rgb_image", "load_image", "raw_image_sample", "test_sample", "resolve_device"]
+__all__ = ["Predictor", "as_rgb_image", "load_image", "resolve_device", "build_box_source", "detector_boxes"]
 
 log = logging.getLogger("regpose.inference")
 
@@ -67,36 +79,10 @@ def as_rgb_image(image: np.ndarray, bgr: bool = False, name: str = "image") -> n
 def load_image(path: str | os.PathLike) -> np.ndarray:
     """An image file -> uint8 (H, W, 3) RGB with OpenCV (EXIF orientation applied, grayscale expanded, alpha
     dropped, 16-bit scaled to 8-bit). Unreadable files raise :class:`InputError` naming the file."""
-    from ..data.datasets import read_image
-
     try:
         return read_image(path)
     except DataError as e:
         raise InputError(str(e)) from None
-
-
-def raw_image_sample(image: np.ndarray, image_id: int, file_name: str, num_keypoints: int) -> dict:
-    """A whole-image raw sample (:mod:`regpose.data.datasets` format) with no annotated people."""
-    return {"image": image, "image_id": int(image_id), "file_name": str(file_name), "sample_index": 0,
-            "orig_size": (int(image.shape[0]), int(image.shape[1])),
-            "keypoints": np.zeros((0, num_keypoints, 3), np.float32), "boxes": np.zeros((0, 4), np.float32),
-            "areas": np.zeros(0, np.float32), "iscrowd": np.zeros(0, bool), "num_keypoints": np.zeros(0, np.int64),
-            "ann_ids": np.zeros(0, np.int64)}
-
-
-def test_sample(transform, image: np.ndarray, image_id: int, file_name: str, num_keypoints: int) -> dict:
-    """A method's test sample of a picture without annotations. A transform that cannot handle zero people (target
-    encoding of an empty set) gets one unlabelled whole-image placeholder person instead: it only reaches the
-    unused target, never the image or the meta."""
-    try:
-        return transform(raw_image_sample(image, image_id, file_name, num_keypoints))
-    except (ValueError, IndexError):
-        h, w = image.shape[:2]
-        raw = raw_image_sample(image, image_id, file_name, num_keypoints)
-        raw.update(keypoints=np.zeros((1, num_keypoints, 3), np.float32), boxes=np.array([[0, 0, w, h]], np.float32),
-                   areas=np.array([w * h], np.float32), iscrowd=np.zeros(1, bool), num_keypoints=np.zeros(1, np.int64),
-                   ann_ids=np.zeros(1, np.int64))
-        return transform(raw)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
@@ -110,11 +96,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if d.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {device}: CUDA is not available on this machine (use cpu)")
     return d
-
-
-def _chunks(seq: Sequence, n: int) -> Iterator[Sequence]:
-    for i in range(0, len(seq), n):
-        yield seq[i:i + n]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -143,13 +124,8 @@ class Predictor:
                  max_people: int | None = None, boxes=None, detector: str | None = None,
                  detector_weights: str | None = None, det_score_threshold: float | None = None,
                  batch_size: int | None = None, threads: int | None = None):
-        from ..data.keypoints import keypoint_layout
-        from ..models import build_model
-        from ..models.registry import get_method
-        from .visualize import Renderer
-
         if isinstance(config, Config):
-            cfg = config if not overrides else load_config(_config_dict(config), overrides)
+            cfg = config if not overrides else load_config(to_dict(config), overrides)
         else:
             cfg = load_config(config, overrides)
         t = cfg.test
@@ -181,14 +157,11 @@ class Predictor:
             if weights.lower().endswith(".onnx"):
                 raise ConfigError(f"{weights} is an ONNX model: use backend 'onnx' (--backend onnx)")
             if weights:
-                from ..engine.checkpoint import load_model_weights
                 load_model_weights(model, weights)
             else:
                 log.warning("Predictor: no weights given, the %s network is randomly initialised", cfg.method)
             model.to(self.device)
         else:
-            from .onnx_backend import OnnxRuntimeNetwork, attach_onnx
-
             if not weights:
                 raise ConfigError("the ONNX backend needs the exported model: weights=model.onnx "
                                   "(regpose export CONFIG --weights W --out model.onnx)")
@@ -196,31 +169,27 @@ class Predictor:
         self.model = model.eval()
         self.weights = weights
         self.num_keypoints = model.num_keypoints
-        self.transform = self.spec.transform(cfg, False)
         topdown = self.family == "topdown"
         self.batch_size = int(batch_size or max(32 if topdown else 8, t.batch_size))
+        self.runner = PoseRunner(model, cfg, self.batch_size, self.device if self.backend == "torch" else "cpu")
         self.renderer = Renderer.for_config(cfg)       # solid-joint threshold and score range of the method
         self.box_source = self._box_source(boxes, detector, detector_weights) if topdown else None
 
     # ---- set-up helpers --------------------------------------------------------------------------------
-    def _box_source(self, boxes, detector, detector_weights) -> Callable | None:
-        from .topdown import DetectionBoxes, build_box_source
-
+    def _box_source(self, boxes, detector, detector_weights) -> BoxSource | None:
+        """The box source of the arguments (a detections json or a callable; a detector config), else of
+        ``cfg.test``; None when neither names one (boxes must then come with every call)."""
         t = self.cfg.test
         if boxes is not None and detector:
             raise ConfigError("give person boxes either as a detections json (--boxes) or as a detector "
                               "(--detector), not both")
+        if boxes is not None and callable(boxes):
+            return boxes
         if boxes is not None:
-            if callable(boxes):
-                return boxes
             t.boxes, t.detections = "detections", str(boxes)
-            return DetectionBoxes(boxes, t.det_score_threshold)
-        if t.boxes == "model" and t.detector_config and not detector:
-            detector, detector_weights = t.detector_config, t.detector_weights
-        if detector:
+        elif detector:
             t.boxes, t.detector_config, t.detector_weights = "model", str(detector), str(detector_weights or "")
-            return DetectorBoxes(detector, detector_weights or "", t.det_score_threshold, self.device)
-        if t.boxes == "detections" and t.detections:
+        if (t.boxes == "detections" and t.detections) or (t.boxes == "model" and t.detector_config):
             return build_box_source(self.cfg, None, self.device)
         return None
 
@@ -258,19 +227,17 @@ class Predictor:
                 names.append("")
         if file_names is not None:
             names = [str(n) for n in file_names]
+        per_image = None
+        if self.family == "topdown":
+            per_image = [self._person_boxes(img, iid, boxes[i] if boxes is not None else None)
+                         for i, (img, iid) in enumerate(zip(rgbs, ids))]
         with torch.inference_mode():
-            if self.family == "topdown":
-                results = self._predict_topdown(rgbs, ids, names, boxes)
-            else:
-                results = self._predict_whole(rgbs, ids, names)
-        return [self._select(r) for r in results]
+            return self.runner(rgbs, ids, names, per_image)
 
     def image_ids(self, images: Sequence, find_boxes: bool = True) -> list[int]:
         """Ids of images given without ``image_ids``. When the boxes are to be found in a detections json, a file's
         id is the one its boxes are filed under (:meth:`DetectionBoxes.image_id_for`) and an in-memory picture must
         be given its id; otherwise distinct ids from the file names (:func:`unique_image_ids`)."""
-        from .topdown import DetectionBoxes, unique_image_ids
-
         files = [str(img) if isinstance(img, (str, os.PathLike)) else "" for img in images]
         if not (find_boxes and isinstance(self.box_source, DetectionBoxes)):
             return unique_image_ids(files)
@@ -279,21 +246,6 @@ class Predictor:
                 raise InputError(f"image {i}: pass image_id= (its id in {self.box_source.path}) so its person boxes "
                                  f"can be found")
         return [self.box_source.image_id_for(f) for f in files]
-
-    def _predict_whole(self, images: list[np.ndarray], ids: list[int], names: list[str]) -> list[PoseResult]:
-        from ..data.collate import collate
-
-        samples = [test_sample(self.transform, img, iid, name, self.num_keypoints)
-                   for img, iid, name in zip(images, ids, names)]
-        div = int(getattr(self.model, "size_divisibility", 1))
-        results: list[PoseResult] = []
-        for chunk in _chunks(samples, self.batch_size):
-            metas = [dict(s["meta"]) for s in chunk]
-            batch = collate(list(chunk), div)
-            batch["images"] = batch["images"].to(self.device if self.backend == "torch" else "cpu")
-            preds = self.model.predict(batch, self.cfg.test)
-            results += [self.model.finalize(r, m) for r, m in zip(preds, metas)]
-        return results
 
     def _person_boxes(self, image: np.ndarray, image_id: int, given) -> np.ndarray:
         if given is not None:
@@ -306,45 +258,6 @@ class Predictor:
         self.require_boxes()
         return np.asarray(self.box_source(image_id, image), dtype=np.float64).reshape(-1, 5)
 
-    def _predict_topdown(self, images, ids, names, boxes) -> list[PoseResult]:
-        from ..data.collate import collate
-        from .topdown import TopDownPredictor
-
-        td = TopDownPredictor(self.model, self.cfg, self.box_source or (lambda *_: np.zeros((0, 5))),
-                              self.batch_size)
-        samples, owner = [], []
-        for i, (img, iid, name) in enumerate(zip(images, ids, names)):
-            dets = self._person_boxes(img, iid, boxes[i] if boxes is not None else None)
-            for s in td._samples(img, iid, name, dets):
-                samples.append(s)
-                owner.append(i)
-        parts: list[list[PoseResult]] = [[] for _ in images]
-        first_meta: list[dict | None] = [None] * len(images)
-        for start in range(0, len(samples), self.batch_size):
-            chunk = samples[start:start + self.batch_size]
-            batch = collate(chunk)
-            batch["images"] = batch["images"].to(self.device if self.backend == "torch" else "cpu")
-            for j, r in enumerate(self.model.predict(batch, self.cfg.test)):
-                o = owner[start + j]
-                parts[o].append(r)
-                first_meta[o] = first_meta[o] or chunk[j]["meta"]
-        out = []
-        for i in range(len(images)):
-            if not parts[i]:
-                out.append(PoseResult.empty(self.num_keypoints))
-                continue
-            out.append(self.model.finalize(PoseResult.concat(parts[i], self.num_keypoints), first_meta[i]))
-        return out
-
-    def _select(self, result: PoseResult) -> PoseResult:
-        """Best first; people below ``test.score_threshold`` dropped; at most ``test.max_people``."""
-        if not len(result):
-            return PoseResult.empty(self.num_keypoints) if result.keypoints.shape[1] != self.num_keypoints \
-                else result
-        r = result.sorted()
-        keep = np.nonzero(r.scores >= self.cfg.test.score_threshold)[0][: self.cfg.test.max_people]
-        return r.select(keep)
-
     # ---- pictures, video, tracking ------------------------------------------------------------------------
     def render(self, image, result: PoseResult, *, bgr: bool = False, **options) -> np.ndarray:
         """``image`` with ``result`` drawn on it (RGB uint8; BGR in and out with ``bgr``). Options: kpt_threshold
@@ -356,7 +269,6 @@ class Predictor:
 
     def tracker(self, **options):
         """A :class:`regpose.inference.tracking.PoseTracker` for this keypoint layout."""
-        from .tracking import PoseTracker
         return PoseTracker(self.keypoint_meta.sigmas, **options)
 
     def predict_frames(self, frames: Iterable[np.ndarray], batch_size: int | None = None, tracker=None,
@@ -386,35 +298,39 @@ class Predictor:
               max_frames: int | None = None) -> Iterator[tuple[int, np.ndarray, PoseResult]]:
         """A video file or webcam index -> ``(index, frame RGB, result)`` per frame (OpenCV decoding, batched
         inference, optional OKS tracking)."""
-        import itertools
-
-        from .video import VideoReader
-
         with VideoReader(source) as reader:
             frames = iter(reader) if max_frames is None else itertools.islice(reader, int(max_frames))
             yield from self.predict_frames(frames, batch_size, self.tracker() if track else None)
 
 
-class DetectorBoxes:
-    """Person boxes from any whole-image regpose model (one-stage or bottom-up), run through its own
-    :class:`Predictor` (see :func:`regpose.inference.topdown.people_boxes`)."""
-
-    def __init__(self, config, weights: str = "", score_threshold: float = 0.0, device="cpu", **kwargs):
-        from ..models.registry import get_method
-
-        cfg = config if isinstance(config, Config) else load_config(config)
-        if get_method(cfg.method).family == "topdown":   # before the model is built (and warns about its weights)
-            raise ConfigError(f"--detector: {config} is a top-down method ('{cfg.method}'); boxes must come from a "
-                              f"one-stage or bottom-up model")
-        self.predictor = Predictor(cfg, weights or None, device, **kwargs)
-        self.score_threshold = float(score_threshold)
-
-    def __call__(self, image_id: int, image: np.ndarray) -> np.ndarray:
-        from .topdown import people_boxes
-
-        return people_boxes(self.predictor(image, image_id=image_id), self.score_threshold)
+def detector_boxes(config, weights: str = "", score_threshold: float = 0.0, device="cpu") -> DetectorBoxes:
+    """Person boxes from a whole-image regpose model (one-stage or bottom-up: ``config`` + ``weights``), run by its
+    own :class:`Predictor` (its test transform, flip / scales, score threshold and ``max_people``)."""
+    cfg = config if isinstance(config, Config) else load_config(config)
+    if get_method(cfg.method).family == "topdown":   # before the model is built (and warns about its weights)
+        raise ConfigError(f"--detector: {config} is a top-down method ('{cfg.method}'); boxes must come from a "
+                          f"one-stage or bottom-up model")
+    predictor = Predictor(cfg, weights or None, device)
+    return DetectorBoxes(lambda image, image_id: predictor(image, image_id=image_id), score_threshold)
 
 
-def _config_dict(cfg: Config) -> dict:
-    from ..config import to_dict
-    return to_dict(cfg)
+def build_box_source(cfg, records=None, device: str | torch.device = "cpu") -> BoxSource:
+    """The box source ``cfg.test`` asks for: ``gt`` (needs annotation ``records``), ``detections`` (json) or
+    ``model`` (a one-stage / bottom-up detector config + weights, :func:`detector_boxes`)."""
+    t = cfg.test
+    if t.boxes == "gt":
+        if records is None:
+            raise ConfigError("test.boxes: 'gt' needs annotations; for plain images use test.boxes=detections "
+                              "(test.detections=FILE) or test.boxes=model (test.detector_config=CONFIG)")
+        return GroundTruthBoxes(records)
+    if t.boxes == "detections":
+        if not t.detections:
+            raise ConfigError("test.detections: a COCO-results json of person boxes is required when test.boxes is "
+                              "'detections'")
+        return DetectionBoxes(t.detections, t.det_score_threshold)
+    if t.boxes == "model":
+        if not t.detector_config:
+            raise ConfigError("test.detector_config: a one-stage regpose config is required when test.boxes is "
+                              "'model'")
+        return detector_boxes(t.detector_config, t.detector_weights, t.det_score_threshold, device)
+    raise ConfigError(f"test.boxes: expected 'gt', 'detections' or 'model', got {t.boxes!r}")

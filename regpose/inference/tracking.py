@@ -2,7 +2,7 @@
 
 Each frame's people are matched one-to-one (scipy ``linear_sum_assignment`` on 1 - OKS) against the live tracks'
 last poses; a match needs OKS >= ``oks_threshold``. Unmatched people start new tracks; a track unseen for more
-than ``max_age`` frames is dropped. OKS uses the evaluator's vectorised :func:`regpose.evaluation.oks.oks_matrix`
+than ``max_age`` frames is dropped. OKS uses the evaluator's vectorised :func:`regpose.evaluation.oks.coco_oks`
 with the track's confident keypoints as the reference and its box area as the scale (the greedy / Hungarian OKS
 trackers of PoseTrack baselines work the same way).
 """
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from ..evaluation.oks import oks_matrix
+from ..evaluation.oks import coco_oks
 from ..structures import PoseResult
 
 __all__ = ["PoseTracker", "pose_areas"]
@@ -71,7 +71,7 @@ class PoseTracker:
         t = self._tracks
         if not len(result) or t.keypoints is None or not len(t.ids):
             return np.zeros((len(result), len(t.ids)))
-        return oks_matrix(result.keypoints[..., :2], t.keypoints, t.areas, self.sigmas, t.boxes)
+        return coco_oks(result.keypoints[..., :2], t.keypoints, t.areas, self.sigmas, t.boxes)
 
     def update(self, result: PoseResult) -> PoseResult:
         """Match one frame's people to the tracks; returns ``result`` with ``extras["track_id"]`` set."""

@@ -5,7 +5,7 @@ Batch (made by :func:`regpose.data.collate.collate` from samples a method's tran
     batch = {
       "images":  Tensor (B, 3, H, W) float32, normalised, zero-padded to a common size,
       "targets": list of B dicts of tensors (training only; contents are method specific),
-      "metas":   list of B dicts: image_id, sample_index, file_name, orig_size (h, w), input_size (h, w)
+      "metas":   list of B dicts: image_id, sample_index, file_name, orig_size (h, w), input_hw (h, w)
                  (unpadded), "inverse": (2, 3) float64 affine from network-input pixels to original
                  pixels, plus method-specific entries (e.g. top-down: box, box_score, center, scale).
     }

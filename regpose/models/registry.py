@@ -6,10 +6,10 @@ dataclass that types its ``model`` section and the function that builds the netw
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
-from typing import Callable, Literal
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Mapping
 
-__all__ = ["MethodSpec", "register_method", "get_method", "method_names"]
+__all__ = ["MethodSpec", "register_method", "get_method", "method_names", "official_converter", "official_methods"]
 
 # Modules that define methods; imported lazily so `import regpose` stays cheap.
 _METHOD_MODULES = {
@@ -35,12 +35,19 @@ class MethodSpec:
     transform:     ``transform(cfg: Config, train: bool) -> Callable[[raw_sample], sample]``: augmentation and
                    target encoding, run in data-loader workers (see :mod:`regpose.data.datasets` for the raw
                    sample and :mod:`regpose.models.base` for the sample it must return)
+    converter:     dotted module of the official-checkpoint converter (``regpose.compat.<method>``: see
+                   :mod:`regpose.compat.official` for what it exposes), "" when the method has none; a string so
+                   that models never import the surface
+    commands:      extra ``regpose`` commands of the method, command name -> dotted module of the surface exposing
+                   ``HELP``, ``add_arguments(parser)`` and ``run(args)`` (e.g. DEKR's ``train-rescore``)
     """
     name: str
     config_cls: type
     build: Callable
     family: Literal["bottomup", "onestage", "topdown"]
     transform: Callable
+    converter: str = ""
+    commands: Mapping[str, str] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, MethodSpec] = {}
@@ -63,16 +70,24 @@ def get_method(name: str) -> MethodSpec:
     return _REGISTRY[name]
 
 
-def available_methods() -> list[str]:
-    """Methods whose module exists and imports (registered ones, incl. test-only methods)."""
+def method_names() -> list[str]:
+    """Every method: the package's (each imported to register itself) and any registered since (e.g. by tests)."""
     for n in _METHOD_MODULES:
-        try:
-            _load(n)
-        except ModuleNotFoundError as e:  # a method not implemented yet
-            if not (e.name or "").startswith("regpose.models"):
-                raise
+        _load(n)
     return sorted(_REGISTRY)
 
 
-def method_names() -> list[str]:
-    return available_methods()
+def official_methods() -> list[str]:
+    """Methods whose released code published checkpoints that regpose converts (``MethodSpec.converter``)."""
+    return [name for name in method_names() if get_method(name).converter]
+
+
+def official_converter(name: str):
+    """The converter module of ``name``'s official checkpoints (``convert_state_dict``, ``config_from_official``,
+    ``reference_check``: see :mod:`regpose.compat.official`), or None when the method released none. Imported by
+    name: models never import the surface."""
+    try:
+        module = get_method(name).converter
+    except KeyError:
+        return None
+    return importlib.import_module(module) if module else None

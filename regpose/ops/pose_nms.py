@@ -11,7 +11,7 @@ import numpy as np
 
 from ..structures import PoseResult
 
-__all__ = ["rescore", "oks_matrix", "oks_nms", "topdown_finalize"]
+__all__ = ["rescore", "pairwise_oks", "oks_nms", "topdown_finalize"]
 
 
 def rescore(result: PoseResult) -> PoseResult:
@@ -24,9 +24,11 @@ def rescore(result: PoseResult) -> PoseResult:
     return PoseResult(result.boxes, result.keypoints, scores.astype(np.float32), dict(result.extras))
 
 
-def oks_matrix(keypoints: np.ndarray, areas: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
-    """Pairwise OKS (N, N) as mmpose's ``oks_iou``: exp(-d^2 / (2 (2 sigma)^2 ((a_i + a_j) / 2 + eps))) averaged
-    over all K keypoints (no visibility threshold)."""
+def pairwise_oks(keypoints: np.ndarray, areas: np.ndarray, sigmas: np.ndarray) -> np.ndarray:
+    """OKS (N, N) between every two predicted poses of one image, as mmpose's ``oks_iou`` for OKS-NMS:
+    exp(-d^2 / (2 (2 sigma)^2 ((a_i + a_j) / 2 + eps))) averaged over all K keypoints (no visibility, the mean area
+    of the pair). Not the evaluation's OKS against ground truth (:func:`regpose.evaluation.oks.coco_oks`: labelled
+    ground-truth joints only, the ground truth's area)."""
     xy = np.asarray(keypoints, dtype=np.float64)[..., :2]
     variances = (np.asarray(sigmas, dtype=np.float64) * 2) ** 2                       # (K,)
     d2 = ((xy[:, None] - xy[None]) ** 2).sum(-1)                                      # (N, N, K)
@@ -45,7 +47,7 @@ def oks_nms(keypoints: np.ndarray, scores: np.ndarray, areas: np.ndarray, sigmas
         return np.zeros(0, dtype=np.int64)
     # mmpose: scores.argsort()[::-1] (ties: the later entry first)
     order = np.argsort(np.asarray(scores), kind="stable")[::-1]
-    oks = oks_matrix(keypoints, areas, sigmas)
+    oks = pairwise_oks(keypoints, areas, sigmas)
     suppressed = np.zeros(n, dtype=bool)
     keep = []
     for i in order:

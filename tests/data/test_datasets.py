@@ -15,7 +15,7 @@ from regpose.data.config import SplitConfig, SynthSpec
 from regpose.data.datasets import (ImageDataset, TopDownDataset, build_dataset, clean_gt_boxes, ensure_synthetic,
                                    evaluation_gt, ignore_mask, load_detections, load_records, read_detections,
                                    read_image)
-from regpose.errors import DataError
+from regpose.errors import ConfigError, DataError
 
 COCO = REAL / "coco" / "test_coco.json"
 CROWD = REAL / "crowdpose" / "test_crowdpose.json"
@@ -252,6 +252,25 @@ def test_build_dataset_by_family_and_evaluation_gt(tmp_path):
     assert len(data["annotations"]) == 2 * len(json.loads(COCO.read_text())["annotations"])
     cfg1 = _cfg({"ann_files": [str(COCO)]}, {"ann_files": [str(COCO)]})
     assert evaluation_gt(cfg1, "val") == str(COCO)
+
+
+def test_topdown_boxes_of_a_detector_model_come_in_precomputed(tmp_path):
+    """test.boxes=model (issue 20.1): the detector's boxes are computed before the dataset is built, so the data layer
+    crops the boxes it is handed and never loads the detector - its config and weights do not even exist here -
+    and without them it says, in one line, where such boxes come from."""
+    cfg = _cfg({"ann_files": [str(COCO)]}, {"ann_files": [str(COCO)]}, boxes="model", det_score_threshold=0.5,
+               detector_config=str(tmp_path / "missing_detector.yaml"), detector_weights=str(tmp_path / "missing.pth"))
+    boxes = {785: np.array([[10.0, 20.0, 30.0, 60.0, 0.9], [5.0, 5.0, 10.0, 10.0, 0.2]]),
+             40083: np.array([[0.0, 0.0, 50.0, 80.0, 0.7]])}
+    ds = build_dataset(cfg, "val", None, "topdown", person_boxes=boxes)
+    assert isinstance(ds, TopDownDataset) and len(ds) == 2          # the 0.2 box is below test.det_score_threshold
+    got = sorted((s["image_id"], s["box_xywh"].tolist(), s["box"].tolist(), s["box_score"], s["person_index"])
+                 for s in (ds[0], ds[1]))
+    assert got == [(785, [10, 20, 30, 60], [10, 20, 40, 80], 0.9, -1), (40083, [0, 0, 50, 80], [0, 0, 50, 80], 0.7, -1)]
+    with pytest.raises(ConfigError) as e:
+        build_dataset(cfg, "val", None, "topdown")
+    assert str(e.value).startswith("test.boxes: 'model' boxes are computed before the dataset is built") \
+        and "\n" not in str(e.value)
 
 
 def test_synthetic_split_generated_once_and_checked(tmp_path):

@@ -7,7 +7,8 @@ import torch
 
 from conftest import REAL
 from regpose.config import load_config
-from regpose.data.show import render_sample, show_data
+from regpose.cli.show_data import show_data
+from regpose.data.show import render_sample
 from regpose.data.targets import dekr_heatmaps
 from regpose.data.transforms import bottomup_train_transforms, make_meta, to_tensor_normalize
 from regpose.models.registry import MethodSpec, register_method

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from regpose.engine.checkpoint import load_checkpoint
+from regpose.checkpoint import load_checkpoint
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from conftest import REAL
-from regpose.engine.checkpoint import load_checkpoint
+from regpose.checkpoint import load_checkpoint
 from regpose.engine.trainer import TrainingError, train
 from regpose.errors import DataError
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from regpose.config import ConfigError, load_config, save_config
-from regpose.engine.checkpoint import load_model_weights
+from regpose.checkpoint import load_model_weights
 from regpose.engine.trainer import Trainer
 from regpose.errors import CheckpointError
 from regpose.models import build_model

@@ -145,7 +145,7 @@ def test_errors_name_the_files_given(scene, tmp_path):
 def test_cli_writes_the_report(scene, tmp_path):
     (tmp_path / "gt.json").write_text(json.dumps(scene))
     (tmp_path / "res.json").write_text(json.dumps(exact_predictions(scene)))
-    out = subprocess.run([sys.executable, "-m", "regpose.cli", "analyze", "--gt", str(tmp_path / "gt.json"),
+    out = subprocess.run([sys.executable, "-m", "regpose", "analyze", "--gt", str(tmp_path / "gt.json"),
                           "--results", str(tmp_path / "res.json"), "--json-out", str(tmp_path / "rep.json")],
                          capture_output=True, text=True, check=True)
     assert "AP ceilings" in out.stdout

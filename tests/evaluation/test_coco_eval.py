@@ -13,7 +13,7 @@ from bench.scenes import random_scene
 from regpose.data.keypoints import CROWDPOSE_SIGMAS
 from regpose.errors import DataError
 from regpose.evaluation import COCO_KEYS, CROWDPOSE_KEYS, evaluate, format_metrics
-from regpose.evaluation.oks import oks_matrix
+from regpose.evaluation.oks import coco_oks
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -114,11 +114,11 @@ def test_empty_results_score_zero():
     assert m["AP"] == 0 and m["AR"] == 0
 
 
-def test_oks_matrix_matches_the_definition():
+def test_coco_oks_matches_the_definition():
     gt = np.array([[[10, 10, 2], [20, 20, 1], [0, 0, 0]]], np.float64)
     dt = np.array([[[11, 10, 1], [20, 23, 1], [50, 50, 1]]], np.float64)
     sig = np.array([0.1, 0.2, 0.3])
-    o = oks_matrix(dt, gt, np.array([400.0]), sig)
+    o = coco_oks(dt, gt, np.array([400.0]), sig)
     e = np.array([1, 9]) / (2 * sig[:2]) ** 2 / (400 + np.spacing(1)) / 2
     assert o.shape == (1, 1) and o[0, 0] == pytest.approx(np.exp(-e).mean())
 

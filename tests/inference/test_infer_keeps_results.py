@@ -18,7 +18,7 @@ import pytest
 from regpose import Predictor
 from regpose.cli import main
 from regpose.errors import InputError
-from regpose.inference.topdown import DetectionBoxes, unique_image_ids
+from regpose.inference.boxes import DetectionBoxes, unique_image_ids
 from _tiny import write_tiny
 from conftest import REAL
 
@@ -109,7 +109,7 @@ def test_results_so_far_are_written_when_a_later_input_fails(files, tmp_path, ca
 def test_results_are_rewritten_while_the_run_goes_on(files, tmp_path, monkeypatch):
     """With the rewrite interval at zero, the results files on disk already hold every earlier picture when the
     next one is drawn: a run killed outright (SIGKILL, power) loses at most one interval."""
-    from regpose.inference.commands import _InferRun
+    from regpose.cli.inference import _InferRun
 
     cfg, weights = files["querypose"]
     folder = _folder(tmp_path / "in", ["1.jpg", "2.jpg", "3.jpg"])

@@ -15,8 +15,7 @@ from regpose.data.datasets import load_detections, read_image
 from regpose.errors import InputError
 from regpose.inference.export import export_onnx, flatten_outputs, describe_outputs, network_input_names
 from regpose.inference.onnx_backend import OnnxRuntimeNetwork, attach_onnx, read_metadata
-from regpose.inference.predictor import test_sample as make_sample
-from regpose.inference.topdown import TopDownPredictor
+from regpose.inference.runner import PoseRunner, image_sample as make_sample
 from regpose.models.registry import get_method
 from _tiny import METHODS, TOPDOWN, tiny
 from conftest import REAL
@@ -53,7 +52,7 @@ def _whole_image_batch(cfg, model, images):
             small = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
             sy, sx = img.shape[0] / h, img.shape[1] / w
             s = {"image": to_tensor_normalize(small), "meta": {
-                "image_id": i, "sample_index": i, "file_name": "", "orig_size": img.shape[:2], "input_size": (h, w),
+                "image_id": i, "sample_index": i, "file_name": "", "orig_size": img.shape[:2], "input_hw": (h, w),
                 "inverse": np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5]])}}
         samples.append(s)
     return collate(samples, getattr(model, "size_divisibility", 1))
@@ -63,15 +62,15 @@ def _graph_inputs(cfg, model):
     """Realistic inputs of a batch of two at a size other than the export example."""
     if cfg.method in TOPDOWN:
         dets = load_detections(COCO / "test_coco_det_AP_H_56.json")[196141][:2]
-        td = TopDownPredictor(model, cfg, lambda *_: dets)
-        td.transform = _transform(cfg)
-        samples = list(td._samples(read_image(IMAGE), 196141, "", dets))
+        runner = PoseRunner(model, cfg)
+        runner.transform = _transform(cfg)
+        samples = runner.samples(read_image(IMAGE), 196141, "", dets)
         batch = collate(samples)
     else:
         batch = _whole_image_batch(cfg, model, [read_image(IMAGE), read_image(COCO / "000000000785.jpg")])
     inputs = {"images": batch["images"]}
     if "image_sizes" in network_input_names(model.export_module()):
-        inputs["image_sizes"] = torch.tensor([list(m["input_size"]) for m in batch["metas"]])
+        inputs["image_sizes"] = torch.tensor([list(m["input_hw"]) for m in batch["metas"]])
     return inputs
 
 
@@ -128,9 +127,9 @@ def test_onnx_backend_gives_the_same_people(method, tmp_path):
     for m in (model, onnx_model):
         if method in TOPDOWN:
             dets = load_detections(COCO / "test_coco_det_AP_H_56.json")[196141]
-            td = TopDownPredictor(m, cfg, lambda *_: dets, batch_size=8)
-            td.transform = _transform(cfg)
-            outs.append([td(image, 196141)])
+            runner = PoseRunner(m, cfg, batch_size=8)
+            runner.transform = _transform(cfg)
+            outs.append(runner([image], [196141], boxes=[dets]))
         else:
             batch = _whole_image_batch(cfg, m, [image, read_image(COCO / "000000000785.jpg")])
             metas = [dict(x) for x in batch["metas"]]

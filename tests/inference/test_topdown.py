@@ -9,8 +9,11 @@ import pytest
 import torch
 
 from regpose.data.keypoints import COCO_SIGMAS
-from regpose.inference.topdown import DetectionBoxes, GroundTruthBoxes, TopDownPredictor, write_results
-from regpose.ops import oks_matrix, oks_nms, rescore, topdown_finalize
+from regpose.data.datasets import read_image
+from regpose.inference.boxes import DetectionBoxes, GroundTruthBoxes
+from regpose.inference.predictor import build_box_source
+from regpose.inference.runner import PoseRunner, write_results
+from regpose.ops import oks_nms, pairwise_oks, rescore, topdown_finalize
 from regpose.structures import PoseResult
 from conftest import REAL
 
@@ -56,7 +59,7 @@ def test_oks_nms_equals_mmpose(seed):
     for thr in (0.5, 0.9):
         ours = oks_nms(kp, scores, areas, COCO_SIGMAS, thr)
         assert ours.tolist() == _mmpose_oks_nms(kp, scores, areas, COCO_SIGMAS, thr).tolist()
-    oks = oks_matrix(kp, areas, COCO_SIGMAS)
+    oks = pairwise_oks(kp, areas, COCO_SIGMAS)
     for i in range(len(kp)):
         np.testing.assert_allclose(oks[i], _mmpose_oks_iou(kp[i].reshape(-1), kp.reshape(len(kp), -1), areas[i],
                                                            areas, COCO_SIGMAS), rtol=1e-12)
@@ -105,21 +108,23 @@ def _tiny_cfg(tmp_path, **test):
 
 def test_inference_on_real_images_writes_valid_results(tmp_path):
     from pycocotools.coco import COCO as CocoApi
-    from regpose.inference.topdown import build_box_source
     from regpose.models import build_model
 
     cfg = _tiny_cfg(tmp_path, flip=True, det_score_threshold=0.3)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
-    predictor = TopDownPredictor(model, cfg, build_box_source(cfg))
+    boxes = build_box_source(cfg)
     files = sorted(COCO.glob("*.jpg"))
-    results = predictor.predict_files(files)
+    ids = [boxes.image_id_for(f) for f in files]
+    people = PoseRunner(model, cfg)([read_image(f) for f in files], ids, [str(f) for f in files],
+                                    [boxes(i) for i in ids])
+    results = dict(zip(ids, people))
     assert sorted(results) == [785, 40083, 196141, 197388]
     for image_id, res in results.items():
-        n_boxes = len(predictor.boxes(image_id))
+        n_boxes = len(boxes(image_id))
         assert 0 < len(res) <= n_boxes and res.keypoints.shape[1:] == (17, 3)
         assert np.isfinite(res.keypoints).all() and (np.diff(res.scores) <= 0).all()
-        det = predictor.boxes(image_id)
+        det = boxes(image_id)
         det_xyxy = np.concatenate([det[:, :2], det[:, :2] + det[:, 2:4]], 1)
         match = np.abs(res.boxes[:, None] - det_xyxy[None]).max(-1).min(1)
         assert match.max() < 1e-3          # every person keeps its detection box, in image pixels
@@ -139,7 +144,7 @@ def test_predictor_keypoints_land_in_their_boxes_neighbourhood(tmp_path):
     model = build_model(cfg).eval()
     img = np.zeros((240, 320, 3), np.uint8)
     boxes = np.array([[100.0, 50.0, 60.0, 120.0, 0.8]])
-    res = TopDownPredictor(model, cfg, lambda i, im: boxes)(img)
+    res = PoseRunner(model, cfg)([img], boxes=[boxes])[0]
     # crop extends 1.25 x the aspect-fixed box (90 x 120 -> 112.5 x 150) around the centre (130, 110); a black
     # image is a constant crop of -mean / std
     crop = (-torch.tensor([0.485, 0.456, 0.406]) / torch.tensor([0.229, 0.224, 0.225])).view(1, 3, 1, 1)
@@ -147,3 +152,34 @@ def test_predictor_keypoints_land_in_their_boxes_neighbourhood(tmp_path):
         mu, sigma = model(crop.expand(1, 3, 128, 96).contiguous())
     expected = np.stack([130 - 56.25 + mu[0, :, 0].numpy() * 112.5, 110 - 75 + mu[0, :, 1].numpy() * 150], -1)
     np.testing.assert_allclose(res.keypoints[0, :, :2], expected, atol=0.05)
+
+
+def test_evaluator_and_predictor_give_the_same_people(tmp_path):
+    """One pipeline (issue 20.1): ``regpose test`` (the evaluator: the split's dataset through a DataLoader, people
+    gathered per image) and :class:`Predictor` (pictures in memory, another batch size) give the same people for
+    the same images and detections."""
+    from regpose import Predictor
+    from regpose.data.config import SplitConfig
+    from regpose.engine.evaluator import evaluate_model
+    from regpose.models import build_model
+    from regpose.structures import to_coco_results
+
+    cfg = _tiny_cfg(tmp_path, flip=True, det_score_threshold=0.9)
+    cfg.data.val = SplitConfig(ann_files=[str(COCO / "test_coco.json")])
+    cfg.train.num_workers = 0
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    torch.save({"model": model.state_dict()}, tmp_path / "weights.pth")
+    metrics, path = evaluate_model(cfg, model, torch.device("cpu"), out_dir=tmp_path / "test")
+    evaluated = json.loads(path.read_text())
+
+    predictor = Predictor(cfg, tmp_path / "weights.pth", device="cpu", batch_size=3)
+    files = sorted(COCO.glob("*.jpg"))
+    predicted = [e for f, image_id, r in zip(files, predictor.image_ids(files), predictor.predict_batch(files))
+                 for e in to_coco_results(r, image_id)]
+    assert metrics is not None and len(evaluated) == len(predicted) > 4
+    order = lambda entries: sorted(entries, key=lambda e: (e["image_id"], -e["score"]))   # noqa: E731
+    for a, b in zip(order(evaluated), order(predicted)):
+        assert a["image_id"] == b["image_id"]
+        np.testing.assert_allclose(a["keypoints"], b["keypoints"], atol=1e-3)
+        np.testing.assert_allclose([a["score"], *a["bbox"]], [b["score"], *b["bbox"]], atol=1e-4)

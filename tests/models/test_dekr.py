@@ -343,7 +343,7 @@ def test_eval_transform_resize_matches_official_policy():
                "orig_size": (h, w), "keypoints": np.zeros((0, 17, 3)), "boxes": np.zeros((0, 4))}
         s = tf(raw)
         (wr, hr), _, inv = official_test_resize(h, w, 512)
-        assert s["meta"]["input_size"] == (hr, wr) and min(hr, wr) == 512 and max(hr, wr) % 64 == 0
+        assert s["meta"]["input_hw"] == (hr, wr) and min(hr, wr) == 512 and max(hr, wr) % 64 == 0
         np.testing.assert_allclose(s["meta"]["inverse"], inv, atol=1e-9)
 
 
@@ -407,7 +407,7 @@ def test_map_poses_applies_affine():
 # Rescore training and CrowdPose end to end
 # ----------------------------------------------------------------------------------------------------------
 def test_train_rescore_writes_a_usable_net(tmp_path, official_tiny):
-    from regpose.engine.checkpoint import atomic_save
+    from regpose.checkpoint import atomic_save
     from regpose.engine.rescore import train_rescore
     from regpose.models.dekr import PoseRescorer
 

@@ -374,7 +374,7 @@ def _confident(cfg_kw=None, bias=3.0):
 def test_predict_nms_topk_and_inverse_mapping():
     m = _confident()
     x = torch.randn(1, 3, 64, 96)
-    meta = {"input_size": (64, 96), "inverse": np.array([[1.0, 0, 0], [0, 1.0, 0]])}
+    meta = {"input_hw": (64, 96), "inverse": np.array([[1.0, 0, 0], [0, 1.0, 0]])}
     tc = EvalConfig(max_people=7)
     r = m.predict({"images": x, "metas": [meta]}, tc)[0]
     assert 0 < len(r) <= 7 and np.all(np.diff(r.scores) <= 0)
@@ -405,7 +405,7 @@ def test_predict_with_box_branch_reports_predicted_boxes():
     loc = torch.cat([compute_locations(64 // s or 1, 64 // s or 1, s) for s in (8, 16, 32)] +
                     [compute_locations(1, 1, 64), compute_locations(1, 1, 128)])
     assert torch.all(out["boxes"][0, :, :2] <= loc + 1e-5) and torch.all(out["boxes"][0, :, 2:] >= loc - 1e-5)
-    r = m.predict({"images": x, "metas": [{"input_size": (64, 64), "inverse": np.eye(2, 3)}]}, EvalConfig())[0]
+    r = m.predict({"images": x, "metas": [{"input_hw": (64, 64), "inverse": np.eye(2, 3)}]}, EvalConfig())[0]
     assert len(r) > 0
     # NMS used the predicted boxes, so the reported boxes are the (clipped) predicted ones, not keypoint extents.
     ext = np.concatenate([r.keypoints[..., :2].min(1), r.keypoints[..., :2].max(1)], 1).clip(0, 64)
@@ -419,7 +419,7 @@ def test_flip_test_is_flip_invariant():
     m = _confident()
     assert m.flip_index is not None and list(m.flip_index) == fi.tolist()
     x = torch.randn(1, 3, 64, 96)
-    meta = {"input_size": (64, 96), "inverse": np.eye(2, 3)}
+    meta = {"input_hw": (64, 96), "inverse": np.eye(2, 3)}
     tc = EvalConfig(flip=True, max_people=20)
     a = m.predict({"images": x, "metas": [meta]}, tc)[0]
     b = m.predict({"images": x.flip(-1), "metas": [meta]}, tc)[0]
@@ -543,7 +543,7 @@ def test_switch_builds_trains_and_changes_output(switch, base_after_step):
     changed = not torch.equal(out["keypoints"], base_out["keypoints"]) or \
         not torch.equal(out["cls_logits"], base_out["cls_logits"])
     assert changed, f"switch {switch} changed nothing"
-    r = m.predict({"images": x, "metas": [{"input_size": (64, 96), "inverse": np.eye(2, 3)}] * 2}, EvalConfig())
+    r = m.predict({"images": x, "metas": [{"input_hw": (64, 96), "inverse": np.eye(2, 3)}] * 2}, EvalConfig())
     assert len(r) == 2 and all(res.keypoints.shape[1:] == (17, 3) for res in r)
 
 

@@ -131,7 +131,7 @@ def test_winograd_and_direct_decoders_agree():
     folder = REFERENCE / "querypose" / "tiny"
     model, _ = build_reference_model(folder)
     batch = _reference_batch(folder, model)
-    sizes = torch.tensor([list(m["input_size"]) for m in batch["metas"]])
+    sizes = torch.tensor([list(m["input_hw"]) for m in batch["metas"]])
     with torch.no_grad():
         wino = model(batch["images"], image_sizes=sizes)
         model.conv_impl = "direct"
@@ -270,7 +270,7 @@ def test_predict_postprocessing_maps_to_original_pixels(batch):
     for t in targets:
         h, w = t["image_size"].tolist()
         r = 2.0      # the image was downscaled by 2: original = (input + 0.5) * 2 - 0.5 in pixel indices
-        metas.append({"input_size": (h, w), "orig_size": (2 * h, 2 * w),
+        metas.append({"input_hw": (h, w), "orig_size": (2 * h, 2 * w),
                       "inverse": np.array([[r, 0, 0.5 * r - 0.5], [0, r, 0.5 * r - 0.5]])})
     with torch.no_grad():
         raw = model(images, image_sizes=torch.stack([t["image_size"] for t in targets]))
@@ -297,7 +297,7 @@ def test_eval_forward_traces():
     folder = REFERENCE / "querypose" / "tiny"
     model, _ = build_reference_model(folder)
     batch = _reference_batch(folder, model)
-    sizes = torch.tensor([list(m["input_size"]) for m in batch["metas"]])
+    sizes = torch.tensor([list(m["input_hw"]) for m in batch["metas"]])
 
     class Wrapped(torch.nn.Module):
         def __init__(self, m):
@@ -333,7 +333,7 @@ def test_transform_targets_follow_detectron2_convention(real_dir):
     test = build_dataset(cfg, "val", spec.transform(cfg, False), spec.family)
     for i in range(len(raw)):
         r, s = raw[i], test[i]
-        h, w = s["meta"]["input_size"]
+        h, w = s["meta"]["input_hw"]
         assert min(h, w) == 800 or max(h, w) == 1333
         assert s["image"].shape == (3, h, w)
         kp = s["target"]["keypoints"].numpy()
@@ -347,7 +347,7 @@ def test_transform_targets_follow_detectron2_convention(real_dir):
     s = train[0]
     t = s["target"]
     assert t["boxes"].shape[0] == t["keypoints"].shape[0] == t["labels"].shape[0]
-    assert t["image_size"].tolist() == list(s["meta"]["input_size"])
+    assert t["image_size"].tolist() == list(s["meta"]["input_hw"])
     kp = t["keypoints"]
     assert bool((kp[..., :2][kp[..., 2] == 0] == 0).all())          # unlabelled keypoints stay (0, 0, 0)
 
@@ -416,7 +416,7 @@ def test_parallel_keypoint_chains_equal_sequential_and_use_winograd(monkeypatch)
     folder = REFERENCE / "querypose" / "tiny"
     model, _ = build_reference_model(folder)
     batch = _reference_batch(folder, model)
-    sizes = torch.tensor([list(m["input_size"]) for m in batch["metas"]])
+    sizes = torch.tensor([list(m["input_hw"]) for m in batch["metas"]])
     calls = []
     real = kd.winograd_conv_relu_tower
     monkeypatch.setattr(kd, "winograd_conv_relu_tower", lambda *a, **k: calls.append(1) or real(*a, **k))

@@ -129,14 +129,15 @@ def test_predict_and_finalize_on_a_batch():
 
 def test_topdown_inference_with_detections_writes_valid_results(tmp_path):
     from regpose.data.datasets import read_image
-    from regpose.inference.topdown import DetectionBoxes, TopDownPredictor, write_results
+    from regpose.inference.boxes import DetectionBoxes
+    from regpose.inference.runner import PoseRunner, write_results
 
     torch.manual_seed(0)
     cfg = make_cfg()
     model = build_model(cfg).eval()
-    predictor = TopDownPredictor(model, cfg, DetectionBoxes(COCO / "test_coco_det_AP_H_56.json", 0.3), batch_size=8)
+    boxes = DetectionBoxes(COCO / "test_coco_det_AP_H_56.json", 0.3)
     image = read_image(COCO / "000000000785.jpg")
-    result = predictor(image, 785)
+    result = PoseRunner(model, cfg, batch_size=8)([image], [785], boxes=[boxes(785)])[0]
     assert len(result) >= 1 and np.isfinite(result.keypoints).all()
     path = write_results({785: result}, tmp_path / "results.json")
     entries = json.loads(path.read_text())

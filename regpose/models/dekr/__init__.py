@@ -33,4 +33,6 @@ __all__ = [
 ]
 
 register_method(MethodSpec(name="dekr", config_cls=DEKRConfig, build=build_dekr, family="bottomup",
-                           transform=dekr_transform))
+                           transform=dekr_transform,
+                           converter="regpose.compat.dekr",
+                           commands={"train-rescore": "regpose.cli.rescore"}))

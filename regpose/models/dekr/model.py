@@ -223,12 +223,12 @@ class DEKR(PoseModel):
         images, metas = batch["images"], batch["metas"]
         n = len(metas)
         shared = None
-        if n > 1 and all(tuple(m["input_size"]) == tuple(images.shape[-2:]) for m in metas):
+        if n > 1 and all(tuple(m["input_hw"]) == tuple(images.shape[-2:]) for m in metas):
             inp = torch.cat([images, flip_input(images)]) if test_cfg.flip else images
             shared = self(inp)                                       # (2N or N, ...) heatmaps, offsets
         results = []
         for i, meta in enumerate(metas):
-            h, w = meta["input_size"]
+            h, w = meta["input_hw"]
             raw = meta.pop("image_raw", None)
             net = self if shared is None else BatchedScaleOne(self, shared, i, n, test_cfg.flip, (h, w))
             poses, scores = run_pipeline(net, raw, self.cfg, self.flip_index, self.input_size, test_cfg.flip,

@@ -71,7 +71,7 @@ def predict(model, batch: dict, test_cfg) -> list[PoseResult]:
     N, _, H, W = images.shape
     scales = list(getattr(test_cfg, "scales", [1.0]) or [1.0])
     flips = [False, True] if getattr(test_cfg, "flip", False) else [False]
-    sizes = [tuple(int(v) for v in m.get("input_size", (H, W))) for m in metas]
+    sizes = [tuple(int(v) for v in m.get("input_hw", (H, W))) for m in metas]
     pooled: list[list[dict]] = [[] for _ in range(N)]
     for s in scales:
         x = images

@@ -25,4 +25,5 @@ from .model import Poseur, build_poseur
 __all__ = ["PoseurConfig", "Poseur", "poseur_losses", "build_poseur"]
 
 register_method(MethodSpec(name="poseur", config_cls=PoseurConfig, build=build_poseur, family="topdown",
-                           transform=topdown_regression_transform))
+                           transform=topdown_regression_transform,
+                           converter="regpose.compat.poseur"))

@@ -32,4 +32,5 @@ __all__ = ["QueryPoseConfig", "QueryPose", "build_querypose", "querypose_transfo
            "SelectiveIteration"]
 
 register_method(MethodSpec("querypose", QueryPoseConfig, build_querypose, family="onestage",
-                           transform=querypose_transform))
+                           transform=querypose_transform,
+                           converter="regpose.compat.querypose"))

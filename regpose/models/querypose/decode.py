@@ -37,7 +37,7 @@ def predict(model, batch: dict, test_cfg) -> list[PoseResult]:
                           f"multi-scale test); expected [1.0], got {scales}")
     images = batch["images"]
     metas = batch["metas"]
-    sizes = torch.tensor([list(m["input_size"]) for m in metas], device=images.device)
+    sizes = torch.tensor([list(m["input_hw"]) for m in metas], device=images.device)
     out = model(images, image_sizes=sizes)
     if getattr(test_cfg, "flip", False):
         flipped = model(flip_images(images, sizes), image_sizes=sizes)

@@ -12,8 +12,8 @@ import time
 import pytest
 import torch
 
-from regpose.engine.checkpoint import (atomic_save, check_fit, load_checkpoint, load_model_weights,
-                                       remove_stale_temporaries)
+from regpose.checkpoint import (atomic_save, check_fit, load_checkpoint, load_model_weights,
+                                remove_stale_temporaries)
 from regpose.errors import CheckpointError
 
 
@@ -24,8 +24,8 @@ def test_killed_write_never_replaces_last_good_checkpoint(tmp_path):
     # A second process writes a large checkpoint to the same path and is SIGKILLed mid-write.
     script = textwrap.dedent(f"""
         import torch, sys
-        sys.path.insert(0, {str(__import__('pathlib').Path(__file__).resolve().parents[2])!r})
-        from regpose.engine.checkpoint import atomic_save
+        sys.path.insert(0, {str(__import__('pathlib').Path(__file__).resolve().parents[1])!r})
+        from regpose.checkpoint import atomic_save
         big = {{"model": {{"w": torch.ones(50_000_000)}}, "iteration": 8}}
         print("writing", flush=True)
         atomic_save(big, {str(path)!r})

@@ -8,9 +8,10 @@ import json
 import sys
 from pathlib import Path
 
-from .clitypes import finite_float, positive_float, positive_int, size_pair
-from .errors import RegposeError
-from .paths import require_writable_dir, require_writable_file
+from . import inference
+from .types import finite_float, positive_float, positive_int, size_pair
+from ..errors import RegposeError
+from ..paths import require_writable_dir, require_writable_file
 
 EXAMPLES = """examples:
   regpose synth data/synth/train --num-images 2000 --seed 0
@@ -38,7 +39,7 @@ def _main_process() -> bool:
 
 
 def _load_cfg(args, overrides: list[str] | None = None):
-    from .config import load_config  # lazy: CLI start-up time
+    from ..config import load_config  # lazy: CLI start-up time
 
     cfg = load_config(args.config, overrides or getattr(args, "overrides", None) or [])
     if getattr(args, "output_dir", None):
@@ -48,7 +49,7 @@ def _load_cfg(args, overrides: list[str] | None = None):
 
 # --------------------------------------------------------------------------------------------------------------
 def cmd_synth(args) -> int:
-    from .data.synthetic import generate  # lazy: CLI start-up time
+    from ..data.synthetic import generate  # lazy: CLI start-up time
 
     require_writable_dir(args.out, "out")
     w, h = args.size
@@ -59,7 +60,7 @@ def cmd_synth(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation import evaluate, format_metrics  # lazy: CLI start-up time
+    from ..evaluation import evaluate, format_metrics  # lazy: CLI start-up time
 
     if args.json_out:
         require_writable_file(args.json_out, "--json-out")
@@ -72,7 +73,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_analyze(args) -> int:
-    from .evaluation.analysis import analyse_keypoint_errors, format_analysis  # lazy: CLI start-up time
+    from ..evaluation.analysis import analyse_keypoint_errors, format_analysis  # lazy: CLI start-up time
 
     if args.json_out:
         require_writable_file(args.json_out, "--json-out")
@@ -85,8 +86,8 @@ def cmd_analyze(args) -> int:
 
 
 def cmd_show_data(args) -> int:
-    from .data.show import show_data  # lazy: CLI start-up time
-    from .engine.logging import get_logger  # lazy: CLI start-up time
+    from .show_data import show_data  # lazy: CLI start-up time
+    from ..engine.logging import get_logger  # lazy: CLI start-up time
 
     get_logger()                 # the data layer's notes (e.g. a synthetic split generated first) reach the console
     cfg = _load_cfg(args)
@@ -97,8 +98,8 @@ def cmd_show_data(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .engine.trainer import train  # lazy: CLI start-up time
-    from .evaluation import format_metrics  # lazy: CLI start-up time
+    from ..engine.trainer import train  # lazy: CLI start-up time
+    from ..evaluation import format_metrics  # lazy: CLI start-up time
 
     cfg = _load_cfg(args)
     if _main_process():
@@ -110,11 +111,11 @@ def cmd_train(args) -> int:
 
 
 def cmd_test(args) -> int:
-    from .engine import dist  # lazy: CLI start-up time
-    from .engine.checkpoint import load_model_weights  # lazy: CLI start-up time
-    from .engine.evaluator import evaluate_model  # lazy: CLI start-up time
-    from .evaluation import format_metrics  # lazy: CLI start-up time
-    from .models import build_model  # lazy: CLI start-up time
+    from ..engine import dist  # lazy: CLI start-up time
+    from ..checkpoint import load_model_weights  # lazy: CLI start-up time
+    from ..engine.evaluator import evaluate_model  # lazy: CLI start-up time
+    from ..evaluation import format_metrics  # lazy: CLI start-up time
+    from ..models import build_model  # lazy: CLI start-up time
 
     cfg = _load_cfg(args)
     if args.flip:
@@ -141,7 +142,7 @@ def cmd_test(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from .engine.bench import format_bench, run_bench, save_bench  # lazy: CLI start-up time
+    from ..engine.bench import format_bench, run_bench, save_bench  # lazy: CLI start-up time
 
     cfg = _load_cfg(args)
     out = args.json_out or str(Path(cfg.output_dir) / "bench.json")
@@ -156,7 +157,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_recipe(args) -> int:
-    from .engine.recipe import recipe_text  # lazy: CLI start-up time
+    from ..engine.recipe import recipe_text  # lazy: CLI start-up time
 
     cfg = _load_cfg(args)
     print(recipe_text(cfg, world_size=args.world_size, name=str(args.config)))
@@ -164,7 +165,7 @@ def cmd_recipe(args) -> int:
 
 
 def cmd_convert(args) -> int:
-    from .compat.official import convert  # lazy: CLI start-up time
+    from ..compat.official import convert  # lazy: CLI start-up time
 
     require_writable_file(args.out, "--out")
     out = convert(args.from_official, args.checkpoint, args.out, config=args.config, kind=args.kind)
@@ -173,25 +174,15 @@ def cmd_convert(args) -> int:
 
 
 def cmd_reference_check(args) -> int:
-    from .compat.official import format_report, reference_check  # lazy: CLI start-up time
+    from ..compat.official import format_report, reference_check  # lazy: CLI start-up time
 
     report = reference_check(args.dir)
     print(format_report(report))
     return 0 if all(err <= tol for _, err, tol in report) else 1
 
 
-def cmd_train_rescore(args) -> int:
-    from .engine.rescore import train_rescore  # lazy: CLI start-up time
-
-    cfg = _load_cfg(args)
-    require_writable_file(args.out, "--out")
-    out = train_rescore(cfg, args.weights, args.out, max_images=args.max_images)
-    print(f"wrote {out}")
-    return 0
-
-
 def cmd_demo(args) -> int:
-    from .demo import run_demo  # lazy: CLI start-up time
+    from ..demo import run_demo  # lazy: CLI start-up time
 
     require_writable_dir(args.out, "--out")
     kw = {k: v for k, v in (("method", args.method), ("minutes", args.minutes)) if v is not None}
@@ -199,10 +190,11 @@ def cmd_demo(args) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(method_commands: bool = True) -> argparse.ArgumentParser:
+    """The ``regpose`` parser; ``method_commands=False`` leaves out the commands methods add (which import them)."""
     p = _Parser(prog="regpose", description="Direct-regression multi-person pose estimation.",
                                 epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    from . import __version__  # lazy: CLI start-up time
+    from .. import __version__  # lazy: CLI start-up time
     p.add_argument("--version", action="version", version=f"regpose {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -213,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random seed: the same seed and options give the same bytes (default 0)")
     s.add_argument("--format", choices=["coco", "crowdpose", "mpii"], default="coco",
                    help="keypoint layout of the annotations: COCO-17, CrowdPose-14 or MPII-16 (default coco)")
-    s.add_argument("--size", type=size_pair, default=(256, 256), help="image size WxH (default 256x256)")
+    s.add_argument("--size", type=size_pair, default=(256, 256), metavar="WxH", help="image size (default 256x256)")
     s.add_argument("--max-people", type=positive_int, default=6, help="at most this many people per image (default 6)")
     s.set_defaults(fn=cmd_synth)
 
@@ -267,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="params, GFLOPs, latency, throughput, peak memory")
     s.add_argument("config")
-    s.add_argument("--input-size", type=size_pair, help="network input HxW (default: the config's)")
+    s.add_argument("--input-size", type=size_pair, metavar="HxW",
+                   help="network input, height first (default: the config's data.input_size, which is WxH)")
     s.add_argument("--batch-sizes", type=positive_int, nargs="+", default=[1])
     s.add_argument("--runs", type=positive_int, default=10)
     s.add_argument("--warmup", type=int, default=2)
@@ -289,7 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_recipe)
 
     s = sub.add_parser("convert", help="convert an official checkpoint to regpose weights")
-    s.add_argument("--from-official", required=True, choices=["dekr", "poseur", "querypose"])
+    s.add_argument("--from-official", required=True, metavar="METHOD",
+                   help="the method the checkpoint is for (one whose MethodSpec names an official converter, "
+                        "e.g. dekr)")
     s.add_argument("--checkpoint", required=True)
     s.add_argument("--out", required=True)
     s.add_argument("--config", help="check the converted weights load into this config's model")
@@ -301,15 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("dir")
     s.set_defaults(fn=cmd_reference_check)
 
-    s = sub.add_parser("train-rescore", help="DEKR: train the rescoring net from a model's predictions")
-    s.add_argument("config")
-    s.add_argument("--weights", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--max-images", type=positive_int)
-    s.add_argument("overrides", nargs="*")
-    s.set_defaults(fn=cmd_train_rescore)
-
-    from .demo import DEFAULT_METHOD, DEFAULT_MINUTES, SYNTHETIC_CONFIGS  # lazy: CLI start-up time
+    from ..demo import DEFAULT_METHOD, DEFAULT_MINUTES, SYNTHETIC_CONFIGS  # lazy: CLI start-up time
     s = sub.add_parser("demo", help="synthetic data -> train a few CPU minutes -> evaluate -> rendered predictions")
     s.add_argument("--method", default=None, choices=list(SYNTHETIC_CONFIGS),
                    help=f"method to train on its synthetic config (default: {DEFAULT_METHOD})")
@@ -322,21 +309,43 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_demo)
 
     # Commands whose arguments live with their implementation (inference surface).
-    for name, module in (("infer", "regpose.inference.commands"), ("export", "regpose.inference.commands")):
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name != module:
-                raise
-            continue
-        s = sub.add_parser(name, help=getattr(mod, f"{name.upper()}_HELP", name))
-        getattr(mod, f"add_{name}_arguments")(s)
-        s.set_defaults(fn=getattr(mod, f"run_{name}"))
+    for name, help_text, add_arguments, run in (
+            ("infer", inference.INFER_HELP, inference.add_infer_arguments, inference.run_infer),
+            ("export", inference.EXPORT_HELP, inference.add_export_arguments, inference.run_export)):
+        s = sub.add_parser(name, help=help_text)
+        add_arguments(s)
+        s.set_defaults(fn=run)
+    if method_commands:
+        _add_method_commands(sub)
     return p
 
 
+def _add_method_commands(sub) -> None:
+    """The commands methods add (``MethodSpec.commands``, e.g. DEKR's ``train-rescore``). Finding them imports every
+    method, so :func:`main` adds them only when the command line names no built-in command."""
+    from ..models.registry import get_method, method_names  # lazy: CLI start-up time (imports every method)
+
+    for method in method_names():
+        for name, module in get_method(method).commands.items():
+            mod = importlib.import_module(module)
+            s = sub.add_parser(name, help=mod.HELP)
+            mod.add_arguments(s)
+            s.set_defaults(fn=mod.run)
+
+
+def _needs_method_commands(parser: argparse.ArgumentParser, argv: list[str]) -> bool:
+    """The commands methods add are needed for the top-level help (no command word: the first argument that is no
+    option, the top level having only flags) and for a command word that is not built in."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    word = next((a for a in argv if not a.startswith("-")), None)
+    return "--version" not in argv if word is None else word not in sub.choices
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(method_commands=False)
+    if _needs_method_commands(parser, argv):
+        parser = build_parser()
     # Dotted overrides may come anywhere, also after options: `train CFG --resume train.lr=1e-4`.
     args, extra = parser.parse_known_args(argv)
     if extra:

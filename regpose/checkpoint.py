@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
-from ..models.weights import LoadReport, load_partial
+from .errors import CheckpointError
+from .models.weights import LoadReport, load_partial
 
 __all__ = ["atomic_save", "remove_stale_temporaries", "load_checkpoint", "load_state_dict_file",
            "load_model_weights", "check_fit"]

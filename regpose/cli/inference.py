@@ -1,4 +1,4 @@
-"""``regpose infer`` and ``regpose export`` (wired into :mod:`regpose.cli`).
+"""``regpose infer`` and ``regpose export`` (wired into :mod:`regpose.cli.main`).
 
 infer: images, folders (recursively), videos and webcams -> ``results.json`` (every input's people: keypoints
 with per-keypoint confidence, instance score, box; video frames with track ids), ``results_coco.json`` (the
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..clitypes import finite_float, positive_float, positive_int, size_pair
+from .types import finite_float, positive_float, positive_int, size_pair
 from ..errors import ConfigError, InputError
 
 __all__ = ["INFER_HELP", "EXPORT_HELP", "add_infer_arguments", "run_infer", "add_export_arguments", "run_export",
@@ -175,7 +175,7 @@ def _image_ids(images: list, box_source) -> tuple[dict[str, int], list[tuple[int
     Without a detections json the ids only label results (:func:`unique_image_ids`). With one they also pick each
     input's person boxes (:meth:`DetectionBoxes.image_id_for`): an input the rule matches to no image is skipped,
     and so is every input of a group that matches the same image (whose boxes would be given to all of them)."""
-    from .topdown import DetectionBoxes, unique_image_ids
+    from ..inference.boxes import DetectionBoxes, unique_image_ids
 
     if not isinstance(box_source, DetectionBoxes):
         return dict(zip((it.key for it in images), unique_image_ids([it.source for it in images]))), []
@@ -200,7 +200,7 @@ def _image_ids(images: list, box_source) -> tuple[dict[str, int], list[tuple[int
 
 def _check_video_boxes(box_source, items: list) -> None:
     """A detections json serves a video by frame index (image_id 0, 1, ...): one video, nothing else in the call."""
-    from .topdown import DetectionBoxes
+    from ..inference.boxes import DetectionBoxes
 
     if isinstance(box_source, DetectionBoxes) and len(items) > 1 and any(it.kind != "image" for it in items):
         raise ConfigError(f"--boxes {box_source.path}: a video's boxes are looked up by frame index (image_id 0, 1, "
@@ -253,8 +253,8 @@ class _InferRun:
 
     # ---- images: ids, read (one line per unreadable file), predict in batches, render
     def images(self, images: list) -> None:
-        from .predictor import load_image
-        from .topdown import DetectionBoxes
+        from ..inference.predictor import load_image
+        from ..inference.boxes import DetectionBoxes
 
         if not images:
             return
@@ -300,7 +300,7 @@ class _InferRun:
 
     # ---- a video or webcam: frames in order, batched, optionally tracked; mp4 with the input's fps and size
     def video(self, it) -> None:
-        from .video import VideoReader, VideoWriter
+        from ..inference.video import VideoReader, VideoWriter
 
         args = self.args
         try:
@@ -373,8 +373,8 @@ class _InferRun:
 
 def run_infer(args) -> int:
     from ..paths import require_writable_dir
-    from .predictor import Predictor
-    from .video import discover_inputs
+    from ..inference.predictor import Predictor
+    from ..inference.video import discover_inputs
 
     out = require_writable_dir(args.out, "--out")
     predictor = Predictor(args.config, args.weights, device=args.device, backend=args.backend, overrides=args.set,
@@ -412,7 +412,7 @@ def add_export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dynamic", action="store_true",
                    help="dynamic batch (and, for whole-image methods, height / width): needed for flip test, "
                         "multi-scale and images of varying size")
-    p.add_argument("--input-size", type=size_pair, help="network input HxW of the example (default: what the test "
+    p.add_argument("--input-size", type=size_pair, metavar="HxW", help="network input of the example, height first (default: what the test "
                    "transform makes of a 480x640 image; top-down: the crop size)")
     p.add_argument("--batch-size", type=positive_int, default=1, help="batch of the example (the static batch)")
     p.add_argument("--opset", type=_opset, default=17,
@@ -434,10 +434,10 @@ def _opset(text: str) -> int:
 
 def run_export(args) -> int:
     from ..config import load_config
-    from ..engine.checkpoint import load_model_weights
+    from ..checkpoint import load_model_weights
     from ..models import build_model
     from ..paths import require_writable_file
-    from .export import export_onnx
+    from ..inference.export import export_onnx
 
     require_writable_file(args.out, "--out")
     cfg = load_config(args.config, args.set)

@@ -9,7 +9,8 @@ __all__ = ["size_pair", "positive_int", "positive_float", "finite_float"]
 
 
 def size_pair(text: str) -> tuple[int, int]:
-    """``AxB`` (e.g. ``256x192``) -> (A, B), both positive."""
+    """``AxB`` (e.g. ``256x192``) -> (A, B), both positive, in the order written: each option names its order in its
+    metavar (``WxH`` or ``HxW``)."""
     try:
         a, b = (int(v) for v in text.lower().split("x"))
     except ValueError:
