@@ -20,7 +20,7 @@ from regpose.data.config import SplitConfig, SynthSpec
 from regpose.data.datasets import ensure_synthetic, load_records
 from regpose.data.keypoints import get_meta, keypoint_layout, layout_section, make_layout
 from regpose.data.synthetic import generate
-from regpose.engine.checkpoint import load_checkpoint
+from regpose.checkpoint import load_checkpoint
 from regpose.engine.trainer import train
 from regpose.errors import ConfigError, DataError
 
