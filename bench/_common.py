@@ -87,6 +87,20 @@ def interleaved(fns: dict[str, Callable[[], object]], *, runs: int, warmup: int 
     return {k: summary(wall[k], cpu[k]) for k in fns}
 
 
+def round_ratios(a: dict, b: dict) -> dict:
+    """``a`` / ``b`` for two :func:`interleaved` summaries of the same rounds: the ratio of the medians and the
+    median and range of the per-round ratios (each round's two runs saw the same machine load)."""
+    per_round = [x / y for x, y in zip(a["times_ms"], b["times_ms"])]
+    return {"ratio_of_medians": a["median_ms"] / b["median_ms"], "median_round_ratio": statistics.median(per_round),
+            "min_round_ratio": min(per_round), "max_round_ratio": max(per_round)}
+
+
+def format_ratio(r: dict) -> str:
+    """One line for :func:`round_ratios`."""
+    return (f"{r['ratio_of_medians']:.2f} (ratio of medians; per round: median {r['median_round_ratio']:.2f}, "
+            f"range {r['min_round_ratio']:.2f}-{r['max_round_ratio']:.2f})")
+
+
 def timed(fn: Callable[[], object], *, runs: int, warmup: int = 1) -> dict:
     """:func:`summary` of one callable timed ``runs`` times after ``warmup`` untimed calls."""
     return interleaved({"fn": fn}, runs=runs, warmup=warmup)["fn"]

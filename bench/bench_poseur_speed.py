@@ -1,5 +1,4 @@
-"""Poseur R50 6-dec 256x192 CPU latency, next to the official figures ($REGPOSE_SHARED or ../shared:
-reference/poseur/latency_cpu.json).
+"""Poseur R50 6-dec 256x192 CPU latency: ours against the official formulation, side by side in one process.
 
 Measures, in one process and on the same random weights:
   * ``ours``          - EMSDA with the one-call ``embedding_bag`` sampler (the default);
@@ -8,7 +7,9 @@ Measures, in one process and on the same random weights:
     CPU): the memory repeated once per head, every head sampling all C channels of each level separately;
 for batch 1 and 32 (network forward, eval, inference_mode), plus the split backbone / neck / head for ``ours`` and
 the full ``predict`` (flip test + decoding) at batch 1. Medians over ``--runs`` after ``--warmup`` runs; the variants
-are timed in interleaved rounds.
+are timed in interleaved rounds, and each variant's time is printed as a ratio to ``official_like`` of the same
+rounds (speed is only ever compared within one run; the official code's own figures, measured in another run,
+are not compared against).
 
     .venv/bin/python -m bench.bench_poseur_speed --threads 2 --out runs/bench_poseur_speed.json
 
@@ -16,7 +17,6 @@ Numbers are only meaningful on a quiet machine (another busy process makes 2-thr
 """
 from __future__ import annotations
 
-import json
 from contextlib import contextmanager
 from types import SimpleNamespace
 
@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench._common import add_timing_args, interleaved, machine, parser, peak_rss_mib, set_threads, shared_dir, \
-    timed, write_json
+from bench._common import add_timing_args, format_ratio, interleaved, machine, parser, peak_rss_mib, round_ratios, \
+    set_threads, timed, write_json
 from regpose.data.keypoints import get_meta
 from regpose.models.layers import deform_attn
 from regpose.models.layers.deform_attn import MultiScaleDeformableAttention
@@ -133,21 +133,16 @@ def main() -> None:
     ap.add_argument("--variants", nargs="+", default=["ours", "grid_sample", "official_like"])
     ap.add_argument("--out", default="runs/bench_poseur_speed.json")
     ap.add_argument("--attention-only", action="store_true", help="only the one-layer EMSDA micro-benchmark")
+    ap.add_argument("--skip-attention", action="store_true", help="skip the one-layer EMSDA micro-benchmark")
+    ap.add_argument("--skip-split", action="store_true", help="skip the backbone / neck / head split and predict")
     args = ap.parse_args()
 
     set_threads(args.threads)
     torch.manual_seed(0)
     model = Poseur(PoseurConfig(), get_meta("coco")).eval()
     report = {"model": "Poseur R50 6-dec 256x192 (random init)", **machine(), "runs": {}}
-    official = {}
-    lat_path = shared_dir(required=False) / "reference" / "poseur" / "latency_cpu.json"
-    if lat_path.is_file():
-        lat = json.loads(lat_path.read_text())
-        official = {r["bs"]: r["median_ms"] for r in lat["runs"] if r["mode"] == "net"}
-        report["official_median_ms"] = official
-        report["official_split_ms"] = lat.get("split_quiet_ms", {})
-
-    report["attention_layer"] = bench_attention(args.batch_sizes, args.warmup, args.runs)
+    if not args.skip_attention:
+        report["attention_layer"] = bench_attention(args.batch_sizes, args.warmup, args.runs)
     if args.attention_only:
         write_json(args.out, report)
         return
@@ -170,20 +165,25 @@ def main() -> None:
                               warmup=args.warmup if bs == 1 else 1)
             for variant, r in res.items():
                 r["max_abs_diff_vs_ours"] = diff = diffs[variant]
-                if bs in official:
-                    r["ratio_vs_official"] = r["median_ms"] / official[bs]
                 report["runs"][f"bs{bs}_{variant}"] = r
                 print(f"batch {bs:>2}  {variant:<14} median {r['median_ms']:9.1f} ms  min {r['min_ms']:9.1f} ms"
-                      + (f"  x{r['ratio_vs_official']:.2f} of official {official[bs]:.0f} ms" if bs in official else "")
-                      + f"  (max |diff| {diff:.1e})", flush=True)
+                      f"  (max |diff| {diff:.1e})", flush=True)
+            for variant in [v for v in res if v != "official_like"] if "official_like" in res else []:
+                ratio = report["runs"][f"bs{bs}_{variant}"]["vs_official_like"] = round_ratios(
+                    res[variant], res["official_like"])
+                print(f"batch {bs:>2}  {variant} / official_like: {format_ratio(ratio)}", flush=True)
+            if args.skip_split:
+                continue
             split = split_times(model, x, 1, max(2, args.runs // 2))
             report["runs"][f"bs{bs}_split_ms"] = split
             print(f"batch {bs:>2}  split: " + ", ".join(f"{k} {v:.1f} ms" for k, v in split.items()), flush=True)
-        # the full single-image path the official figure 'full_flip' measures: flip test + decoding
+    # the full single-image path: flip test + decoding
+    if not args.skip_split:
         metas = [{"image_id": 0, "sample_index": 0, "inverse": np.array([[1.0, 0, 0], [0, 1.0, 0]]),
                   "box": [0, 0, 191, 255], "box_score": 1.0, "scale": [1.2, 1.6]}]
         batch = {"images": torch.randn(1, 3, 256, 192), "metas": metas}
-        r = timed(lambda: model.predict(batch, SimpleNamespace(flip=True)), runs=args.runs, warmup=args.warmup)
+        with torch.inference_mode():
+            r = timed(lambda: model.predict(batch, SimpleNamespace(flip=True)), runs=args.runs, warmup=args.warmup)
         report["runs"]["bs1_predict_flip"] = r
         print(f"batch  1  predict+flip    median {r['median_ms']:9.1f} ms", flush=True)
     report["peak_rss_mib"] = peak_rss_mib()

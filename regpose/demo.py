@@ -5,6 +5,8 @@ evaluate on the validation split -> render predictions on validation images -> p
 """
 from __future__ import annotations
 
+import math
+import os
 import time
 from pathlib import Path
 
@@ -12,7 +14,8 @@ from .data.keypoints import keypoint_layout
 from .engine.logging import get_logger
 from .errors import RegposeError
 
-__all__ = ["SYNTHETIC_CONFIGS", "DEFAULT_METHOD", "DEFAULT_MINUTES", "run_demo", "configs_dir", "people_source"]
+__all__ = ["SYNTHETIC_CONFIGS", "DEFAULT_METHOD", "DEFAULT_MINUTES", "READABLE_ITERS", "run_demo", "configs_dir",
+           "people_source", "demo_threads"]
 
 #: the small config of each method that learns on a CPU from the synthetic data
 SYNTHETIC_CONFIGS = {
@@ -26,7 +29,13 @@ SYNTHETIC_CONFIGS = {
 # Poseur (ground-truth person boxes, as the demo says when it runs) shows recognisable skeletons after a few CPU
 # minutes; QueryPose's sparse set prediction needs far longer from scratch (bench/bench_querypose_learning.py).
 DEFAULT_METHOD = "poseur"
-DEFAULT_MINUTES = 5.0
+# 8 minutes hold about 1,400 iterations of poseur_tiny_synthetic on a quiet 2-core machine (0.31 s each: one compute
+# thread beside the data-loader worker), about 10 minutes for the whole demo with data generation and evaluation.
+DEFAULT_MINUTES = 8.0
+#: iterations of the default method's synthetic config from which the pictures show skeletons on people. Measured
+#: with the schedule fitted to each count (validation AP; pictures of the first 8 validation images): 495 -> 0.009,
+#: one mean pose drawn faded on everybody; 890 -> 0.055, solid skeletons on some people; 2,723 -> 0.271, on most.
+READABLE_ITERS = 900
 
 
 def configs_dir() -> Path:
@@ -45,6 +54,14 @@ _PEOPLE_SOURCE = {
 }
 
 
+def demo_threads(cfg) -> int:
+    """Compute threads for the demo's training: the cores the data-loader workers leave free (at least one). More
+    threads than free cores stall: OpenMP threads wait for each other at every operation, and on a 2-core machine
+    shared with other jobs a 2-thread Poseur training step measured 11x slower than a 1-thread one."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - cfg.train.num_workers)
+
+
 def people_source(cfg) -> str:
     """How the demo's method finds the people it evaluates and renders (by its family), for the log."""
     from .models.registry import get_method  # lazy: `regpose demo --help` reads this module's constants without loading torch
@@ -57,6 +74,7 @@ def run_demo(method: str = DEFAULT_METHOD, minutes: float = DEFAULT_MINUTES, out
     """The demo; ``kpt_threshold``: keypoints drawn solid from this confidence (default: the method's)."""
     import cv2
     import numpy as np
+    import torch
 
     from .config import load_config  # lazy: `regpose demo --help` reads this module's constants without loading torch
     from .data.datasets import ensure_synthetic, load_records, read_image  # lazy: `regpose demo --help` reads this module's constants without loading torch
@@ -75,11 +93,17 @@ def run_demo(method: str = DEFAULT_METHOD, minutes: float = DEFAULT_MINUTES, out
     log.info("[1/4] synthetic data (%s format): %s, %s", cfg.data.format, cfg.data.train.root, cfg.data.val.root)
     for split in (cfg.data.train, cfg.data.val):
         ensure_synthetic(split, cfg.data.format, keypoint_layout(cfg.data))
+    threads = demo_threads(cfg)
+    torch.set_num_threads(threads)
     # the schedule (warm-up, decay, EMA) is fitted to the budget, so the model is finished when time is up
     sec = seconds_per_iteration(cfg)
     iters = fit_schedule_to_budget(cfg, minutes, sec)
-    log.info("[2/4] training %s for %d iterations (%.2f s each here, at most %.1f minutes) -> %s",
-             cfg.name, iters, sec, minutes, out)
+    log.info("[2/4] training %s for %d iterations (%.2f s each here on %d compute thread(s) + %d data worker(s), "
+             "at most %.1f minutes) -> %s", cfg.name, iters, sec, threads, cfg.train.num_workers, minutes, out)
+    if method == DEFAULT_METHOD and iters < READABLE_ITERS:
+        log.warning("this machine fits only %d iterations in %.1f minutes: the pictures show solid skeletons from "
+                    "about %d (--minutes %d here); other jobs running make every iteration slower", iters, minutes,
+                    READABLE_ITERS, math.ceil(minutes * READABLE_ITERS / iters))
     metrics = train(cfg, overwrite=True)   # the demo's folder is its own: running the demo again starts over
     log.info("[3/4] rendering predictions on %d validation images (%s)", num_render, people_source(cfg))
     predictor = Predictor(cfg, out / "model_final.pth", device="cpu")

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..codecs.heatmap_offset import map_poses, official_test_resize
 from ..errors import CheckpointError, ConfigError, RegposeError
 
 __all__ = ["convert_state_dict", "convert_rescore_state_dict", "config_from_official", "official_test_options",
@@ -332,7 +333,7 @@ def reference_check(folder: str | Path) -> list[tuple[str, float, float]]:
     config.json, and compare with outputs.npz: rows (array, max abs error, tolerance)."""
     import dataclasses
 
-    from ..models.dekr import PoseRescorer, map_poses, official_test_resize, rescore_features, run_pipeline
+    from ..models.dekr import PoseRescorer, rescore_features, run_pipeline
     from .official import load_npz_state_dict
 
     folder = Path(folder)

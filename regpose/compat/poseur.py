@@ -193,7 +193,7 @@ def _err(a, b) -> float:
 def _reference_transform(cfg_json: dict):
     """Our top-down test transform for the reference folder's input size and padding."""
     from ..data.config import DataConfig
-    from ..models.topdown_regression import TopDownRegressionTransform
+    from ..codecs.topdown_regression import TopDownRegressionTransform
 
     w, h = cfg_json.get("input_size_wh", [192, 256])
     data = DataConfig(input_size=(int(w), int(h)))

@@ -5,7 +5,8 @@
     DirectPose auxiliary branches);
   * :func:`dekr_joints`, :func:`dekr_heatmaps`, :func:`dekr_offsets` — DEKR's targets exactly as the official code
     (reference/dekr/spec.md §2.1–2.4, incl. its quirks);
-  * :func:`normalized_coords` — normalised crop coordinates with visibility weights (Poseur spec §1.7).
+
+The coordinate targets of the regression methods are encoded by their codecs (:mod:`regpose.codecs`).
 """
 from __future__ import annotations
 
@@ -13,8 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["gaussian_heatmaps", "udp_heatmaps", "dekr_joints", "dekr_heatmaps", "dekr_offsets",
-           "normalized_coords"]
+__all__ = ["gaussian_heatmaps", "udp_heatmaps", "dekr_joints", "dekr_heatmaps", "dekr_offsets"]
 
 
 def _wh(size) -> tuple[int, int]:
@@ -207,14 +207,3 @@ def dekr_offsets(joints: np.ndarray, area: np.ndarray, output_size, radius: int 
         wrote = write.any(0)
         area_map[gy[wrote], gx[wrote]] = area[p]
     return off.reshape(2 * k, h, w), wts.reshape(2 * k, h, w)
-
-
-def normalized_coords(keypoints: np.ndarray, input_size) -> tuple[np.ndarray, np.ndarray]:
-    """Poseur / RLE coordinate target (spec §1.7): crop pixels / (W, H) (no +0.5); weight per x and y =
-    labelled (v > 0) and inside the crop (0 <= x <= W - 1, 0 <= y <= H - 1). (K, 2) float32 each."""
-    kp = np.asarray(keypoints, dtype=np.float64)
-    w, h = _wh(input_size)
-    target = kp[..., :2] / np.array([w, h], np.float64)
-    inside = (kp[..., 0] >= 0) & (kp[..., 0] <= w - 1) & (kp[..., 1] >= 0) & (kp[..., 1] <= h - 1)
-    weight = ((kp[..., 2] > 0) & inside).astype(np.float32)
-    return target.astype(np.float32), np.repeat(weight[..., None], 2, axis=-1)

@@ -8,8 +8,8 @@ pixel-index coordinates. Horizontal flips map x -> W - 1 - x and swap left/right
 ``flip_index``.
 
 Three families, each reproducing its official code:
-  * bottom-up (DEKR, reference/dekr/spec.md §2.2): :class:`BottomUpRandomAffine` + :class:`HorizontalFlip`;
-    test resize :class:`BottomUpTestResize` (§3.1);
+  * bottom-up (DEKR, reference/dekr/spec.md §2.2): :class:`BottomUpRandomAffine` + :class:`HorizontalFlip`
+    (the test resize is DEKR's codec's, :mod:`regpose.codecs.heatmap_offset`);
   * one-stage (QueryPose / Sparse R-CNN mapper, reference/querypose/spec.md §8, detectron2 semantics):
     :class:`OneStageAugmentation`, test :class:`ResizeShortestEdge` (800, 1333);
   * top-down (Poseur / mmpose, reference/poseur/spec.md §1.1–1.7): :class:`TopDownGetBboxCenterScale`,
@@ -43,7 +43,7 @@ __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "to_tensor_normalize",
     "Compose", "apply_affine", "transform_boxes", "inverse_affine", "make_meta", "select_people", "flip_matrix",
     "HorizontalFlip", "ResizeShortestEdge", "RandomCrop", "OneStageAugmentation", "OneStageAnnotations",
-    "BottomUpRandomAffine", "BottomUpTestResize", "dekr_affine_matrix",
+    "BottomUpRandomAffine", "dekr_affine_matrix", "warp_sample",
     "box_to_center_scale", "get_affine_transform", "get_warp_matrix", "transform_preds",
     "TopDownGetBboxCenterScale", "TopDownRandomFlip", "TopDownHalfBody", "TopDownRandomScaleRotation",
     "TopDownAffine", "ColorJitter", "PhotometricDistortion", "Cutout",
@@ -142,6 +142,15 @@ def _geometric(sample: dict, m: np.ndarray, keypoints: bool = True) -> None:
     sample["affine"] = m @ sample["affine"]
 
 
+def warp_sample(sample: dict, matrix: np.ndarray, size: tuple[int, int]) -> dict:
+    """Warp the sample's image to ``size`` (W, H) with the pixel-index affine ``matrix`` ((2, 3) or (3, 3); cv2
+    bilinear, zero border) and move its keypoints, boxes and affine alike."""
+    _prepare(sample)
+    sample["image"] = cv2.warpAffine(sample["image"], _as3(matrix)[:2], tuple(int(v) for v in size))
+    _geometric(sample, matrix)
+    return sample
+
+
 def select_people(sample: dict, keep) -> dict:
     """Keep only people ``keep`` (mask or indices) in every per-person array; remaps ``person_index``."""
     n = len(sample["keypoints"])
@@ -178,7 +187,8 @@ def make_meta(sample: dict, **extra) -> dict:
         "input_hw": (int(h), int(w)),
         "inverse": inverse_affine(sample)[:2].copy(),
     }
-    for k in ("center", "scale", "rotation", "box", "box_score", "person_index", "flipped", "area_scale", "augment"):
+    for k in ("center", "scale", "rotation", "udp", "box", "box_score", "person_index", "flipped", "area_scale",
+              "augment"):
         if k in sample:
             v = sample[k]
             meta[k] = np.array(v) if isinstance(v, np.ndarray) else v
@@ -524,46 +534,6 @@ class BottomUpRandomAffine:
         return sample
 
 
-class BottomUpTestResize:
-    """DEKR test resize (reference/dekr/spec.md §3.1): short side to ceil64(input_size) x ``scale``, long side
-    scaled alike and rounded up to a multiple of 64, about the centre c = (int(w/2+0.5), int(h/2+0.5)); the
-    closed form of the official 3-point construction (equal to 1e-14)."""
-
-    def __init__(self, input_size: int = 512, scale: float = 1.0):
-        self.input_size = int(input_size)
-        self.scale = float(scale)
-
-    @staticmethod
-    def _ceil64(v: float) -> int:
-        """Round up to a multiple of 64 (non-integer values too: 425 -> 448, 425.3 -> 448)."""
-        return int(math.ceil(v / 64.0) * 64)
-
-    def size(self, h: int, w: int) -> tuple[int, int, float]:
-        """(W_r, H_r, alpha) for an h x w image."""
-        base = self._ceil64(self.input_size)
-        s = self.scale
-        if w < h:
-            wr = int(base * s)
-            hr = int(self._ceil64(base / w * h) * s)
-            alpha = wr / (200.0 * (w / 200.0))
-        else:
-            hr = int(base * s)
-            wr = int(self._ceil64(base / h * w) * s)
-            alpha = hr / (200.0 * (h / 200.0))
-        return wr, hr, alpha
-
-    def __call__(self, sample: dict, rng=None) -> dict:
-        _prepare(sample)
-        h, w = sample["image"].shape[:2]
-        wr, hr, a = self.size(h, w)
-        cx, cy = int(w / 2.0 + 0.5), int(h / 2.0 + 0.5)
-        m = np.array([[a, 0.0, wr / 2.0 - a * cx], [0.0, a, hr / 2.0 - a * cy]])
-        sample["image"] = cv2.warpAffine(sample["image"], m, (wr, hr))
-        _geometric(sample, m)
-        sample["center"] = np.array([cx, cy], dtype=np.float64)
-        return sample
-
-
 # ==========================================================================================================
 # Top-down (mmpose / Poseur)
 # ==========================================================================================================
@@ -778,10 +748,8 @@ class TopDownAffine:
         return get_affine_transform(center, scale, rotation, self.input_size)
 
     def __call__(self, sample: dict, rng=None) -> dict:
-        _prepare(sample)
         m = self.matrix(sample["center"], sample["scale"], sample.get("rotation", 0.0))
-        sample["image"] = cv2.warpAffine(sample["image"], m, self.input_size, flags=cv2.INTER_LINEAR)
-        _geometric(sample, m)
+        warp_sample(sample, m, self.input_size)
         sample["udp"] = self.udp
         return sample
 

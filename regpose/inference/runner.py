@@ -29,8 +29,7 @@ from ..structures import PoseResult, to_coco_results
 __all__ = ["PoseRunner", "image_sample", "select_people", "write_results"]
 
 
-def image_sample(transform, image: np.ndarray, image_id: int = 0, file_name: str = "",
-                 num_keypoints: int = 17) -> dict:
+def image_sample(transform, image: np.ndarray, image_id: int, file_name: str, num_keypoints: int) -> dict:
     """A whole-image method's test sample of a picture without annotations. A transform that cannot handle zero
     people (target encoding of an empty set) gets one unlabelled whole-image placeholder person instead: it only
     reaches the unused target, never the image or the meta."""

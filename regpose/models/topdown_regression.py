@@ -8,28 +8,26 @@ such models share, so each method package keeps only its network and loss:
     Poseur spec 2.3), with RLE's :class:`NormLinear` / :class:`PlainLinear` under the official parameter names;
   * keypoint scores from sigma (:func:`keypoint_scores`, Poseur Eq. 8), the flip test of (mu, sigma) outputs
     (:func:`flip_back`, :func:`fuse_flip`, Poseur spec 1.5);
-  * decoding: crop coordinates -> one :class:`~regpose.structures.PoseResult` per crop in image pixels
-    (:func:`topdown_results`), and :class:`RLETopDownInference`, the ``predict`` / ``finalize`` of (mu, sigma) models;
-  * :class:`TopDownRegressionTransform`: the mmpose / Poseur crop pipeline with normalised coordinate targets.
+  * :class:`RLETopDownInference`, the ``predict`` / ``finalize`` of (mu, sigma) models, decoding through the
+    top-down regression codec (:mod:`regpose.codecs.topdown_regression`, which also makes the crops and targets:
+    :func:`topdown_regression_transform` picks it for Poseur and RLE).
 """
 from __future__ import annotations
 
 from typing import Literal
 
-import numpy as np
 import torch
 from torch import nn
 
-from ..data.targets import normalized_coords
+from ..codecs.multiscale import resolve_test_scales
+from ..codecs.topdown_regression import TopDownRegressionTransform, decode_crops, topdown_transform
 from ..ops import topdown_finalize
-from ..data.transforms import (make_meta, to_tensor_normalize, topdown_test_transforms, topdown_train_transforms,
-                               transform_boxes)
 from ..structures import PoseResult
 from .layers.linear import NormalizedLinear
 
 __all__ = ["NormLinear", "PlainLinear", "CoarseRLEHead", "FlipFusion", "KeypointScore", "uncertainty_score",
-           "keypoint_scores", "flip_back_coords", "flip_back", "fuse_flip", "crop_to_image", "topdown_results",
-           "RLETopDownInference", "TopDownRegressionTransform", "topdown_regression_transform"]
+           "keypoint_scores", "flip_back_coords", "flip_back", "fuse_flip", "RLETopDownInference",
+           "topdown_regression_transform"]
 
 FlipFusion = Literal["default", "type1", "type2"]
 KeypointScore = Literal["rle", "uncertainty", "none"]
@@ -160,44 +158,6 @@ def fuse_flip(mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2
     return mu, score
 
 
-def crop_to_image(points: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-    """Crop pixels (B, K, 2) -> image pixels through per-sample (B, 2, 3) affines."""
-    return torch.einsum("bij,bkj->bki", inverse[..., :2], points) + inverse[:, None, :, 2]
-
-
-def _meta_array(metas: list[dict], key: str, default, dtype=np.float64) -> np.ndarray:
-    return np.asarray([np.asarray(m.get(key, default), dtype=dtype) for m in metas], dtype=dtype)
-
-
-def topdown_results(mu: torch.Tensor, score: torch.Tensor, metas: list[dict], input_hw: tuple[int, int],
-                    extras: dict[str, torch.Tensor] | None = None) -> list[PoseResult]:
-    """One single-person :class:`PoseResult` per crop: normalised coordinates -> crop pixels (x W_in, y H_in;
-    Poseur spec 1.4, no half-pixel shift) -> image pixels via ``meta["inverse"]``. The instance score is the mean
-    keypoint score here; ``finalize`` rescores with the box score and runs OKS-NMS per image."""
-    h_in, w_in = input_hw
-    inverse = torch.as_tensor(_meta_array(metas, "inverse", [[1, 0, 0], [0, 1, 0]]), dtype=torch.float64)
-    pts = mu.detach().double().cpu() * torch.tensor([w_in, h_in], dtype=torch.float64)
-    img = crop_to_image(pts, inverse).float().numpy()                                  # (B, K, 2)
-    scores = score.detach().float().cpu().numpy()                                      # (B, K)
-    keypoints = np.concatenate([img, scores[..., None]], axis=-1)
-    box_score = _meta_array(metas, "box_score", 1.0, np.float32)
-    scale = _meta_array(metas, "scale", [w_in / 200.0, h_in / 200.0])
-    area = (scale[:, 0] * 200.0) * (scale[:, 1] * 200.0)                                 # mmpose boxes[:, 4]
-    # The person box rides through the data transforms in network-input coordinates (meta["box"]); map it back.
-    # Without one, the crop's extent is the box.
-    crop_box = np.array([0.0, 0.0, w_in, h_in])
-    boxes = np.stack([transform_boxes(np.asarray(m.get("box", crop_box), dtype=np.float64)[None],
-                                      np.asarray(m.get("inverse", np.eye(3)[:2]), dtype=np.float64))[0]
-                      for m in metas]) if len(metas) else np.zeros((0, 4))
-    extra_np = {k: v.detach().float().cpu().numpy() for k, v in (extras or {}).items()}
-    out = []
-    for i in range(len(metas)):
-        ex = {"box_score": box_score[i:i + 1], "area": area[i:i + 1].astype(np.float32)}
-        ex.update({k: v[i:i + 1] for k, v in extra_np.items()})
-        out.append(PoseResult(boxes[i:i + 1], keypoints[i:i + 1], scores[i:i + 1].mean(-1), ex))
-    return out
-
-
 class RLETopDownInference:
     """Inference shared by the top-down RLE models (the baseline and Poseur): eval ``forward(images)`` gives
     (mu, sigma) per keypoint in normalised crop coordinates; flip test with the configured fusion (Poseur spec
@@ -208,6 +168,7 @@ class RLETopDownInference:
 
     @torch.no_grad()
     def predict(self, batch: dict, test_cfg) -> list[PoseResult]:
+        resolve_test_scales(test_cfg, type(self).__name__, multi_scale=False)
         images = batch["images"]
         c = self.cfg
         mu, sigma = self(images)
@@ -217,7 +178,7 @@ class RLETopDownInference:
                                   c.uncertainty_scale)
         else:
             score = keypoint_scores(sigma, c.keypoint_score, c.uncertainty_a, c.uncertainty_scale)
-        return topdown_results(mu, score, batch["metas"], tuple(images.shape[-2:]), {"sigma": sigma})
+        return decode_crops(mu, score, batch["metas"], tuple(images.shape[-2:]), {"sigma": sigma})
 
     def finalize(self, result: PoseResult, meta: dict) -> PoseResult:
         return topdown_finalize(result, self.keypoints.sigmas, self.cfg.oks_nms_threshold, self.cfg.rescore)
@@ -226,29 +187,6 @@ class RLETopDownInference:
 # ----------------------------------------------------------------------------------------------------------
 # Data transform
 # ----------------------------------------------------------------------------------------------------------
-class TopDownRegressionTransform:
-    """Raw top-down sample -> {"image", "target": {"coords", "coord_weights"}, "meta"}: the official mmpose / Poseur
-    pipeline (spec 1.1-1.7: centre/scale with padding 1.25, flip, half body, scale/rotation, non-UDP affine crop,
-    ImageNet normalisation of the RGB crop) and normalised coordinate targets (x / W_in, y / H_in; weight = labelled
-    and inside the crop). Shared by Poseur, RLE and TFPose. Picklable for data-loader workers."""
-
-    def __init__(self, data_cfg, train: bool):
-        self.train = train
-        self.input_size = tuple(int(v) for v in data_cfg.input_size)          # (W, H)
-        self.pipeline = topdown_train_transforms(data_cfg) if train else topdown_test_transforms(data_cfg)
-
-    def __call__(self, raw: dict, rng=None) -> dict:
-        sample = self.pipeline(raw, rng)
-        target = {}
-        person = sample.get("person_index", -1)
-        if person is not None and person >= 0:
-            coords, weights = normalized_coords(sample["keypoints"][person], self.input_size)
-            target = {"coords": torch.from_numpy(coords), "coord_weights": torch.from_numpy(weights)}
-        elif self.train:
-            raise ValueError("top-down training samples need a ground-truth person (person_index >= 0)")
-        return {"image": to_tensor_normalize(sample["image"]), "target": target, "meta": make_meta(sample)}
-
-
 def topdown_regression_transform(cfg, train: bool) -> TopDownRegressionTransform:
-    """The ``MethodSpec.transform`` of the methods that use :class:`TopDownRegressionTransform` as it is."""
-    return TopDownRegressionTransform(cfg.data, train)
+    """The ``MethodSpec.transform`` of Poseur and RLE: the top-down regression codec's crops and coordinate targets."""
+    return topdown_transform(cfg, train)

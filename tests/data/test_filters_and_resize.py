@@ -23,13 +23,3 @@ def test_min_keypoints_filter_counts_labelled_keypoints_of_non_crowd_people():
     assert filter_records(recs, "onestage") == [no_kp, crowd_only_kp, ok]
     assert filter_records(recs, "onestage", min_keypoints=1) == [ok]
     assert filter_records(recs, "onestage", min_keypoints=3) == []
-
-
-def test_bottom_up_test_resize_rounds_the_long_side_up_to_64():
-    from regpose.data.transforms import BottomUpTestResize
-
-    # 425x640 image, input 128: short side -> 128, long side 128/425*640 = 192.8 -> 256 (DEKR spec §3.1)
-    wr, hr, _ = BottomUpTestResize(128, 1.0).size(425, 640)
-    assert (wr, hr) == (256, 128)
-    wr, hr, _ = BottomUpTestResize(512, 0.5).size(480, 640)
-    assert (wr, hr) == (352, 256)   # ceil64(512 / 480 * 640 = 682.7) = 704, times the scale 0.5

@@ -3,8 +3,7 @@ import numpy as np
 import pytest
 
 from reference_targets import dekr_heatmap_loop, dekr_offset_loop, udp_loop
-from regpose.data.targets import (dekr_heatmaps, dekr_joints, dekr_offsets, gaussian_heatmaps, normalized_coords,
-                                  udp_heatmaps)
+from regpose.data.targets import dekr_heatmaps, dekr_joints, dekr_offsets, gaussian_heatmaps, udp_heatmaps
 
 
 def _people(rng, p, k, res, integer=False):
@@ -97,11 +96,7 @@ def test_udp_heatmaps_equal_mmposes_loop():
                                           udp_heatmaps(two[1], (192, 256), (48, 64))[0]))
 
 
-def test_gaussian_heatmaps_and_normalized_coords():
+def test_gaussian_heatmaps():
     hm = gaussian_heatmaps(np.array([[[10.0, 20.0, 1]], [[12.0, 20.0, 1]], [[5.0, 5.0, 0]]]), (32, 24), 2.0)
     assert hm.shape == (1, 24, 32) and hm[0, 20, 10] == pytest.approx(1) and hm[0, 20, 12] == pytest.approx(1)
     assert hm[0, 5, 5] == 0 and hm[0, 20, 19] == 0 and hm[0, 20, 18] > 0                       # beyond 3 sigma of both
-    kp = np.array([[0, 0, 2], [191, 255, 1], [191.5, 10, 2], [50, 60, 0]], np.float64)
-    t, w = normalized_coords(kp, (192, 256))
-    assert np.allclose(t[1], [191 / 192, 255 / 256])
-    assert w[:, 0].tolist() == [1, 1, 0, 0] and w.shape == (4, 2)

@@ -8,7 +8,7 @@ from conftest import REAL
 from regpose.data.config import DataConfig, SplitConfig
 from regpose.data.datasets import ImageDataset, TopDownDataset, load_records
 from regpose.data.keypoints import get_meta
-from regpose.data.transforms import (BottomUpRandomAffine, BottomUpTestResize, Compose, HorizontalFlip,
+from regpose.data.transforms import (BottomUpRandomAffine, Compose, HorizontalFlip,
                                      OneStageAnnotations, PhotometricDistortion, ResizeShortestEdge,
                                      TopDownAffine, TopDownGetBboxCenterScale, TopDownRandomFlip, apply_affine,
                                      box_to_center_scale, bottomup_train_transforms, dekr_affine_matrix,
@@ -149,16 +149,6 @@ def test_bottomup_augmentation_is_recorded_and_replays(records):
     assert 0.75 * min(h, w) / 200 <= p["scale"] < 1.5 * min(h, w) / 200 and abs(p["rotation"]) <= 30
     dx, dy = p["center"] - (w / 2, h / 2)
     assert dx == int(dx) and abs(dx) <= 40 * p["scale"] and dy == int(dy)
-
-
-def test_bottomup_test_resize_matches_spec():
-    t = BottomUpTestResize(512, 1.0)
-    assert t.size(480, 640)[:2] == (704, 512)          # long side 640 * 512/480 = 682.7 -> ceil64 = 704
-    assert t.size(640, 427)[:2] == (512, 768)
-    raw = {"image": np.zeros((480, 640, 3), np.uint8), "keypoints": np.array([[[320.0, 240.0, 2]]]),
-           "boxes": np.zeros((0, 4))}
-    s = t(raw)
-    assert s["image"].shape == (512, 704, 3) and np.allclose(s["keypoints"][0, 0, :2], [352, 256])
 
 
 def test_topdown_crop_is_mmposes(records):

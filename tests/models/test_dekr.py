@@ -16,8 +16,9 @@ from regpose.data.collate import collate
 from regpose.data.keypoints import get_meta, make_layout
 from regpose.errors import ConfigError
 from regpose.models import build_model, get_method
-from regpose.models.dekr import (center_proposals, heatmap_loss, map_poses, merge_flip, offset_loss,
-                                 offset_to_pose, official_test_resize, pose_nms, rescore_features, up_interpolate)
+from regpose.codecs.heatmap_offset import map_poses, official_test_resize
+from regpose.models.dekr import (center_proposals, heatmap_loss, merge_flip, offset_loss, offset_to_pose, pose_nms,
+                                 rescore_features, up_interpolate)
 
 from conftest import REAL, REFERENCE
 

@@ -661,7 +661,7 @@ def test_transform_targets_map_back_to_the_annotations(train):
         for i in range(len(ds)):
             s, raw = ds[i], raw_ds[i]
             h, w = s["image"].shape[-2:]
-            assert s["image"].dtype == torch.float32 and tuple(s["target"]["size"].tolist()) == (h, w)
+            assert s["image"].dtype == torch.float32 and tuple(s["target"]["image_size"].tolist()) == (h, w)
             if not train:
                 assert min(h, w) == 256 or max(h, w) == 400
             kp = s["target"]["keypoints"].numpy()

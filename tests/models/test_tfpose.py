@@ -16,7 +16,6 @@ from regpose.models.backbones import BackboneConfig
 from regpose.models.base import total_loss
 from regpose.models.layers.linear import inverse_sigmoid
 from regpose.models.tfpose import TFPose, TFPoseConfig
-from regpose.models.tfpose.decode import coords_to_crop_pixels
 from regpose.models.tfpose.loss import coordinate_l1_loss, joints_mse_loss
 from regpose.models.tfpose.model import deformable_sampling_flops
 from regpose.models.topdown_regression import flip_back_coords
@@ -358,14 +357,6 @@ def test_flip_test_averages_with_the_mirrored_crop():
     sym = torch.cat([x[..., :24], x[..., :24].flip(3)], -1)
     torch.testing.assert_close(m.predict_coords(sym, flip=True),
                                0.5 * (m(sym) + flip_back_coords(m(sym), m.flip_pairs, 1.0)))
-
-
-def test_coords_to_crop_pixels_udp_and_plain():
-    c = torch.tensor([[[1.0, 1.0], [0.5, 0.25]]])
-    torch.testing.assert_close(coords_to_crop_pixels(c, (256, 192), udp=True),
-                               torch.tensor([[[191.0, 255.0], [95.5, 63.75]]]))
-    torch.testing.assert_close(coords_to_crop_pixels(c, (256, 192), udp=False),
-                               torch.tensor([[[192.0, 256.0], [96.0, 64.0]]]))
 
 
 # ----------------------------------------------------------------------------------------------------------

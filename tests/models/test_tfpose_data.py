@@ -14,7 +14,7 @@ from regpose.config import ConfigError, load_config
 from regpose.data.datasets import build_dataset, load_records
 from regpose.data.keypoints import get_meta
 from regpose.models import build_model
-from regpose.models.tfpose import TFPoseTransform, tfpose_results
+from regpose.models.tfpose import tfpose_results, tfpose_transform
 from regpose.structures import PoseResult
 
 COCO = REAL / "coco"
@@ -40,7 +40,7 @@ def _apply(inverse: np.ndarray, pts: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("udp", [True, False])
 def test_train_targets_map_back_to_the_annotated_keypoints(udp):
     cfg = make_cfg(udp)
-    ds = build_dataset(cfg, "train", TFPoseTransform(cfg, True), "topdown")
+    ds = build_dataset(cfg, "train", tfpose_transform(cfg, True), "topdown")
     records = {r.image_id: r for r in load_records(cfg.data.train, "coco")}
     flip_index = get_meta("coco").flip_index
     W, H = cfg.data.input_size
@@ -75,7 +75,7 @@ def test_train_targets_map_back_to_the_annotated_keypoints(udp):
 
 def test_no_heatmap_targets_without_the_auxiliary_loss():
     cfg = make_cfg(aux_heatmap=False)
-    sample = build_dataset(cfg, "train", TFPoseTransform(cfg, True), "topdown")[0]
+    sample = build_dataset(cfg, "train", tfpose_transform(cfg, True), "topdown")[0]
     assert set(sample["target"]) == {"coords", "coord_weights"}
 
 
@@ -85,9 +85,9 @@ def test_decoding_the_targets_returns_the_annotations(udp):
     cfg = make_cfg(udp)
     model = build_model(cfg).eval()
     assert model.udp == udp
-    ds = build_dataset(cfg, "val", TFPoseTransform(cfg, False), "topdown")
+    ds = build_dataset(cfg, "val", tfpose_transform(cfg, False), "topdown")
     records = {r.image_id: r for r in load_records(cfg.data.val, "coco")}
-    targets = TFPoseTransform(cfg, True)
+    targets = tfpose_transform(cfg, True)
     for i in range(len(ds)):
         s = ds[i]
         meta = s["meta"]
@@ -95,7 +95,7 @@ def test_decoding_the_targets_returns_the_annotations(udp):
         crop_kp = gt.copy()
         crop_kp[:, :2] = _apply(np.linalg.inv(np.vstack([meta["inverse"], [0, 0, 1]]))[:2], gt[:, :2])
         coords = targets.targets(crop_kp)["coords"][None]
-        res = tfpose_results(coords, [meta], (128, 96), model.udp)[0]
+        res = tfpose_results(coords, [meta], (128, 96))[0]
         lab = gt[:, 2] > 0
         np.testing.assert_allclose(res.keypoints[0, lab, :2], gt[lab, :2], atol=2e-3)
         assert (res.keypoints[..., 2] == 1).all() and res.scores[0] == pytest.approx(meta["box_score"])
@@ -105,7 +105,7 @@ def test_predict_and_finalize_on_a_batch():
     torch.manual_seed(0)
     cfg = make_cfg()
     model = build_model(cfg).eval()
-    ds = build_dataset(cfg, "val", TFPoseTransform(cfg, False), "topdown")
+    ds = build_dataset(cfg, "val", tfpose_transform(cfg, False), "topdown")
     from regpose.data.collate import collate
 
     samples = [ds[i] for i in range(3)]

@@ -1,5 +1,5 @@
 """The top-down regression pieces Poseur and RLE share: RLE's normalised linear, the coarse head, the flip test of
-(mu, sigma) outputs and its fusion modes by hand, and the mapping of crop coordinates back to the image."""
+(mu, sigma) outputs and its fusion modes by hand (the crop -> image decoding: tests/codecs/)."""
 from __future__ import annotations
 
 import math
@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from regpose.models.topdown_regression import (CoarseRLEHead, NormLinear, flip_back, fuse_flip, keypoint_scores,
-                                               topdown_results, uncertainty_score)
+                                               uncertainty_score)
 
 
 def test_norm_linear_divides_by_the_feature_norm_before_the_bias():
@@ -55,15 +55,3 @@ def test_fusion_modes_hand_computed():
     _, none = fuse_flip(mu1, s1, mu2, s2, "type2", kind="none")
     assert float(none) == 1.0
     assert float(keypoint_scores(s1, "none")) == 1.0
-
-
-def test_topdown_results_map_back_through_the_inverse_affine():
-    mu = torch.tensor([[[0.5, 0.5], [0.0, 1.0]]])
-    inverse = np.array([[2.0, 0.0, 10.0], [0.0, 2.0, 20.0]])   # crop px -> image px
-    metas = [{"inverse": inverse, "box": [1, 2, 3, 4], "box_score": 0.5, "scale": [1.0, 2.0]}]
-    res = topdown_results(mu, torch.tensor([[0.3, 0.6]]), metas, (256, 192))[0]
-    np.testing.assert_allclose(res.keypoints[0, :, :2], [[2 * 96 + 10, 2 * 128 + 20], [10, 2 * 256 + 20]])
-    np.testing.assert_allclose(res.extras["area"], [200.0 * 400.0])
-    # meta["box"] is in network-input coordinates (continuous, COCO convention) and maps back the same way
-    np.testing.assert_allclose(res.boxes[0], [11.5, 23.5, 15.5, 27.5])
-    assert float(res.extras["box_score"][0]) == 0.5 and abs(float(res.scores[0]) - 0.45) < 1e-6

@@ -12,24 +12,25 @@ quirks, so converted official checkpoints reproduce the official outputs; those 
 
 Files: ``config.py`` (knobs, keypoint layout), ``model.py`` (HRNet concat trunk, heads, the network, builder),
 ``loss.py`` (heatmap and offset losses), ``decode.py`` (official inference pipeline: outputs -> people),
-``rescore.py`` (the OKS-predicting rescoring net), ``transform.py`` (training targets, official test resize).
+``rescore.py`` (the OKS-predicting rescoring net), ``transform.py`` (training and test samples through DEKR's codec,
+:mod:`regpose.codecs.heatmap_offset`: targets, official test resize, map back to the image).
 Training the rescoring net is :mod:`regpose.engine.rescore` (``regpose train-rescore``).
 """
 from ..registry import MethodSpec, register_method
 from .config import DEKRConfig
-from .decode import (center_proposals, flip_input, map_poses, match_pose_to_heatmap, merge_flip, offset_to_pose,
-                     pose_nms, run_pipeline, up_interpolate)
+from .decode import (center_proposals, flip_input, match_pose_to_heatmap, merge_flip, offset_to_pose, pose_nms,
+                     run_pipeline, up_interpolate)
 from .loss import heatmap_loss, offset_loss
 from .model import DEKR, AdaptBlock, HeatmapHead, HRNetConcat, OffsetHead, build_dekr
 from .rescore import RESCORE_LINKS, PoseRescorer, PredictOKSNet, rescore_features
-from .transform import DEKREvalTransform, DEKRTrainTransform, dekr_transform, official_test_resize, resize_for_test
+from .transform import DEKREvalTransform, DEKRTrainTransform, dekr_transform
 
 __all__ = [
     "DEKRConfig", "DEKR", "build_dekr", "dekr_transform", "DEKRTrainTransform", "DEKREvalTransform",
     "HeatmapHead", "OffsetHead", "AdaptBlock", "HRNetConcat", "PredictOKSNet", "PoseRescorer",
-    "heatmap_loss", "offset_loss", "official_test_resize", "resize_for_test", "flip_input",
+    "heatmap_loss", "offset_loss", "flip_input",
     "offset_to_pose", "merge_flip", "up_interpolate", "center_proposals", "pose_nms", "match_pose_to_heatmap",
-    "run_pipeline", "rescore_features", "RESCORE_LINKS", "map_poses",
+    "run_pipeline", "rescore_features", "RESCORE_LINKS",
 ]
 
 register_method(MethodSpec(name="dekr", config_cls=DEKRConfig, build=build_dekr, family="bottomup",

@@ -10,14 +10,14 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import curve_fit
 
+from ...codecs.heatmap_offset import resize_for_test
 from ...errors import ConfigError
 from ...data.transforms import to_tensor_normalize
 from ...structures import PoseResult
 from .config import DEKRConfig
-from .transform import resize_for_test
 
 __all__ = ["flip_input", "offset_to_pose", "merge_flip", "up_interpolate", "center_proposals", "pose_nms",
-           "match_pose_to_heatmap", "run_pipeline", "map_poses", "poses_to_result", "BatchedScaleOne"]
+           "match_pose_to_heatmap", "run_pipeline", "poses_to_result", "BatchedScaleOne"]
 
 _STRIDE = 4.0        # official DATASET.INPUT_SIZE / OUTPUT_SIZE
 
@@ -262,15 +262,6 @@ def run_pipeline(net, image_rgb: np.ndarray | None, cfg: DEKRConfig, flip_index:
         if trace is not None:
             trace.update({"matched_poses": poses.copy(), "gauss_fit_calls": calls, "gauss_fit_ok": ok})
     return poses, scores
-
-
-def map_poses(poses: np.ndarray, inverse: np.ndarray) -> np.ndarray:
-    """Apply a (2, 3) affine to the xy of (P, K, 3) poses (float64 out, keypoint scores kept)."""
-    a = np.asarray(inverse, dtype=np.float64)
-    out = np.array(poses, dtype=np.float64, copy=True)
-    xy = out[..., :2] @ a[:, :2].T + a[:, 2]
-    out[..., :2] = xy
-    return out
 
 
 def poses_to_result(poses: np.ndarray, scores: np.ndarray) -> PoseResult:

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from timm.models.resnet import BasicBlock
 from torch import nn
 
+from ...codecs.heatmap_offset import map_poses
+from ...codecs.multiscale import resolve_test_scales
 from ...data.keypoints import KeypointMeta
 from ...errors import ConfigError
 from ...structures import PoseResult
@@ -19,9 +21,10 @@ from ..backbones import BackboneConfig, build_backbone
 from ..base import PoseModel
 from ..layers.adaptive_conv import AdaptiveConv2d, AdaptiveImpl
 from .config import DEKRConfig, eval_input_size
-from .decode import BatchedScaleOne, flip_input, map_poses, poses_to_result, run_pipeline
+from .decode import BatchedScaleOne, flip_input, poses_to_result, run_pipeline
 from .loss import heatmap_loss, offset_loss
 from .rescore import PoseRescorer
+from .transform import MULTI_SCALE
 
 __all__ = ["DEKR", "build_dekr", "HRNetConcat", "HeatmapHead", "AdaptBlock", "OffsetHead"]
 
@@ -221,6 +224,7 @@ class DEKR(PoseModel):
         resized from ``meta['image_raw']``, which is dropped from the meta afterwards (it is large). When every image
         of the batch has the padded size (no padding), the scale-1 network pass runs once for the whole batch."""
         images, metas = batch["images"], batch["metas"]
+        scales = resolve_test_scales(test_cfg, "dekr", MULTI_SCALE)
         n = len(metas)
         shared = None
         if n > 1 and all(tuple(m["input_hw"]) == tuple(images.shape[-2:]) for m in metas):
@@ -232,7 +236,7 @@ class DEKR(PoseModel):
             raw = meta.pop("image_raw", None)
             net = self if shared is None else BatchedScaleOne(self, shared, i, n, test_cfg.flip, (h, w))
             poses, scores = run_pipeline(net, raw, self.cfg, self.flip_index, self.input_size, test_cfg.flip,
-                                         test_cfg.scales, base_input=images[i:i + 1, :, :h, :w],
+                                         scales, base_input=images[i:i + 1, :, :h, :w],
                                          device=images.device)
             results.append(self.to_result(poses, scores, meta["inverse"]))
         return results

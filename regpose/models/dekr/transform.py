@@ -1,56 +1,23 @@
 """DEKR's data pipeline: the official training sample (random affine / flip to the square input, heatmap and offset
-targets with their weights; spec Sec. 2) and the official test resize (spec Sec. 3.1), which multi-scale testing
-also applies to the original image at the other scales."""
+targets with their weights; spec Sec. 2) and the official test resize (spec Sec. 3.1), both from DEKR's codec
+(:mod:`regpose.codecs.heatmap_offset`), whose resize multi-scale testing also applies to the original image at the
+other scales."""
 from __future__ import annotations
 
-import math
-
-import cv2
 import numpy as np
 import torch
 
+from ...codecs import heatmap_offset
+from ...codecs.multiscale import resolve_test_scales
 from ...errors import ConfigError
-from ...data.targets import dekr_heatmaps, dekr_joints, dekr_offsets
-from ...data.transforms import (BottomUpTestResize, Compose, bottomup_train_transforms, make_meta, select_people,
-                                to_tensor_normalize)
+from ...data.targets import dekr_joints
+from ...data.transforms import Compose, bottomup_train_transforms, make_meta, select_people, to_tensor_normalize
 from ...data.keypoints import keypoint_layout
 from .config import eval_input_size
 
-__all__ = ["official_test_resize", "resize_for_test", "DEKRTrainTransform", "DEKREvalTransform", "dekr_transform"]
+__all__ = ["DEKRTrainTransform", "DEKREvalTransform", "dekr_transform", "MULTI_SCALE"]
 
-
-def _ceil64(x: float) -> int:
-    return int(math.ceil(x / 64.0) * 64)
-
-
-def official_test_resize(h: int, w: int, input_size: int, scale: float = 1.0):
-    """Official resize policy: the short side goes to ceil64(input_size)*scale, the long side keeps the aspect ratio
-    rounded *up* to a multiple of 64 (times scale); a similarity about the image center.
-
-    Returns (W_r, H_r), the (2, 3) float64 affine original -> resized pixels, and its inverse."""
-    base = _ceil64(input_size)
-    if w < h:
-        w_r, h_r = int(base * scale), int(_ceil64(base / w * h) * scale)
-    else:
-        h_r, w_r = int(base * scale), int(_ceil64(base / h * w) * scale)
-    alpha = int(base * scale) / min(w, h)
-    cx, cy = int(w / 2.0 + 0.5), int(h / 2.0 + 0.5)
-    fwd = np.array([[alpha, 0.0, w_r / 2.0 - alpha * cx], [0.0, alpha, h_r / 2.0 - alpha * cy]])
-    inv = np.array([[1 / alpha, 0.0, cx - w_r / 2.0 / alpha], [0.0, 1 / alpha, cy - h_r / 2.0 / alpha]])
-    return (w_r, h_r), fwd, inv
-
-
-def resize_for_test(image_rgb: np.ndarray, input_size: int, scale: float = 1.0):
-    """Warp an RGB uint8 image with the official test resize (bilinear, zero border).
-    Returns (resized uint8 (H_r, W_r, 3), inverse affine resized -> original)."""
-    h, w = image_rgb.shape[:2]
-    (w_r, h_r), fwd, inv = official_test_resize(h, w, input_size, scale)
-    if w_r % 32 or h_r % 32:
-        raise ConfigError(f"test.scales: scale {scale} gives a {w_r}x{h_r} input, not a multiple of 32 "
-                          f"(DEKR's HRNet needs it); use scales like 0.5, 1, 1.5, 2")
-    out = cv2.warpAffine(image_rgb, fwd, (w_r, h_r), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
-                         borderValue=0)
-    return out, inv
+MULTI_SCALE = True       # the official multi-scale test (spec Sec. 3.3): decode.run_pipeline
 
 
 class DEKRTrainTransform:
@@ -90,9 +57,8 @@ class DEKRTrainTransform:
         # the offsets are in output pixels (train_step README Q10)
         out = {"joints_raw": joints, "area_raw": area, "sample": sample, "joints": layer["keypoints"],
                "area": area * sample["area_scale"], "ignore_mask": layer["mask"]}
-        out["heatmap"], out["heatmap_weight"] = dekr_heatmaps(out["joints"], r, m.sigma, m.center_sigma, m.bg_weight)
-        out["mask"] = out["ignore_mask"][None] * out["heatmap_weight"]  # Official code: mask_list[0] * ignored
-        out["offset"], out["offset_weight"] = dekr_offsets(out["joints"], out["area"], r, m.offset_radius)
+        out.update(heatmap_offset.encode(out["joints"], out["area"], out["ignore_mask"], r, m.sigma, m.center_sigma,
+                                         m.bg_weight, m.offset_radius))
         return out
 
     def __call__(self, raw: dict, rng=None) -> dict:
@@ -109,14 +75,14 @@ class DEKREvalTransform:
     image rides along in ``meta['image_raw']`` (``predict`` resizes it to the other scales and drops it)."""
 
     def __init__(self, cfg):
-        self.input_size = eval_input_size(cfg)
-        self.keep_raw = [float(s) for s in cfg.test.scales] != [1.0]
+        self.resize = Compose([heatmap_offset.DEKRTestResize(eval_input_size(cfg), 1.0)])
+        self.keep_raw = resolve_test_scales(cfg.test, cfg.method, MULTI_SCALE) != [1.0]
 
     def __call__(self, raw: dict, rng=None) -> dict:
         original = raw["image"]
         sample = dict(raw)
         sample.setdefault("keypoints", np.zeros((0, 1, 3)))     # inference inputs carry no annotations
-        sample = Compose([BottomUpTestResize(self.input_size, 1.0)])(sample, rng)
+        sample = self.resize(sample, rng)
         meta = make_meta(sample)
         if self.keep_raw:
             meta["image_raw"] = original

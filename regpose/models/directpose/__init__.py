@@ -20,10 +20,10 @@ from .decode import decode_candidates
 from .heads import HeatmapHead, KPAlignHead, NaiveKeypointHead
 from .loss import centerness_target, fcos_assign, heatmap_targets, keypoint_loss
 from .model import DirectPose, build_directpose, compute_locations
-from .transform import DirectPoseSample, directpose_transform
+from .transform import directpose_transform
 
 __all__ = [
-    "DirectPoseConfig", "DirectPose", "build_directpose", "directpose_transform", "DirectPoseSample",
+    "DirectPoseConfig", "DirectPose", "build_directpose", "directpose_transform",
     "COCO_KPALIGN_GROUPS", "resolve_keypoint_groups", "KPAlignHead", "NaiveKeypointHead", "HeatmapHead",
     "NUM_LEVELS", "compute_locations", "fcos_assign", "centerness_target", "keypoint_loss", "heatmap_targets",
     "decode_candidates",

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torchvision.ops import batched_nms
 
+from ...codecs.multiscale import resolve_test_scales
+from ...codecs.onestage import decode_boxes, decode_keypoints, rescale_batch
 from ...structures import PoseResult
 from .config import DirectPoseConfig
+from .transform import MULTI_SCALE
 
 __all__ = ["decode_candidates", "predict", "to_original"]
 
@@ -53,11 +55,6 @@ def decode_candidates(out: dict, index: int, image_hw: tuple[int, int], cfg: Dir
             "nms_boxes": boxes if use_pred else ext, "boxes": boxes}
 
 
-def _apply_affine(xy: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
-    """(..., 2) points through a (2, 3) affine."""
-    return xy @ A[:, :2].T + A[:, 2]
-
-
 @torch.no_grad()
 def predict(model, batch: dict, test_cfg) -> list[PoseResult]:
     """People per image in original pixels: candidates from every (scale, flip) variant are pooled, then one
@@ -69,15 +66,12 @@ def predict(model, batch: dict, test_cfg) -> list[PoseResult]:
     images = batch["images"]
     metas = batch["metas"]
     N, _, H, W = images.shape
-    scales = list(getattr(test_cfg, "scales", [1.0]) or [1.0])
+    scales = resolve_test_scales(test_cfg, "directpose", MULTI_SCALE)
     flips = [False, True] if getattr(test_cfg, "flip", False) else [False]
     sizes = [tuple(int(v) for v in m.get("input_hw", (H, W))) for m in metas]
     pooled: list[list[dict]] = [[] for _ in range(N)]
     for s in scales:
-        x = images
-        if s != 1.0:
-            h, w = int(round(H * s / 32)) * 32 or 32, int(round(W * s / 32)) * 32 or 32
-            x = F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False)
+        x = rescale_batch(images, s)
         sy, sx = x.shape[-2] / H, x.shape[-1] / W
         for flip in flips:
             xin = x.flip(-1) if flip else x
@@ -112,14 +106,8 @@ def predict(model, batch: dict, test_cfg) -> list[PoseResult]:
 
 
 def to_original(kp: torch.Tensor, boxes: torch.Tensor, scores: torch.Tensor, meta: dict) -> PoseResult:
-    """Network-input continuous coordinates -> original pixels through meta['inverse'] (a pixel-index affine):
-    keypoints become pixel indices (-0.5, the inverse of the transform's +0.5); boxes stay continuous (the
-    extent of their mapped corners)."""
-    A = torch.as_tensor(np.asarray(meta.get("inverse", np.eye(2, 3)), dtype=np.float64), device=kp.device)
-    A = A.reshape(2, 3)
-    xy = _apply_affine(kp[..., :2].double() - 0.5, A)
-    corners = torch.stack((boxes[:, [0, 1]], boxes[:, [2, 1]], boxes[:, [0, 3]], boxes[:, [2, 3]]), 1)
-    c = _apply_affine(corners.double() - 0.5, A) + 0.5
-    b = torch.cat((c.min(1).values, c.max(1).values), 1)
-    kpo = torch.cat((xy, kp[..., 2:].double()), -1)
-    return PoseResult(b.float().cpu().numpy(), kpo.float().cpu().numpy(), scores.float().cpu().numpy())
+    """Network-input continuous coordinates -> original pixels through meta['inverse'] (the one-stage codec's
+    decoding: keypoints become pixel indices, boxes stay continuous)."""
+    inverse = meta.get("inverse", np.eye(2, 3))
+    return PoseResult(decode_boxes(boxes, inverse).float().cpu().numpy(),
+                      decode_keypoints(kp, inverse).float().cpu().numpy(), scores.float().cpu().numpy())

@@ -148,7 +148,7 @@ class DirectPoseCriterion:
             boxes = t["boxes"].to(locs).reshape(-1, 4)
             kp = t["keypoints"].to(locs).reshape(-1, K, 3)
             if self.cfg.assign_box == "keypoint_box":
-                hw = tuple(int(v) for v in t["size"]) if "size" in t else tuple(image_hw)
+                hw = tuple(int(v) for v in t["image_size"]) if "image_size" in t else tuple(image_hw)
                 boxes, keep = keypoint_boxes(kp, hw)
                 kp = kp[keep]
             matched, d = fcos_assign(locs, strides, size_ranges, boxes, self.cfg.center_sampling_radius)

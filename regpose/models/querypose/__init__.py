@@ -25,9 +25,9 @@ from .box_decoder import BoxDecoderStage
 from .config import QueryPoseConfig, flip_permutation, part_groups
 from .keypoint_decoder import SPEGM, KeypointDecoderStage, SelectiveIteration
 from .model import QueryPose, build_querypose
-from .transform import QueryPoseSample, querypose_transform
+from .transform import querypose_transform
 
-__all__ = ["QueryPoseConfig", "QueryPose", "build_querypose", "querypose_transform", "QueryPoseSample",
+__all__ = ["QueryPoseConfig", "QueryPose", "build_querypose", "querypose_transform",
            "part_groups", "flip_permutation", "BoxDecoderStage", "KeypointDecoderStage", "SPEGM",
            "SelectiveIteration"]
 

@@ -3,15 +3,16 @@ to original pixels with score threshold / top-k, and the flip test (ours; the of
 No NMS: the set prediction returns one proposal per person."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torchvision.ops import box_iou
 
-from ...errors import ConfigError
+from ...codecs.multiscale import resolve_test_scales
+from ...codecs.onestage import decode_boxes, decode_keypoints
 from ...structures import PoseResult
 from ...data.keypoints import KeypointMeta
 from .config import flip_permutation
+from .transform import MULTI_SCALE
 
 __all__ = ["final_outputs", "predict", "to_result", "flip_images", "unflip", "fuse_flip"]
 
@@ -31,10 +32,7 @@ def final_outputs(logits: torch.Tensor, boxes: torch.Tensor, mu: torch.Tensor, s
 def predict(model, batch: dict, test_cfg) -> list[PoseResult]:
     """One :class:`PoseResult` per image of ``batch`` in original pixels (``test_cfg.flip`` fuses the mirrored
     image's people). One scale only: the official code has no multi-scale test."""
-    scales = [float(x) for x in getattr(test_cfg, "scales", [1.0])]
-    if scales != [1.0]:
-        raise ConfigError(f"test.scales: QueryPose predicts at one scale (the official code has no "
-                          f"multi-scale test); expected [1.0], got {scales}")
+    resolve_test_scales(test_cfg, "querypose", MULTI_SCALE)
     images = batch["images"]
     metas = batch["metas"]
     sizes = torch.tensor([list(m["input_hw"]) for m in metas], device=images.device)
@@ -49,23 +47,16 @@ def to_result(out: dict, i: int, meta: dict, test_cfg) -> PoseResult:
     """Spec 7 / detector_postprocess: image ``i`` of ``out`` mapped to original pixels, boxes clipped, empty ones
     dropped (keypoints are not clipped), keypoints back to COCO pixel indices (the official json export's -0.5),
     sorted by score, ``test_cfg.score_threshold`` / ``max_people`` applied."""
-    inv = torch.as_tensor(np.asarray(meta["inverse"], dtype=np.float64), dtype=torch.float64)
-    boxes = out["boxes"][i].double()
-    kpts = out["keypoints"][i].double()
+    boxes = decode_boxes(out["boxes"][i], meta["inverse"])             # continuous, as detectron2's
     scores = out["scores"][i].double()
-    a, t = inv[:, :2], inv[:, 2]
-    # our keypoints carry detectron2's +0.5 (pixel-edge) convention; ``inverse`` maps pixel indices
-    corners = (boxes.view(-1, 2, 2) - 0.5) @ a.T + t + 0.5             # (N, 2, 2) continuous corners
-    boxes = torch.cat([corners.min(1).values, corners.max(1).values], dim=1)
     oh, ow = meta["orig_size"]
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, ow)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, oh)
-    xy = (kpts[..., :2] - 0.5) @ a.T + t                               # pixel indices (COCO json frame)
+    k3 = decode_keypoints(out["keypoints"][i], meta["inverse"])        # pixel indices (COCO json frame)
     keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
     keep &= scores > getattr(test_cfg, "score_threshold", 0.0)
     order = torch.argsort(scores[keep], descending=True, stable=True)[: getattr(test_cfg, "max_people", 100)]
     idx = keep.nonzero()[:, 0][order]
-    k3 = torch.cat([xy, kpts[..., 2:]], dim=-1)
     pidx = out["proposal_index"][i] if "proposal_index" in out else torch.arange(len(scores))
     extras = {"proposal_index": pidx[idx].cpu().numpy()}
     return PoseResult(boxes[idx].float().cpu().numpy(), k3[idx].float().cpu().numpy(),

@@ -8,7 +8,7 @@ the MSE of an auxiliary heatmap head (Eq. 6-7), which never runs in eval.
   model.py      TFPose (the network), build_tfpose
   loss.py       tfpose_losses (Eq. 5-7)
   decode.py     normalised coordinates -> people
-  transform.py  TFPoseTransform (crop, coordinate + heatmap targets)
+  transform.py  tfpose_transform (the top-down regression codec + auxiliary heatmap targets)
 
 No official code was released: ``../shared/reference/tfpose/spec.md`` (the paper plus the structure pinned by its
 GFLOPs columns) is the authority. Choices the paper leaves open are marked ``# Assumption (spec §x)``.
@@ -20,9 +20,9 @@ from .config import TFPoseConfig
 from .decode import tfpose_results
 from .loss import tfpose_losses
 from .model import TFPose, build_tfpose
-from .transform import TFPoseTransform
+from .transform import tfpose_transform
 
-__all__ = ["TFPoseConfig", "TFPose", "tfpose_losses", "tfpose_results", "TFPoseTransform", "build_tfpose"]
+__all__ = ["TFPoseConfig", "TFPose", "tfpose_losses", "tfpose_results", "tfpose_transform", "build_tfpose"]
 
 register_method(MethodSpec(name="tfpose", config_cls=TFPoseConfig, build=build_tfpose, family="topdown",
-                           transform=TFPoseTransform))
+                           transform=tfpose_transform))

@@ -15,7 +15,8 @@ def tfpose_losses(cfg: TFPoseConfig, layer_coords: list[torch.Tensor], heatmaps:
     """Eq. 7: sum over decoder layers of the L1 loss (Eq. 5; last layer only without ``deep_supervision``) +
     lambda x heatmap MSE (Eq. 6) of the auxiliary head's ``heatmaps`` (B, K, H/4, W/4; None when it is off).
     ``layer_coords``: J_d (B, K, 2) per decoder layer; ``targets``: the samples' ``coords``, ``coord_weights``
-    (K, 2) and, with heatmaps, ``heatmaps`` / ``heatmap_weights`` of :class:`~regpose.models.tfpose.TFPoseTransform`."""
+    (K, 2) and, with heatmaps, ``heatmaps`` / ``heatmap_weights`` of
+    :class:`~regpose.codecs.topdown_regression.TopDownRegressionTransform`."""
     ref = layer_coords[-1]
     target = torch.stack([t["coords"] for t in targets]).to(ref)                    # (B, K, 2)
     weight = torch.stack([t["coord_weights"] for t in targets]).to(ref)             # (B, K, 2)

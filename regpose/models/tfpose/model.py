@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...codecs.multiscale import resolve_test_scales
 from ...data.keypoints import KeypointMeta
 from ...ops import topdown_finalize
 from ...structures import PoseResult
@@ -330,9 +331,10 @@ class TFPose(PoseModel):
     def predict(self, batch: dict, test_cfg) -> list[PoseResult]:
         """One single-person result per crop in original pixels (``meta["inverse"]``). TFPose predicts no keypoint
         confidence: keypoint scores are 1 and the instance score is the box score (spec §10)."""
+        resolve_test_scales(test_cfg, type(self).__name__, multi_scale=False)
         images = batch["images"]
         coords = self.predict_coords(images, bool(getattr(test_cfg, "flip", False)))
-        return tfpose_results(coords, batch["metas"], (int(images.shape[-2]), int(images.shape[-1])), self.udp)
+        return tfpose_results(coords, batch["metas"], (int(images.shape[-2]), int(images.shape[-1])))
 
     def finalize(self, result: PoseResult, meta: dict) -> PoseResult:
         """Per image: mmpose's top-down rescoring (box score x mean keypoint score above 0.2, here x 1, so the box
