@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from bench._common import add_timing_args, format_ratio, interleaved, machine, parser, peak_rss_mib, round_ratios, \
     set_threads, timed, write_json
+from regpose.data.keypoints import get_meta
 from regpose.models.layers import deform_attn
 from regpose.models.layers.deform_attn import MultiScaleDeformableAttention
 from regpose.models.poseur import Poseur, PoseurConfig
@@ -138,7 +139,7 @@ def main() -> None:
 
     set_threads(args.threads)
     torch.manual_seed(0)
-    model = Poseur(PoseurConfig(), [[2 * i + 1, 2 * i + 2] for i in range(8)]).eval()
+    model = Poseur(PoseurConfig(), get_meta("coco")).eval()
     report = {"model": "Poseur R50 6-dec 256x192 (random init)", **machine(), "runs": {}}
     if not args.skip_attention:
         report["attention_layer"] = bench_attention(args.batch_sizes, args.warmup, args.runs)

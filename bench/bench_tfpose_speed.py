@@ -33,9 +33,9 @@ from regpose.models.tfpose import TFPose, TFPoseConfig
 def build_models(names: list[str]) -> dict[str, torch.nn.Module]:
     meta = get_meta("coco")
     makers = {
-        "tfpose_ne6": lambda: TFPose(TFPoseConfig(num_encoder_layers=6), meta.flip_pairs, meta.sigmas),
-        "tfpose_ne4": lambda: TFPose(TFPoseConfig(num_encoder_layers=4), meta.flip_pairs, meta.sigmas),
-        "poseur": lambda: Poseur(PoseurConfig(), meta.flip_pairs, meta.sigmas),
+        "tfpose_ne6": lambda: TFPose(TFPoseConfig(num_encoder_layers=6), meta),
+        "tfpose_ne4": lambda: TFPose(TFPoseConfig(num_encoder_layers=4), meta),
+        "poseur": lambda: Poseur(PoseurConfig(), meta),
     }
     out = {}
     for n in names:

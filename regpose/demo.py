@@ -9,6 +9,7 @@ import math
 import time
 from pathlib import Path
 
+from .data.keypoints import keypoint_layout
 from .engine.logging import get_logger
 from .errors import RegposeError
 from .threads import default_threads, set_threads
@@ -91,7 +92,7 @@ def run_demo(method: str = DEFAULT_METHOD, minutes: float = DEFAULT_MINUTES, out
     t0 = time.time()
     log.info("[1/4] synthetic data (%s format): %s, %s", cfg.data.format, cfg.data.train.root, cfg.data.val.root)
     for split in (cfg.data.train, cfg.data.val):
-        ensure_synthetic(split, cfg.data.format)
+        ensure_synthetic(split, cfg.data.format, keypoint_layout(cfg.data))
     threads = set_threads(threads, cfg.train.num_workers)   # before the timing that sizes the schedule to the budget
     # the schedule (warm-up, decay, EMA) is fitted to the budget, so the model is finished when time is up
     sec = seconds_per_iteration(cfg)
@@ -107,7 +108,7 @@ def run_demo(method: str = DEFAULT_METHOD, minutes: float = DEFAULT_MINUTES, out
     predictor = Predictor(cfg, out / "model_final.pth", device="cpu")
     render_dir = out / "predictions"
     render_dir.mkdir(parents=True, exist_ok=True)
-    records = load_records(cfg.data.val, cfg.data.format)[:num_render]
+    records = load_records(cfg.data.val, cfg.data.format, keypoints=keypoint_layout(cfg.data))[:num_render]
     for rec in records:
         image = read_image(rec.file_name)
         boxes = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..data.datasets import build_dataset
-from ..data.keypoints import get_meta
+from ..data.keypoints import keypoint_layout
 from ..data.show import render_samples
 from ..models.registry import get_method
 
@@ -20,5 +20,5 @@ def show_data(cfg, out_dir, num_samples: int = 8, split: str = "train", seed: in
     spec = get_method(cfg.method)
     transform = spec.transform(cfg, split == "train")
     dataset = build_dataset(cfg, split, None, spec.family)
-    return render_samples(dataset, transform, get_meta(cfg.data.format), out_dir, num_samples, seed,
+    return render_samples(dataset, transform, keypoint_layout(cfg.data), out_dir, num_samples, seed,
                           source=f"method {cfg.method!r}, data.{split}")

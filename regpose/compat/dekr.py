@@ -375,8 +375,8 @@ def reference_check(folder: str | Path) -> list[tuple[str, float, float]]:
         trace["final_poses"] = final
         trace["num_people"] = np.array(len(final))
         if rescorer is not None:
-            trace["rescore_features"] = rescore_features(final)
-            trace["final_scores_rescored"] = rescorer(final, scores)
+            trace["rescore_features"] = rescore_features(final, model.keypoints)
+            trace["final_scores_rescored"] = rescorer(final, scores, model.keypoints)
         for key in ref.files:
             if not key.startswith(variant + "/"):
                 continue

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.keypoints import KeypointMeta, get_meta
 from ..errors import CheckpointError, RegposeError
 from ..ops import rescore
 
@@ -135,7 +136,6 @@ def config_from_official(cfg_json: dict) -> dict:
     out = {
         "backbone": {"name": backbone, "kwargs": kwargs},
         "embed_dim": int(tr.get("embed_dims", model.get("neck", {}).get("out_channels", 256))),
-        "num_keypoints": int(head.get("num_joints", 17)),
         "num_decoder_layers": int(dec["num_layers"]),
         "self_attention": "self_attn" in layer.get("operation_order", ["self_attn"]),
         "self_attn_heads": int(self_attn.get("num_heads", 8)),
@@ -156,6 +156,18 @@ def config_from_official(cfg_json: dict) -> dict:
     return out
 
 
+def official_layout(cfg_json: dict) -> KeypointMeta:
+    """The keypoint layout of an official Poseur config: the released models are COCO-17 (``num_joints`` 17 and
+    COCO's flip pairs); anything else is refused rather than guessed."""
+    head = cfg_json.get("model", cfg_json)["keypoint_head"]
+    coco = get_meta("coco")
+    pairs = [list(p) for p in cfg_json.get("flip_pairs", coco.flip_pairs)]
+    if int(head.get("num_joints", 17)) != coco.num_keypoints or pairs != [list(p) for p in coco.flip_pairs]:
+        raise RegposeError(f"official Poseur config: num_joints {head.get('num_joints')} with flip pairs {pairs}; "
+                           f"the released models (and this converter) are COCO-17")
+    return coco
+
+
 # ----------------------------------------------------------------------------------------------------------
 # Reference check
 # ----------------------------------------------------------------------------------------------------------
@@ -168,8 +180,7 @@ def build_reference_model(folder: str | Path):
     folder = Path(folder)
     cfg_json = json.loads((folder / "config.json").read_text())
     model_cfg = from_dict(PoseurConfig, config_from_official(cfg_json), "model")
-    flip_pairs = np.asarray(cfg_json.get("flip_pairs", []), dtype=np.int64).reshape(-1, 2)
-    model = Poseur(model_cfg, flip_pairs, None)
+    model = Poseur(model_cfg, official_layout(cfg_json))
     state = convert_state_dict(load_npz_state_dict(folder / "weights.npz"))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

@@ -17,6 +17,7 @@ import torch
 
 from ..config import TestConfig, from_dict
 from ..data.collate import collate
+from ..data.keypoints import get_meta
 from ..errors import CheckpointError
 from ..models.querypose import QueryPose, QueryPoseConfig
 from ..models.querypose.decode import to_result
@@ -319,7 +320,7 @@ def build_reference_model(folder: str | Path, **overrides):
     folder = Path(folder)
     cfg_json = json.loads((folder / "config.json").read_text())
     model_cfg = from_dict(QueryPoseConfig, {**config_from_official(cfg_json), **overrides}, "model")
-    model = QueryPose(model_cfg, num_keypoints=17)
+    model = QueryPose(model_cfg, get_meta("coco"))   # the released QueryPose models are COCO-17
     state = convert_state_dict(load_npz_state_dict(folder / "weights.npz"))
     own = model.state_dict()
     for k in [k for k in own if k.endswith("num_batches_tracked") and k not in state]:

@@ -13,8 +13,22 @@ from typing import Annotated, Literal
 
 from ..typed import Fraction, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range
 
-__all__ = ["DataConfig", "SplitConfig", "SynthSpec", "AugmentConfig", "BottomUpAugment", "OneStageAugment",
+__all__ = ["DataConfig", "KeypointsConfig", "SplitConfig", "SynthSpec", "AugmentConfig", "BottomUpAugment", "OneStageAugment",
            "TopDownAugment", "ColorAugment"]
+
+
+@dataclass
+class KeypointsConfig:
+    """A keypoint layout of one's own (e.g. a 5-keypoint animal set); left empty, ``data.format`` names a built-in
+    one (COCO-17, CrowdPose-14, MPII-16). Names, pairs, limbs and parts are written with keypoint names; see
+    :func:`regpose.data.keypoints.keypoint_layout`."""
+    names: list[str] = field(default_factory=list)       # K names in annotation order
+    from_annotations: bool = False    # names (+ skeleton) from the first train annotation file's 'categories' entry
+    sigmas: list[PositiveFloat] = field(default_factory=list)   # OKS sigmas: K values, or one for every keypoint
+    flip_pairs: list[tuple[str, str]] = field(default_factory=list)   # [] = by name: left_x <-> right_x, l_x <-> r_x
+    skeleton: list[tuple[str, str]] = field(default_factory=list)     # limbs, for drawing
+    upper_body: list[str] = field(default_factory=list)  # top-down half-body augmentation's upper half
+    parts: list[list[str]] = field(default_factory=list)  # QueryPose part queries (its scheme "c")
 
 
 @dataclass
@@ -24,6 +38,10 @@ class SynthSpec:
     seed: int = 0
     size: tuple[PositiveInt, PositiveInt] = (256, 256)   # (width, height)
     max_people: PositiveInt = 6
+    # The rendered joint each keypoint of a declared layout (data.keypoints.names) is placed at, e.g. a paw at
+    # "left_wrist"; [] = the joints named like the keypoints. Joints: COCO-17's names, head_top, neck, pelvis,
+    # thorax, upper_neck.
+    joints: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -104,7 +122,8 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    format: Literal["coco", "crowdpose", "mpii", "ochuman"] = "coco"   # keypoint layout and evaluator
+    format: Literal["coco", "crowdpose", "mpii", "ochuman"] = "coco"   # annotation files, evaluator, built-in layout
+    keypoints: KeypointsConfig = field(default_factory=KeypointsConfig)   # empty: data.format's keypoint layout
     train: SplitConfig = field(default_factory=SplitConfig)
     val: SplitConfig = field(default_factory=SplitConfig)
     input_size: tuple[PositiveInt, PositiveInt] = (512, 512)   # (width, height) of the network input

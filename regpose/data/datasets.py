@@ -41,7 +41,7 @@ from torch.utils.data import Dataset
 
 from ..errors import ConfigError, DataError
 from ..jsonio import read_json
-from .keypoints import get_meta
+from .keypoints import KeypointMeta, get_meta, keypoint_layout
 from .synthetic import generate, synth_info
 
 __all__ = ["ImageRecord", "read_image", "load_records", "load_annotation_file", "ensure_synthetic", "ignore_mask",
@@ -178,10 +178,11 @@ def _person_category_ids(data: dict, path: Path) -> set:
     return ids or {1}
 
 
-def _read_coco_like(path: Path, data: dict, fmt: str, image_dir: Path) -> list[ImageRecord]:
-    """COCO / CrowdPose / OCHuman keypoint json (same schema; CrowdPose adds crowdIndex, omits area/segmentation)."""
-    meta = get_meta(fmt)
+def _read_coco_like(path: Path, data: dict, fmt: str, image_dir: Path, meta: KeypointMeta) -> list[ImageRecord]:
+    """COCO / CrowdPose / OCHuman keypoint json (same schema; CrowdPose adds crowdIndex, omits area/segmentation)
+    with the keypoints of layout ``meta``."""
     k = meta.num_keypoints
+    layout = f"format {fmt!r}" if meta.name == fmt else "the declared layout (data.keypoints)"
     if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
             or not isinstance(data.get("annotations") or [], list):
         raise DataError(f"{path}: expected a COCO-style keypoint json with lists 'images' and 'annotations' "
@@ -190,7 +191,7 @@ def _read_coco_like(path: Path, data: dict, fmt: str, image_dir: Path) -> list[I
         names = c.get("keypoints") if isinstance(c, dict) else None
         if names is not None and len(names) != k:
             raise DataError(f"{path}: category {c.get('name', c.get('id'))!r} has {len(names)} keypoints, "
-                            f"format {fmt!r} expects {k}")
+                            f"{layout} expects {k} (a layout of one's own: declare it in data.keypoints)")
     cat_ids = _person_category_ids(data, path)
     per_image: dict[int, list] = {}
     for i, a in enumerate(data.get("annotations") or []):
@@ -204,7 +205,7 @@ def _read_coco_like(path: Path, data: dict, fmt: str, image_dir: Path) -> list[I
         if not isinstance(kp, list) or len(kp) != 3 * k:
             got = f"{len(kp)} keypoint values" if isinstance(kp, list) else f"'keypoints' {kp!r:.40}"
             raise DataError(f"{path}: annotation {a.get('id', i)} has {got}, expected {3 * k} numbers "
-                            f"({k} keypoints x 3) for format {fmt!r}")
+                            f"({k} keypoints x 3) for {layout}")
         if not isinstance(a.get("bbox"), list) or len(a["bbox"]) != 4:
             raise DataError(f"{path}: annotation {a.get('id', i)} has no valid 'bbox' [x, y, w, h]")
         per_image.setdefault(a.get("image_id"), []).append(a)
@@ -267,12 +268,12 @@ def _non_numeric_entry(img: dict, anns: list[dict], k: int) -> str:
     return f"image {img.get('id')!r:.40}: an entry"
 
 
-def check_finite(records: list[ImageRecord], path: Path, policy: Literal["error", "skip"] = "error"
-                 ) -> list[ImageRecord]:
+def check_finite(records: list[ImageRecord], path: Path, policy: Literal["error", "skip"] = "error",
+                 names: tuple[str, ...] = ()) -> list[ImageRecord]:
     """Non-finite ground truth (NaN, infinity or null in a labelled keypoint, a box or an area) would train silently
     on garbage or stop at a non-finite loss that names no annotation. ``policy='error'`` raises one line naming the
     file and annotation; ``'skip'`` drops such annotations (counted in one warning). Coordinates of unlabelled
-    joints (v <= 0) carry no information and are set to 0."""
+    joints (v <= 0) carry no information and are set to 0. ``names``: the keypoint names (for the message)."""
     skipped, first, out = 0, None, []
     for r in records:
         kp = r.keypoints
@@ -285,8 +286,8 @@ def check_finite(records: list[ImageRecord], path: Path, policy: Literal["error"
             continue
         i = int(np.argmin(ok))
         if policy == "error":
-            names = get_meta(r.dataset).keypoint_names
-            what = (f"keypoint {names[int(np.argmin(finite_kp[i]))]!r}" if not finite_kp[i].all()
+            j = int(np.argmin(finite_kp[i]))
+            what = (f"keypoint {names[j] if names else j!r}" if not finite_kp[i].all()
                     else "center / scale" if r.dataset == "mpii" else "bbox" if not np.isfinite(r.boxes[i]).all()
                     else "area")
             raise DataError(f"{path}: annotation {int(r.ann_ids[i])} (image {r.image_id}): {what} is NaN, infinite "
@@ -365,44 +366,49 @@ def _read_mpii(path: Path, data, image_dir: Path) -> list[ImageRecord]:
 
 
 def load_annotation_file(path: str | os.PathLike, fmt: str, image_dir: str = "",
-                         invalid: Literal["error", "skip"] = "error") -> list[ImageRecord]:
+                         invalid: Literal["error", "skip"] = "error", keypoints: KeypointMeta | None = None
+                         ) -> list[ImageRecord]:
     """Read one annotation file of format ``fmt`` into records; ``invalid`` says what happens to annotations with
-    non-finite values (:func:`check_finite`)."""
+    non-finite values (:func:`check_finite`); ``keypoints``: the layout (None: ``fmt``'s own)."""
+    meta = keypoints or get_meta(fmt)
     p = Path(path).expanduser().resolve()
     data = read_json(p)
     idir = _image_dir(p, image_dir)
-    records = _read_mpii(p, data, idir) if fmt == "mpii" else _read_coco_like(p, data, fmt, idir)
-    return check_finite(records, p, invalid)
+    records = _read_mpii(p, data, idir) if fmt == "mpii" else _read_coco_like(p, data, fmt, idir, meta)
+    return check_finite(records, p, invalid, meta.keypoint_names)
 
 
-def annotation_paths(split, fmt: str) -> list[Path]:
-    """The annotation files of a split (a synthetic split is generated first if missing)."""
+def annotation_paths(split, fmt: str, keypoints: KeypointMeta | None = None) -> list[Path]:
+    """The annotation files of a split (a synthetic split is generated first if missing, with the ``keypoints``
+    layout; None: ``fmt``'s own)."""
     if split.synthetic.num_images > 0 and not split.ann_files:
-        return [ensure_synthetic(split, fmt)]
+        return [ensure_synthetic(split, fmt, keypoints)]
     if not split.ann_files:
         raise DataError("split has no annotation files (set data.<split>.ann_files, or data.<split>.root with "
                         "data.<split>.synthetic.num_images > 0)")
     return [Path(a).expanduser().resolve() for a in split.ann_files]
 
 
-def load_records(split, fmt: str, invalid: Literal["error", "skip"] = "error") -> list[ImageRecord]:
+def load_records(split, fmt: str, invalid: Literal["error", "skip"] = "error",
+                 keypoints: KeypointMeta | None = None) -> list[ImageRecord]:
     """Every image of a split (:class:`regpose.data.config.SplitConfig`); several annotation files are
-    concatenated in order. ``invalid``: see :func:`check_finite`."""
-    get_meta(fmt)  # validates the format
+    concatenated in order. ``invalid``: see :func:`check_finite`; ``keypoints``: the layout (None: ``fmt``'s)."""
+    keypoints = keypoints or get_meta(fmt)  # validates the format
     records: list[ImageRecord] = []
     image_dir = split.image_dir
     if split.synthetic.num_images > 0 and not split.ann_files and not image_dir:
         image_dir = str(Path(split.root) / "images")
-    for p in annotation_paths(split, fmt):
-        records.extend(load_annotation_file(p, fmt, image_dir, invalid))
+    for p in annotation_paths(split, fmt, keypoints):
+        records.extend(load_annotation_file(p, fmt, image_dir, invalid, keypoints))
     return records
 
 
 # ==========================================================================================================
 # Synthetic splits
 # ==========================================================================================================
-def ensure_synthetic(split, fmt: str) -> Path:
+def ensure_synthetic(split, fmt: str, keypoints: KeypointMeta | None = None) -> Path:
     """Generate a synthetic split into ``split.root`` unless its ``annotations.json`` exists; returns that path.
+    ``keypoints``: a declared layout to annotate (its keypoints placed at ``split.synthetic.joints``); None: ``fmt``'s.
 
     Safe when several processes race: each generates into a private temporary folder next to ``root`` and renames
     it into place; the loser discards its copy. An existing folder generated with other settings is an error
@@ -412,7 +418,7 @@ def ensure_synthetic(split, fmt: str) -> Path:
         raise DataError("synthetic split needs data.<split>.root (the folder to generate into)")
     root = Path(split.root).expanduser().resolve()
     ann = root / "annotations.json"
-    want = synth_info(spec.num_images, spec.seed, fmt, tuple(spec.size), spec.max_people)
+    want = synth_info(spec.num_images, spec.seed, fmt, tuple(spec.size), spec.max_people, keypoints, spec.joints)
     if not ann.is_file():
         log.info("generating the synthetic split %s first: %d images (seed %d), once; later runs reuse it",
                  split.root, spec.num_images, spec.seed)
@@ -420,7 +426,8 @@ def ensure_synthetic(split, fmt: str) -> Path:
         tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
         try:
             generate(tmp, spec.num_images, seed=spec.seed, fmt=fmt, size=tuple(spec.size),
-                     max_people=spec.max_people, progress=True, desc=f"synth {root.name}")
+                     max_people=spec.max_people, progress=True, desc=f"synth {root.name}", keypoints=keypoints,
+                     joints=spec.joints)
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the finished split is an ordinary folder
@@ -441,7 +448,8 @@ def ensure_synthetic(split, fmt: str) -> Path:
         raise DataError(f"{ann}: unreadable synthetic annotations (delete {root} to regenerate)") from None
     got = head.get("regpose_synth")
     if got is not None and got != want:
-        diff = ", ".join(f"{k}={got.get(k)!r} (config {v!r})" for k, v in want.items() if got.get(k) != v)
+        diff = ", ".join(f"{k}={got.get(k)!r} (config {want.get(k)!r})" for k in dict.fromkeys([*want, *got])
+                         if got.get(k) != want.get(k))
         raise DataError(f"{root} holds a synthetic split generated with {diff}; delete it or change "
                         f"data.<split>.root")
     return ann
@@ -745,7 +753,7 @@ def build_dataset(cfg, split: Literal["train", "val"], transform: Callable | Non
     if split not in ("train", "val"):
         raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
     fmt = cfg.data.format
-    records = load_records(getattr(cfg.data, split), fmt, cfg.data.invalid_annotations)
+    records = load_records(getattr(cfg.data, split), fmt, cfg.data.invalid_annotations, keypoint_layout(cfg.data))
     train = split == "train"
     skip = bool(train and getattr(cfg.train, "skip_corrupt_images", False))
     if family == "topdown":
@@ -785,7 +793,8 @@ def _detections_of(cfg) -> dict[int, np.ndarray]:
 def _require_samples(dataset: Dataset, records: list[ImageRecord], cfg, need: str) -> None:
     """An empty training set is a data problem: say which files hold what, instead of failing in the sampler."""
     if len(dataset) == 0:
-        files = ", ".join(str(p) for p in annotation_paths(cfg.data.train, cfg.data.format))
+        files = ", ".join(str(p) for p in annotation_paths(cfg.data.train, cfg.data.format,
+                                                           keypoint_layout(cfg.data)))
         people = sum(r.num_people for r in records)
         raise DataError(f"data.train ({files}): no training samples: {len(records)} images with {people} "
                         f"annotations, none usable (training needs {need})")
@@ -793,7 +802,7 @@ def _require_samples(dataset: Dataset, records: list[ImageRecord], cfg, need: st
 
 def evaluation_gt(cfg, split: str = "val") -> str:
     """Path of the annotation json to evaluate ``split`` against (several files are merged into a cached json)."""
-    paths = annotation_paths(getattr(cfg.data, split), cfg.data.format)
+    paths = annotation_paths(getattr(cfg.data, split), cfg.data.format, keypoint_layout(cfg.data))
     if len(paths) == 1:
         return str(paths[0])
     key = hashlib.sha1("|".join(f"{p}:{p.stat().st_mtime_ns}" for p in paths).encode()).hexdigest()[:16]

@@ -1,16 +1,25 @@
-"""Keypoint layouts of the supported datasets: names, left/right flip map, skeleton, OKS sigmas, body halves and
-the part groupings QueryPose uses (its paper, Fig. 4 a–d).
+"""Keypoint layouts: names, left/right flip map, skeleton, OKS sigmas, body halves and the part groupings QueryPose
+uses (its paper, Fig. 4 a–d).
 
-Everything downstream (flip augmentation, flip test, OKS evaluation, OKS-NMS, rendering, QueryPose's part
-queries) reads these tables through :func:`get_meta`; nothing else hard-codes a keypoint order.
+The built-in layouts of the supported datasets (:func:`get_meta`) and layouts of one's own, declared in the config's
+``data.keypoints`` section or taken from a COCO annotation file's ``categories`` entry (:func:`make_layout`,
+:func:`keypoint_layout`). A run's layout is ``keypoint_layout(cfg.data)``: every builder receives it, and everything
+downstream (flip augmentation, flip test, OKS evaluation, OKS-NMS, rendering, QueryPose's part queries) reads it;
+nothing else hard-codes a keypoint order or count.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-__all__ = ["KeypointMeta", "get_meta", "keypoint_info", "flip_index", "FORMATS",
+from ..errors import ConfigError, DataError
+from ..jsonio import read_json
+
+__all__ = ["KeypointMeta", "get_meta", "make_layout", "keypoint_layout", "layout_section", "flip_index", "FORMATS",
            "COCO_SIGMAS", "CROWDPOSE_SIGMAS", "MPII_SIGMAS"]
 
 
@@ -18,7 +27,7 @@ __all__ = ["KeypointMeta", "get_meta", "keypoint_info", "flip_index", "FORMATS",
 class KeypointMeta:
     """One dataset's keypoint layout.
 
-    name:            dataset format ("coco", "crowdpose", "mpii", "ochuman")
+    name:            dataset format ("coco", "crowdpose", "mpii", "ochuman"), or "custom" for a declared layout
     keypoint_names:  K names in annotation order
     flip_index:      (K,) int array; after a horizontal flip keypoint i takes the values of ``flip_index[i]``
     skeleton:        limbs as 0-based (a, b) index pairs, for drawing
@@ -130,11 +139,11 @@ def _flip_index_from_names(names: tuple[str, ...]) -> np.ndarray:
     return np.array(out, dtype=np.int64)
 
 
-def _make(name, names, skeleton, sigmas, upper, parts) -> KeypointMeta:
+def _make(name, names, skeleton, sigmas, upper, parts, flip=None) -> KeypointMeta:
     upper = tuple(upper)
     lower = tuple(i for i in range(len(names)) if i not in upper)
     sig = np.asarray(sigmas, dtype=np.float64)
-    fi = _flip_index_from_names(names)
+    fi = _flip_index_from_names(names) if flip is None else np.asarray(flip, dtype=np.int64)
     sig.setflags(write=False)
     fi.setflags(write=False)
     return KeypointMeta(name=name, keypoint_names=tuple(names), flip_index=fi, skeleton=tuple(skeleton),
@@ -156,13 +165,135 @@ def get_meta(fmt: str) -> KeypointMeta:
     try:
         return _META[fmt]
     except KeyError:
-        from ..errors import DataError
         raise DataError(f"unknown keypoint format {fmt!r} (expected one of: {', '.join(FORMATS)})") from None
-
-
-# Aliases some callers use.
-keypoint_info = get_meta
 
 
 def flip_index(fmt: str) -> np.ndarray:
     return get_meta(fmt).flip_index
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Layouts of one's own
+# ----------------------------------------------------------------------------------------------------------
+def make_layout(names: Sequence[str], sigmas: Sequence[float] | float, *, flip_pairs: Sequence = (),
+                skeleton: Sequence = (), upper_body: Sequence[str] = (), parts: Sequence[Sequence[str]] = (),
+                where: str = "data.keypoints") -> KeypointMeta:
+    """A keypoint layout declared by name (e.g. a 5-keypoint animal set), named "custom".
+
+    names:       the K keypoint names in annotation order
+    sigmas:      K OKS constants, or one number used for every keypoint (the evaluator, OKS-NMS and tracking use them)
+    flip_pairs:  left/right partners as name pairs; empty: from the names (left_x <-> right_x, l_x <-> r_x)
+    skeleton:    limbs as name pairs (drawing only)
+    upper_body:  the upper half for top-down half-body augmentation (the rest is the lower half)
+    parts:       QueryPose part queries as groups of names (its scheme "c"); scheme "a" (one part per keypoint)
+                 always exists
+    Errors name ``where`` (the config section or file the layout came from)."""
+    names = tuple(str(n) for n in names)
+    k = len(names)
+    if k == 0 or len(set(names)) != k:
+        raise ConfigError(f"{where}.names: expected distinct keypoint names, got {list(names)}")
+    index = {n: i for i, n in enumerate(names)}
+
+    def ids(group, key) -> list[int]:
+        missing = [n for n in group if n not in index]
+        if missing:
+            raise ConfigError(f"{where}.{key}: {missing[0]!r} is not one of the keypoint names {list(names)}")
+        return [index[n] for n in group]
+
+    sig = np.full(k, float(sigmas)) if np.ndim(sigmas) == 0 else np.asarray(sigmas, dtype=np.float64)
+    if sig.shape != (k,) or not np.all(np.isfinite(sig) & (sig > 0)):
+        raise ConfigError(f"{where}.sigmas: expected {k} positive OKS sigmas (one per keypoint) or one for all, "
+                          f"got {np.asarray(sigmas).tolist()}")
+    if flip_pairs:
+        flip = np.arange(k)
+        for pair in flip_pairs:
+            if len(pair) != 2:
+                raise ConfigError(f"{where}.flip_pairs: expected pairs of names, got {list(pair)}")
+            a, b = ids(pair, "flip_pairs")
+            if flip[a] != a or flip[b] != b or a == b:
+                raise ConfigError(f"{where}.flip_pairs: {names[a]!r} / {names[b]!r} paired twice or with itself")
+            flip[a], flip[b] = b, a
+    else:
+        try:
+            flip = _flip_index_from_names(names)
+        except KeyError as e:
+            raise ConfigError(f"{where}.names: {e.args[0]!r} is the mirror of a name in the list but missing; "
+                              f"give data.keypoints.flip_pairs") from None
+    limbs = []
+    for limb in skeleton:
+        if len(limb) != 2:
+            raise ConfigError(f"{where}.skeleton: expected limbs as pairs of names, got {list(limb)}")
+        limbs.append(tuple(ids(limb, "skeleton")))
+    groups = [ids(g, "parts") for g in parts]
+    if groups and sorted(i for g in groups for i in g) != list(range(k)):
+        raise ConfigError(f"{where}.parts: expected every keypoint in exactly one part, got {[list(g) for g in parts]}")
+    schemes = {"a": [[i] for i in range(k)], **({"c": groups} if groups else {})}
+    return _make("custom", names, limbs, sig, ids(upper_body, "upper_body"), schemes, flip)
+
+
+def _annotation_categories(data_cfg) -> tuple[Path, dict]:
+    """The first annotation file of the training split (else the validation split) and its keypoint category."""
+    files = list(data_cfg.train.ann_files) or list(data_cfg.val.ann_files)
+    if not files:
+        raise ConfigError("data.keypoints.from_annotations: needs data.train.ann_files (or data.val.ann_files) to "
+                          "read the keypoint names from; synthetic splits declare data.keypoints.names instead")
+    path = Path(files[0]).expanduser().resolve()
+    stat = path.stat() if path.is_file() else None
+    key = (str(path), stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
+    if key not in _CATEGORIES:
+        data = read_json(path, "annotation")
+        cats = [c for c in (data.get("categories") or [] if isinstance(data, dict) else [])
+                if isinstance(c, dict) and c.get("keypoints")]
+        if not cats:
+            raise DataError(f"{path}: data.keypoints.from_annotations needs a 'categories' entry with 'keypoints' "
+                            f"(names) and optionally 'skeleton' (1-based index pairs)")
+        _CATEGORIES[key] = cats[0]
+    return path, _CATEGORIES[key]
+
+
+_CATEGORIES: dict[tuple, dict] = {}   # (path, mtime, size) -> category: a large train file is read once
+
+
+def keypoint_layout(data_cfg) -> KeypointMeta:
+    """The keypoint layout of a config's ``data`` section: ``data.keypoints.names`` when declared, the category of
+    the first annotation file with ``data.keypoints.from_annotations``, else the built-in layout of ``data.format``."""
+    kp = data_cfg.keypoints
+    declared = bool(kp.names) or kp.from_annotations
+    if not declared:
+        for key in ("flip_pairs", "skeleton", "sigmas", "upper_body", "parts"):
+            if getattr(kp, key):
+                raise ConfigError(f"data.keypoints.{key}: only used with a declared layout (data.keypoints.names or "
+                                  f"data.keypoints.from_annotations: true); data.format {data_cfg.format!r} has "
+                                  f"its own")
+        return get_meta(data_cfg.format)
+    if data_cfg.format == "mpii":
+        raise ConfigError("data.keypoints: a declared keypoint layout needs COCO-style annotation files and OKS "
+                          "evaluation (data.format coco, ochuman or crowdpose), not mpii (PCKh of MPII's 16 joints)")
+    if not kp.sigmas:
+        raise ConfigError("data.keypoints.sigmas: a declared layout needs its OKS sigmas (one per keypoint, or one "
+                          "number for all; COCO's range from 0.025 (eyes) to 0.107 (hips))")
+    sigmas = kp.sigmas[0] if len(kp.sigmas) == 1 else kp.sigmas
+    if kp.names and kp.from_annotations:
+        raise ConfigError("data.keypoints: give either names or from_annotations: true, not both")
+    if kp.names:
+        return make_layout(kp.names, sigmas, flip_pairs=kp.flip_pairs, skeleton=kp.skeleton,
+                           upper_body=kp.upper_body, parts=kp.parts)
+    path, cat = _annotation_categories(data_cfg)
+    names = [str(n) for n in cat["keypoints"]]
+    try:
+        skeleton = kp.skeleton or [(names[int(a) - 1], names[int(b) - 1]) for a, b in cat.get("skeleton") or []]
+    except (IndexError, TypeError, ValueError):
+        raise DataError(f"{path}: categories 'skeleton' must hold 1-based index pairs of its "
+                        f"{len(names)} keypoints") from None
+    return make_layout(names, sigmas, flip_pairs=kp.flip_pairs, skeleton=skeleton, upper_body=kp.upper_body,
+                       parts=kp.parts, where=f"data.keypoints ({os.path.basename(path)})")
+
+
+def layout_section(meta: KeypointMeta) -> dict:
+    """A layout as a ``data.keypoints`` mapping that declares it (names, flip pairs, skeleton, sigmas, upper body,
+    QueryPose parts): a resolved layout written back into a saved config needs no annotation file."""
+    names = meta.keypoint_names
+    return {"names": list(names), "flip_pairs": [[names[a], names[b]] for a, b in meta.flip_pairs],
+            "skeleton": [[names[a], names[b]] for a, b in meta.skeleton], "sigmas": meta.sigmas.tolist(),
+            "upper_body": [names[i] for i in meta.upper_body_ids], "from_annotations": False,
+            "parts": [[names[i] for i in g] for g in meta.part_schemes.get("c", [])]}

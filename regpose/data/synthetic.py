@@ -1,5 +1,6 @@
 """Built-in synthetic crowd dataset (``regpose synth``): procedurally rendered people with COCO-17, CrowdPose-14 or
-MPII-16 keypoints, in COCO json layout.
+MPII-16 keypoints, or a declared layout of one's own (each of its keypoints placed at a rendered joint, e.g. a
+5-keypoint "animal" of nose, ears and paws = wrists), in COCO json layout.
 
 Each image: a textured background with distractor shapes (some limb- and head-like), then people drawn far to
 near (an instance-id buffer gives mutual occlusion), then optional foreground occluders and camera effects.
@@ -23,11 +24,14 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
 
 from ..progress import progress as progress_bar
+from ..errors import DataError
+from .keypoints import KeypointMeta, get_meta
 
 __all__ = ["generate", "synth_info", "render_image", "GENERATOR_VERSION"]
 
@@ -53,10 +57,31 @@ _SKIN = np.array([[255, 224, 196], [241, 194, 160], [224, 172, 128], [198, 134, 
                   [120, 76, 50], [90, 56, 38]], np.float64)
 
 
-def synth_info(num_images: int, seed: int, fmt: str, size, max_people: int) -> dict:
-    """The generator settings stored in ``annotations.json["info"]["regpose_synth"]``."""
-    return {"version": GENERATOR_VERSION, "num_images": int(num_images), "seed": int(seed), "format": fmt,
+def synth_info(num_images: int, seed: int, fmt: str, size, max_people: int, keypoints: KeypointMeta | None = None,
+               joints: Sequence[str] = ()) -> dict:
+    """The generator settings stored in ``annotations.json["info"]["regpose_synth"]`` (a declared layout adds its
+    keypoint names and the rendered joints they sit at)."""
+    info = {"version": GENERATOR_VERSION, "num_images": int(num_images), "seed": int(seed), "format": fmt,
             "size": [int(size[0]), int(size[1])], "max_people": int(max_people)}
+    if keypoints is not None and keypoints.name != fmt:
+        info.update(keypoints=list(keypoints.keypoint_names), joints=_joints(fmt, keypoints, joints))
+    return info
+
+
+def _joints(fmt: str, keypoints: KeypointMeta | None, joints: Sequence[str]) -> list[str]:
+    """The rendered joint of each annotated keypoint: ``fmt``'s table for its own layout; for a declared layout
+    ``joints`` (default: the keypoint names themselves), each one of the generator's joints."""
+    if keypoints is None or keypoints.name == fmt:
+        return list(_LAYOUT[fmt])
+    out = list(joints) or list(keypoints.keypoint_names)
+    if len(out) != keypoints.num_keypoints:
+        raise DataError(f"synthetic.joints: expected one rendered joint per keypoint ({keypoints.num_keypoints}), "
+                        f"got {len(out)}")
+    bad = [j for j in out if j not in _JI]
+    if bad:
+        raise DataError(f"synthetic.joints: {bad[0]!r} is not a rendered joint (one of {', '.join(_J)}); map each "
+                        f"keypoint of data.keypoints.names to one with data.<split>.synthetic.joints")
+    return out
 
 
 # ==========================================================================================================
@@ -387,8 +412,10 @@ def _rotation(rng) -> float:
 # ==========================================================================================================
 # One image
 # ==========================================================================================================
-def render_image(rng: np.random.Generator, size=(256, 256), max_people: int = 6, fmt: str = "coco"):
-    """Render one image: returns (RGB uint8 image, list of annotation dicts without ids)."""
+def render_image(rng: np.random.Generator, size=(256, 256), max_people: int = 6, fmt: str = "coco",
+                 joints: Sequence[str] | None = None):
+    """Render one image: returns (RGB uint8 image, list of annotation dicts without ids). ``joints``: the rendered
+    joint of each annotated keypoint (None: ``fmt``'s layout)."""
     from pycocotools import mask as mask_utils
 
     w, h = int(size[0]), int(size[1])
@@ -436,7 +463,7 @@ def render_image(rng: np.random.Generator, size=(256, 256), max_people: int = 6,
         noise = rng.normal(0, rng.uniform(2, 6), out.shape).astype(np.float32)
         out = np.clip(out.astype(np.float32) + noise, 0, 255).astype(np.uint8)
 
-    layout = [_JI[n] for n in _LAYOUT[fmt]]
+    layout = [_JI[n] for n in (_LAYOUT[fmt] if joints is None else joints)]
     anns = []
     for i, (kind, p) in enumerate(people):
         m = cv.ids == (i + 1)
@@ -514,18 +541,15 @@ def _crowd_index(anns: list) -> float:
 # ==========================================================================================================
 # Dataset
 # ==========================================================================================================
-def _categories(fmt: str) -> list:
-    from .keypoints import get_meta
-
-    meta = get_meta(fmt)
+def _categories(meta: KeypointMeta) -> list:
     return [{"id": 1, "name": "person", "supercategory": "person", "keypoints": list(meta.keypoint_names),
              "skeleton": [[a + 1, b + 1] for a, b in meta.skeleton]}]
 
 
 def _render_one(args):
-    seed, index, fmt, size, max_people, image_format, out_dir = args
+    seed, index, fmt, size, max_people, image_format, out_dir, joints = args
     rng = np.random.default_rng([int(seed), int(index)])
-    img, anns = render_image(rng, size, max_people, fmt)
+    img, anns = render_image(rng, size, max_people, fmt, joints)
     name = f"{index + 1:06d}.{image_format}"
     params = [cv2.IMWRITE_JPEG_QUALITY, 92] if image_format == "jpg" else [cv2.IMWRITE_PNG_COMPRESSION, 3]
     ok, buf = cv2.imencode("." + image_format, cv2.cvtColor(img, cv2.COLOR_RGB2BGR), params)
@@ -561,12 +585,11 @@ def _write_mpii(out: Path, results: list) -> Path:
 
 def generate(out_dir: str | os.PathLike, num_images: int, seed: int = 0, fmt: str = "coco", size=(256, 256),
              max_people: int = 6, progress: bool = True, image_format: str = "jpg", workers: int = 0,
-             desc: str | None = None) -> Path:
+             desc: str | None = None, keypoints: KeypointMeta | None = None, joints: Sequence[str] = ()) -> Path:
     """Write ``out_dir/images/*.jpg`` and ``out_dir/annotations.json`` (COCO layout in the ``fmt`` keypoint order:
     "coco", "crowdpose" or "mpii"); returns the annotations path. ``size`` is (width, height). ``workers`` > 0
-    renders in that many processes (same bytes as serial)."""
-    from ..errors import DataError
-
+    renders in that many processes (same bytes as serial). ``keypoints``: a declared layout to annotate instead of
+    ``fmt``'s, each keypoint at the rendered joint ``joints`` names (default: the joint of the same name)."""
     if fmt not in _LAYOUT:
         raise DataError(f"synthetic format must be one of {', '.join(_LAYOUT)}, got {fmt!r}")
     if num_images < 1:
@@ -578,9 +601,13 @@ def generate(out_dir: str | os.PathLike, num_images: int, seed: int = 0, fmt: st
         raise DataError(f"synthetic image size must be at least 32x32, got {w}x{h}")
     if image_format not in ("jpg", "png"):
         raise DataError(f"image format must be jpg or png, got {image_format!r}")
+    if keypoints is not None and keypoints.name != fmt and fmt == "mpii":
+        raise DataError("synthetic: a declared keypoint layout is written as COCO json (format coco or crowdpose)")
+    rendered = _joints(fmt, keypoints, joints)
+    meta = get_meta(fmt) if keypoints is None else keypoints
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
-    jobs = [(seed, i, fmt, (w, h), max_people, image_format, str(out)) for i in range(num_images)]
+    jobs = [(seed, i, fmt, (w, h), max_people, image_format, str(out), rendered) for i in range(num_images)]
     bar = progress_bar(total=num_images, desc=desc or f"synth {out.name}", unit="img", disable=not progress)
     if workers and workers > 1:
         import multiprocessing as mp
@@ -608,10 +635,10 @@ def generate(out_dir: str | os.PathLike, num_images: int, seed: int = 0, fmt: st
             annotations.append({"id": aid, "image_id": i + 1, **{k: v for k, v in a.items() if k != "_head"}})
             aid += 1
     data = {
-        "info": {"description": "regpose synthetic crowd dataset", "regpose_synth": synth_info(num_images, seed, fmt,
-                                                                                                 (w, h), max_people)},
+        "info": {"description": "regpose synthetic crowd dataset",
+                 "regpose_synth": synth_info(num_images, seed, fmt, (w, h), max_people, keypoints, joints)},
         "licenses": [],
-        "categories": _categories(fmt),
+        "categories": _categories(meta),
         "images": images,
         "annotations": annotations,
     }

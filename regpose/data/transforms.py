@@ -888,20 +888,20 @@ def bottomup_train_transforms(data_cfg, flip_index: Sequence[int] | None = None,
                               output_sizes: Sequence[int] = (), mask: bool = True) -> Compose:
     """DEKR pipeline: random affine to ``data.input_size`` (+ output layers), flip, colour. ``flip_index`` may be
     extended by the caller (DEKR passes K+1 entries for its centre point)."""
-    from .keypoints import get_meta
+    from .keypoints import keypoint_layout
 
     a = data_cfg.augment.bottomup
-    fi = get_meta(data_cfg.format).flip_index if flip_index is None else flip_index
+    fi = keypoint_layout(data_cfg).flip_index if flip_index is None else flip_index
     return Compose([BottomUpRandomAffine(_square(data_cfg.input_size), output_sizes, a.scale_type, a.min_scale,
                                          a.max_scale, a.max_rotation, a.max_translate, mask),
                     HorizontalFlip(fi, a.flip_prob), *color_transforms(data_cfg)])
 
 
 def onestage_train_transforms(data_cfg, flip_index: Sequence[int] | None = None) -> Compose:
-    from .keypoints import get_meta
+    from .keypoints import keypoint_layout
 
     a = data_cfg.augment.onestage
-    fi = get_meta(data_cfg.format).flip_index if flip_index is None else flip_index
+    fi = keypoint_layout(data_cfg).flip_index if flip_index is None else flip_index
     return Compose([OneStageAugmentation(fi, a.min_sizes, a.max_size, a.sample_style, a.flip_prob, a.crop,
                                          a.crop_prob, a.crop_pre_sizes, a.crop_type, a.crop_size),
                     *color_transforms(data_cfg)])
@@ -914,10 +914,10 @@ def onestage_test_transforms(data_cfg) -> Compose:
 
 def topdown_train_transforms(data_cfg) -> Compose:
     """Poseur / mmpose order (spec §1.7): centre/scale -> flip -> half body -> scale/rotation -> affine -> colour."""
-    from .keypoints import get_meta
+    from .keypoints import keypoint_layout
 
     a = data_cfg.augment.topdown
-    meta = get_meta(data_cfg.format)
+    meta = keypoint_layout(data_cfg)
     size = data_cfg.input_size
     return Compose([TopDownGetBboxCenterScale(size, a.padding), TopDownRandomFlip(meta.flip_index, a.flip_prob),
                     TopDownHalfBody(meta.upper_body_ids, size, a.half_body_min_joints, a.half_body_prob,

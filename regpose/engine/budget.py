@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from ..data.keypoints import keypoint_layout
 from ..errors import ConfigError
 
 __all__ = ["seconds_per_iteration", "fit_schedule_to_budget", "set_schedule_length"]
@@ -27,7 +28,7 @@ def seconds_per_iteration(cfg, steps: int = 6, warmup: int = 2, statistic: str =
 
     for split in (cfg.data.train, cfg.data.val):
         if split.synthetic.num_images > 0:
-            ensure_synthetic(split, cfg.data.format)
+            ensure_synthetic(split, cfg.data.format, keypoint_layout(cfg.data))
     spec = get_method(cfg.method)
     ds = build_dataset(cfg, "train", spec.transform(cfg, True), spec.family)
     model = build_model(cfg).train()

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..config import Config, load_config
+from ..data.keypoints import keypoint_layout
 from ..errors import RegposeError
 from ..models.base import total_loss
 from .recipe import no_download_overrides
@@ -101,7 +102,7 @@ def dry_run(config: str | Path, work_dir: str | Path, overrides: list[str] | Non
     cfg = load_config(config, [*(overrides or []), *dry_run_overrides(base, work_dir)])
     spec = get_method(cfg.method)
     for split in (cfg.data.train, cfg.data.val):
-        ensure_synthetic(split, cfg.data.format)
+        ensure_synthetic(split, cfg.data.format, keypoint_layout(cfg.data))
     dataset = build_dataset(cfg, "train", spec.transform(cfg, True), spec.family)
 
     torch.manual_seed(cfg.train.seed)

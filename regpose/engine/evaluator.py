@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ..data.collate import CatchErrors, Collate
 from ..data.datasets import build_dataset, evaluation_gt, load_records
+from ..data.keypoints import keypoint_layout
 from ..errors import DataError
 from ..evaluation import evaluate
 from ..inference.boxes import boxes_of_records
@@ -44,7 +45,8 @@ def person_boxes(cfg, split: str = "val", device: str | torch.device = "cpu") ->
     the boxes the data layer reads itself (ground truth, a detections json) and for whole-image methods."""
     if get_method(cfg.method).family != "topdown" or cfg.test.boxes != "model":
         return None
-    records = load_records(getattr(cfg.data, split), cfg.data.format, cfg.data.invalid_annotations)
+    records = load_records(getattr(cfg.data, split), cfg.data.format, cfg.data.invalid_annotations,
+                           keypoint_layout(cfg.data))
     return boxes_of_records(build_box_source(cfg, records, device), records)
 
 
@@ -134,8 +136,14 @@ def check_ground_truth(cfg, split: str = "val") -> str:
     training, at the first evaluation hours later). Returns its path."""
     gt = evaluation_gt(cfg, split)
     if has_annotations(gt):
-        evaluate(gt, [], dataset=cfg.data.format)   # scoring no results reads every field scoring needs
+        evaluate(gt, [], dataset=cfg.data.format, sigmas=_sigmas(cfg))   # reads every field scoring needs
     return gt
+
+
+def _sigmas(cfg):
+    """The OKS sigmas of a declared keypoint layout (``data.keypoints``); None scores with the dataset's own."""
+    layout = keypoint_layout(cfg.data)
+    return None if layout.name == cfg.data.format else layout.sigmas
 
 
 def _without_skipped_images(gt_path: str, errors: list, fmt: str, num_samples: int) -> str | dict:
@@ -177,7 +185,7 @@ def evaluate_model(cfg, model, device: torch.device, split: str = "val", out_dir
     if errors:
         gt = _without_skipped_images(gt, errors, cfg.data.format, len(loader.dataset))
     if has_annotations(gt):
-        metrics = evaluate(gt, results, dataset=cfg.data.format)
+        metrics = evaluate(gt, results, dataset=cfg.data.format, sigmas=_sigmas(cfg))
         log.info("evaluated %d images (%d people) in %.1fs", len(final), len(results), time.time() - t0)
     else:
         log.info("%s has no annotations: wrote %s for submission (%d people)", gt, res_path, len(results))

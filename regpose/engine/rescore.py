@@ -14,7 +14,7 @@ from ..progress import progress
 
 from ..data.collate import Collate
 from ..data.datasets import ImageDataset, load_records
-from ..data.keypoints import get_meta
+from ..data.keypoints import keypoint_layout
 from ..errors import DataError
 from ..evaluation.oks import coco_oks
 from ..models.dekr import DEKR, DEKREvalTransform, PredictOKSNet, build_dekr, rescore_features
@@ -29,12 +29,13 @@ def _rescore_records(model: DEKR, cfg, max_images: int | None, device) -> tuple[
     the top maxDets (20) detections by score, all of the image's ground truths. Images without ground truth are
     skipped. Official code: a target OKS of exactly 1 is replaced by 0."""
     test_cfg = dataclasses.replace(cfg.test, flip=True, scales=[1.0])
-    records = load_records(cfg.data.train, cfg.data.format)
+    layout = keypoint_layout(cfg.data)
+    records = load_records(cfg.data.train, cfg.data.format, keypoints=layout)
     records = [r for r in records if r.num_people > 0][:max_images]
     dataset = ImageDataset(records, DEKREvalTransform(dataclasses.replace(cfg, test=test_cfg)))
     loader = DataLoader(dataset, batch_size=1, num_workers=min(cfg.train.num_workers, 4),
                         collate_fn=Collate(model.size_divisibility))
-    sigmas = get_meta(cfg.data.format).sigmas
+    sigmas = layout.sigmas
     feats, targets = [], []
     for batch in progress(loader, desc="rescore data", unit="img", leave=False):
         batch["images"] = batch["images"].to(device)
@@ -46,7 +47,7 @@ def _rescore_records(model: DEKR, cfg, max_images: int | None, device) -> tuple[
         kpts = res.keypoints[top]
         oks = coco_oks(kpts, rec.keypoints, rec.areas, sigmas, rec.boxes).max(axis=1)
         oks[oks == 1] = 0
-        feats.append(rescore_features(kpts))
+        feats.append(rescore_features(kpts, model.keypoints))
         targets.append(oks.astype(np.float32))
     if not feats:
         raise DataError(f"train-rescore: the model found no people in {len(records)} training images")
@@ -61,7 +62,7 @@ def train_rescore(cfg, weights: str, out: str, max_images: int | None = None, ep
     Writes ``{"model": l1/l2/l3 state dict, ...}`` to ``out`` (use it as ``model.rescore_weights``)."""
     torch.manual_seed(cfg.train.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_dekr(cfg)
+    model = build_dekr(cfg, keypoint_layout(cfg.data))
     load_model_weights(model, weights)
     model.rescorer = None
     model.to(device).eval()

@@ -5,6 +5,7 @@ One *iteration* is one optimizer step; with ``train.accum_steps = A`` it consume
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import re
@@ -21,6 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from ..config import Config, ConfigError, save_config, to_dict
+from ..data.keypoints import keypoint_layout, layout_section
 from ..errors import DataError, RegposeError
 from ..models.base import total_loss
 from ..progress import progress
@@ -147,6 +149,8 @@ class Trainer:
             raise TrainingError(problem)
         # the run's own train settings: the recipe's, moved to this total batch if batch_scaling asks for it
         self.cfg, self.tc = cfg, scale_to_total_batch(cfg.train, self.world)
+        if cfg.data.keypoints.from_annotations:   # the saved config and checkpoints hold the layout itself
+            cfg.data.keypoints = dataclasses.replace(cfg.data.keypoints, **layout_section(keypoint_layout(cfg.data)))
         batch_line, batch_warning = total_batch_messages(cfg.train, self.tc, self.world)
         if self.main:
             self.log.info(batch_line)
@@ -163,7 +167,7 @@ class Trainer:
             if self.main:
                 for split in (cfg.data.train, cfg.data.val):
                     if split.synthetic.num_images > 0:
-                        ensure_synthetic(split, cfg.data.format)
+                        ensure_synthetic(split, cfg.data.format, keypoint_layout(cfg.data))
             dist.barrier()
             train_dataset = build_dataset(cfg, "train", self.spec.transform(cfg, True), self.spec.family)
             if self.tc.skip_corrupt_images and hasattr(train_dataset, "skip_corrupt"):

@@ -10,8 +10,9 @@ __all__ = ["evaluate", "format_metrics", "evaluate_coco", "evaluate_pckh", "coco
 DATASETS = ("coco", "crowdpose", "ochuman", "mpii")
 
 
-def evaluate(gt, results, dataset: str = "coco") -> dict[str, float]:
+def evaluate(gt, results, dataset: str = "coco", sigmas=None) -> dict[str, float]:
     """Score keypoint ``results`` (COCO results json path or list) against ``gt`` (annotation json path or dict).
+    ``sigmas``: OKS constants of the run's keypoint layout when it is not the dataset's own (``data.keypoints``).
 
     coco / ochuman: ``AP AP50 AP75 APm APl AR AR50 AR75 ARm ARl``; crowdpose: ``AP AP50 AP75 AR AR50 AR75 AP_easy
     AP_medium AP_hard`` (fractions; -1 where the reference tools report -1, e.g. no medium people);
@@ -22,7 +23,7 @@ def evaluate(gt, results, dataset: str = "coco") -> dict[str, float]:
     from ..errors import DataError
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r} (expected one of: {', '.join(DATASETS)})")
-    return evaluate_coco(gt, results, dataset)
+    return evaluate_coco(gt, results, dataset, sigmas)
 
 
 def format_metrics(metrics: dict, dataset: str = "coco") -> str:

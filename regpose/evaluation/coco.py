@@ -16,6 +16,7 @@ settings, and the result area taken from the box when the first result has one (
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -407,11 +408,16 @@ def _summarize(precision, recall, ap: bool, iou_thr=None, area="all") -> float:
     return float(np.mean(valid)) if len(valid) else -1.0
 
 
-def evaluate_coco(gt, results, dataset: str = "coco") -> dict[str, float]:
-    """AP/AR of keypoint ``results`` (path or list of COCO results) against ``gt`` (path or dict)."""
+def evaluate_coco(gt, results, dataset: str = "coco", sigmas=None) -> dict[str, float]:
+    """AP/AR of keypoint ``results`` (path or list of COCO results) against ``gt`` (path or dict) with ``dataset``'s
+    protocol; ``sigmas``: the OKS constants of another keypoint layout (K values; None: the dataset's own), as
+    pycocotools' ``params.kpt_oks_sigmas`` sets them."""
     if dataset not in PROTOCOLS:
         raise DataError(f"unknown dataset {dataset!r} for OKS evaluation (expected coco, crowdpose or ochuman)")
     proto = PROTOCOLS[dataset]
+    if sigmas is not None:
+        proto = dataclasses.replace(proto, name=f"{proto.name} with the layout's sigmas",
+                                    sigmas=np.asarray(sigmas, dtype=np.float64).reshape(-1))
     gdata, gname = load_gt(gt)
     res, rname = load_results(results)
     g = _GT(gdata, gname, proto)

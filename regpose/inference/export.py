@@ -109,7 +109,7 @@ def default_input_size(cfg, model, image_hw: tuple[int, int] = (480, 640)) -> tu
     div = max(1, int(getattr(model, "size_divisibility", 1)))
     try:
         sample = image_sample(get_method(cfg.method).transform(cfg, False), np.zeros((*image_hw, 3), np.uint8), 0, "",
-                             int(getattr(model, "num_keypoints", 17)))
+                             model.num_keypoints)
         h, w = (int(v) for v in sample["image"].shape[-2:])
     except NotImplementedError:   # a method whose data transform is not there yet: the picture itself
         h, w = image_hw
@@ -261,7 +261,7 @@ def _export(model: nn.Module, cfg, out: Path, dynamic: bool, input_hw, batch_siz
     meta = {"method": cfg.method, "family": _family(cfg), "version": __version__,
             "inputs": json.dumps(input_names), "outputs": json.dumps(structure),
             "batch_outputs": json.dumps(batch_outputs), "dynamic": json.dumps(bool(dynamic)),
-            "input_size": json.dumps(list(input_hw)), "num_keypoints": str(int(getattr(model, "num_keypoints", 0))),
+            "input_size": json.dumps(list(input_hw)), "num_keypoints": str(model.num_keypoints),
             "config": config_path.read_text()}
     config_path.unlink()
     del proto.metadata_props[:]

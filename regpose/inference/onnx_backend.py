@@ -150,7 +150,7 @@ def attach_onnx(model: torch.nn.Module, network: OnnxRuntimeNetwork, method: str
     if method and network.method and network.method != method:
         raise RegposeError(f"{network.path}: exported from method '{network.method}', the config builds '{method}'")
     k = int(network.meta.get("num_keypoints", 0) or 0)
-    if k and k != int(getattr(model, "num_keypoints", k)):
+    if k and k != model.num_keypoints:
         raise RegposeError(f"{network.path}: the graph predicts {k} keypoints, the config's model "
                            f"{model.num_keypoints}")
     model.eval()

@@ -25,7 +25,7 @@ import torch
 
 from ..config import Config, ConfigError, load_config, to_dict
 from ..data.datasets import read_image
-from ..data.keypoints import get_meta
+from ..data.keypoints import keypoint_layout
 from ..checkpoint import load_model_weights
 from ..errors import DataError, InputError
 from ..models import build_model
@@ -180,7 +180,7 @@ class Predictor:
         self.spec = get_method(cfg.method)
         self.family = self.spec.family
         self.device = resolve_device(device)
-        self.keypoint_meta = get_meta(cfg.data.format)
+        self.keypoint_meta = keypoint_layout(cfg.data)
 
         weights = str(weights) if weights else ""
         self.backend = backend or ("onnx" if weights.lower().endswith(".onnx") else "torch")
@@ -202,7 +202,7 @@ class Predictor:
             attach_onnx(model, OnnxRuntimeNetwork(weights, self.device, threads), cfg.method)
         self.model = model.eval()
         self.weights = weights
-        self.num_keypoints = int(getattr(model, "num_keypoints", self.keypoint_meta.num_keypoints))
+        self.num_keypoints = model.num_keypoints
         topdown = self.family == "topdown"
         self.batch_size = int(batch_size or max(32 if topdown else 8, t.batch_size))
         self.runner = PoseRunner(model, cfg, self.batch_size, self.device if self.backend == "torch" else "cpu")

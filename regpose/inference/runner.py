@@ -22,7 +22,6 @@ import torch
 
 from ..data.collate import collate
 from ..data.datasets import person_sample, unannotated_sample
-from ..data.keypoints import get_meta
 from ..errors import InputError
 from ..models.registry import get_method
 from ..structures import PoseResult, to_coco_results
@@ -30,8 +29,7 @@ from ..structures import PoseResult, to_coco_results
 __all__ = ["PoseRunner", "image_sample", "select_people", "write_results"]
 
 
-def image_sample(transform, image: np.ndarray, image_id: int = 0, file_name: str = "",
-                 num_keypoints: int = 17) -> dict:
+def image_sample(transform, image: np.ndarray, image_id: int, file_name: str, num_keypoints: int) -> dict:
     """A whole-image method's test sample of a picture without annotations. A transform that cannot handle zero
     people (target encoding of an empty set) gets one unlabelled whole-image placeholder person instead: it only
     reaches the unused target, never the image or the meta."""
@@ -64,7 +62,7 @@ class PoseRunner:
         self.transform = spec.transform(cfg, False)
         self.batch_size = int(batch_size or max(1, cfg.test.batch_size))
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        self.num_keypoints = int(getattr(model, "num_keypoints", get_meta(cfg.data.format).num_keypoints))
+        self.num_keypoints = model.num_keypoints
         self.size_divisibility = int(getattr(model, "size_divisibility", 1))
 
     # ---- samples ---------------------------------------------------------------------------------------

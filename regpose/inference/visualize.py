@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data.keypoints import get_meta
+from ..data.keypoints import KeypointMeta, keypoint_layout
 from ..drawing import draw_poses
 from ..models.topdown_regression import fuse_flip, keypoint_scores
 from ..structures import PoseResult
@@ -86,12 +86,11 @@ def display_defaults(cfg) -> DisplayDefaults:
 
 
 class Renderer:
-    """:func:`regpose.drawing.draw_poses` bound to a keypoint layout (``regpose.data.keypoints.get_meta(format)``)
+    """:func:`regpose.drawing.draw_poses` bound to a keypoint layout (``regpose.data.keypoints.KeypointMeta``)
     and to drawing options (``kpt_threshold``, ``score_max``, ``score_threshold``, ``show_boxes``, ...), e.g.
     those of :func:`display_defaults`; options given per call override them."""
 
-    def __init__(self, keypoint_format: str = "coco", **options):
-        meta = get_meta(keypoint_format)
+    def __init__(self, meta: KeypointMeta, **options):
         self.skeleton = meta.skeleton
         self.left_ids, self.right_ids = meta.left_ids, meta.right_ids
         self.options = options
@@ -100,7 +99,7 @@ class Renderer:
     def for_config(cls, cfg, **options) -> "Renderer":
         """The renderer of ``cfg``'s layout with its method's :func:`display_defaults` (``options`` override)."""
         d = display_defaults(cfg)
-        return cls(cfg.data.format, **{"kpt_threshold": d.kpt_threshold, "score_max": d.score_max, **options})
+        return cls(keypoint_layout(cfg.data), **{"kpt_threshold": d.kpt_threshold, "score_max": d.score_max, **options})
 
     def __call__(self, image: np.ndarray, result: PoseResult, **options) -> np.ndarray:
         opts = {**self.options, **{k: v for k, v in options.items() if v is not None}}

@@ -10,7 +10,9 @@ Batch (made by :func:`regpose.data.collate.collate` from samples a method's tran
                  pixels, plus method-specific entries (e.g. top-down: box, box_score, center, scale).
     }
 
-A :class:`PoseModel`
+A :class:`PoseModel` is built by its method's ``build(cfg, keypoints)`` from the full config and the run's keypoint
+layout (:class:`~regpose.data.keypoints.KeypointMeta`, ``keypoint_layout(cfg.data)``), which it keeps as ``keypoints``
+(``num_keypoints`` = K): the count, flip pairs and OKS sigmas come from there, never from a default;
   * ``forward(images, targets)`` in training returns a dict of weighted loss tensors whose keys start with
     ``loss`` (the engine sums those); other entries are logged only;
   * ``forward(images)`` in eval returns the raw output tensors (this is what ONNX export traces);
@@ -24,6 +26,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..data.keypoints import KeypointMeta
 from ..structures import PoseResult
 
 __all__ = ["PoseModel", "total_loss"]
@@ -36,12 +39,19 @@ def total_loss(losses: dict):
 
 
 class PoseModel(nn.Module):
-    #: number of keypoints predicted
-    num_keypoints: int = 17
+    #: the keypoint layout the model predicts (set by :meth:`set_keypoints` in ``__init__``)
+    keypoints: KeypointMeta
+    #: number of keypoints predicted (K of ``keypoints``)
+    num_keypoints: int
     #: padded input sizes must be a multiple of this
     size_divisibility: int = 1
     #: names of the eval forward's outputs when it returns a tensor or tuple (ONNX graph output names)
     output_names: tuple[str, ...] = ()
+
+    def set_keypoints(self, keypoints: KeypointMeta) -> None:
+        """Record the layout the network is built for (``__init__`` calls it before sizing its heads)."""
+        self.keypoints = keypoints
+        self.num_keypoints = keypoints.num_keypoints
 
     def forward(self, images: torch.Tensor, targets: list[dict] | None = None):  # pragma: no cover - abstract
         raise NotImplementedError

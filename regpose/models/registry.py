@@ -29,7 +29,9 @@ class MethodSpec:
 
     name:          the config's ``method`` value
     config_cls:    dataclass typing the config's ``model`` section
-    build:         ``build(cfg: Config) -> PoseModel`` (see :mod:`regpose.models.base`)
+    build:         ``build(cfg: Config, keypoints: KeypointMeta) -> PoseModel``: the network of the full config for
+                   the run's keypoint layout (``regpose.data.keypoints.keypoint_layout(cfg.data)``; see
+                   :mod:`regpose.models.base`)
     family:        ``bottomup`` / ``onestage`` (whole images) or ``topdown`` (one person crop per sample)
     transform:     ``transform(cfg: Config, train: bool) -> Callable[[raw_sample], sample]``: augmentation and
                    target encoding, run in data-loader workers (see :mod:`regpose.data.datasets` for the raw

@@ -21,15 +21,13 @@ from torch import nn
 
 from ..codecs.multiscale import resolve_test_scales
 from ..codecs.topdown_regression import TopDownRegressionTransform, decode_crops, topdown_transform
-from ..errors import ConfigError
-from ..data.keypoints import get_meta
 from ..ops import topdown_finalize
 from ..structures import PoseResult
 from .layers.linear import NormalizedLinear
 
 __all__ = ["NormLinear", "PlainLinear", "CoarseRLEHead", "FlipFusion", "KeypointScore", "uncertainty_score",
            "keypoint_scores", "flip_back_coords", "flip_back", "fuse_flip", "RLETopDownInference",
-           "keypoint_meta_for", "topdown_regression_transform"]
+           "topdown_regression_transform"]
 
 FlipFusion = Literal["default", "type1", "type2"]
 KeypointScore = Literal["rle", "uncertainty", "none"]
@@ -68,7 +66,7 @@ class CoarseRLEHead(nn.Module):
     coarse proposal, spec 2.3). Input (B, C, H, W); output mu (B, K, 2) raw normalised coordinates (no
     activation, may leave [0, 1]) and sigma (B, K, 2) = sigmoid(.)."""
 
-    def __init__(self, in_channels: int, num_keypoints: int = 17):
+    def __init__(self, in_channels: int, num_keypoints: int):
         super().__init__()
         self.num_keypoints = num_keypoints
         self.fc_coord = NormLinear(in_channels, num_keypoints * 2)
@@ -166,7 +164,7 @@ class RLETopDownInference:
     1.5), keypoint scores from sigma, crop -> image pixels; per image the official rescoring and OKS-NMS.
 
     The model provides ``cfg`` (``flip_fusion``, ``keypoint_score``, ``uncertainty_a``, ``uncertainty_scale``,
-    ``oks_nms_threshold``, ``rescore``), the ``flip_pairs`` buffer (P, 2) and the OKS ``sigmas``."""
+    ``oks_nms_threshold``, ``rescore``) and the ``flip_pairs`` buffer (P, 2); the OKS sigmas are its layout's."""
 
     #: eval forward: (N, K, 2) normalised crop coordinates, (N, K, 2) their RLE scale
     output_names = ("coords", "sigma")
@@ -186,19 +184,7 @@ class RLETopDownInference:
         return decode_crops(mu, score, batch["metas"], tuple(images.shape[-2:]), {"sigma": sigma})
 
     def finalize(self, result: PoseResult, meta: dict) -> PoseResult:
-        return topdown_finalize(result, self.sigmas, self.cfg.oks_nms_threshold, self.cfg.rescore)
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Building from a Config
-# ----------------------------------------------------------------------------------------------------------
-def keypoint_meta_for(cfg):
-    """The data format's keypoint metadata, after checking the model predicts that many keypoints."""
-    info = get_meta(cfg.data.format)
-    if cfg.model.num_keypoints != info.num_keypoints:
-        raise ConfigError(f"model.num_keypoints: {cfg.model.num_keypoints} does not match data.format "
-                          f"'{cfg.data.format}' ({info.num_keypoints} keypoints)")
-    return info
+        return topdown_finalize(result, self.keypoints.sigmas, self.cfg.oks_nms_threshold, self.cfg.rescore)
 
 
 # ----------------------------------------------------------------------------------------------------------

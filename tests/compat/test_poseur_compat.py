@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from regpose.compat.poseur import config_from_official, convert_state_dict, reference_check
+from regpose.data.keypoints import get_meta
 from regpose.errors import CheckpointError
 from regpose.models.backbones import BackboneConfig
 from regpose.models.poseur import Poseur, PoseurConfig
@@ -32,7 +33,7 @@ def test_every_manifest_key_is_consumed_with_matching_shapes(manifest, cfg):
     official = _fake_official(manifest)
     ours = convert_state_dict(official)
     with torch.device("meta"):
-        model = Poseur(cfg)
+        model = Poseur(cfg, get_meta("coco"))
     expected = model.state_dict()
     assert len(ours) == len(official) == len(expected)
     assert set(ours) == set(expected)

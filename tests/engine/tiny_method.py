@@ -93,7 +93,7 @@ def tiny_transform(cfg, train):
 
 
 register_method(MethodSpec(name="tiny", config_cls=TinyConfig,
-                           build=lambda cfg: _build(cfg),
+                           build=lambda cfg, keypoints: _build(cfg),
                            family="onestage", transform=tiny_transform))
 
 

@@ -18,8 +18,9 @@ from regpose.evaluation.oks import coco_oks
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
-def reference(gt: dict, res: list, dataset: str, tmp_path) -> list:
-    """Statistics of the reference tool (fresh copies: the tools mutate their inputs)."""
+def reference(gt: dict, res: list, dataset: str, tmp_path, sigmas=None) -> list:
+    """Statistics of the reference tool (fresh copies: the tools mutate their inputs); ``sigmas``: another keypoint
+    layout's OKS constants (pycocotools ``params.kpt_oks_sigmas``)."""
     gt_path = tmp_path / "gt_ref.json"
     gt_path.write_text(json.dumps(gt))
     with contextlib.redirect_stdout(io.StringIO()):
@@ -28,6 +29,8 @@ def reference(gt: dict, res: list, dataset: str, tmp_path) -> list:
             from pycocotools.cocoeval import COCOeval
             c = COCO(str(gt_path))
             e = COCOeval(c, c.loadRes(copy.deepcopy(res)), "keypoints")
+            if sigmas is not None:
+                e.params.kpt_oks_sigmas = np.asarray(sigmas)
         else:
             from xtcocotools.coco import COCO
             from xtcocotools.cocoeval import COCOeval
@@ -175,3 +178,22 @@ def test_crowdpose_needs_crowd_index_and_format_table(tmp_path):
         json.loads((REAL / "coco" / "test_coco.json").read_text()), 0, 17), "coco")
     table = format_metrics(m, "coco").splitlines()
     assert table[1].split("|")[0].strip() == "AP" and f"{m['AP']:.3f}" in table[3]
+
+
+def test_a_declared_layouts_sigmas_score_as_pycocotools_with_kpt_oks_sigmas(tmp_path):
+    """A 5-keypoint layout of one's own (generated animal data): AP/AR with its sigmas equal pycocotools given the
+    same ``params.kpt_oks_sigmas``; COCO's 17 sigmas do not fit its keypoints."""
+    from regpose.data.keypoints import make_layout
+    from regpose.data.synthetic import generate
+
+    layout = make_layout(["nose", "left_ear", "right_ear", "left_paw", "right_paw"], [0.026, 0.035, 0.035, 0.09, 0.09])
+    ann = generate(tmp_path / "animal", 12, seed=2, size=(128, 128), max_people=4, progress=False, keypoints=layout,
+                   joints=["nose", "left_ear", "right_ear", "left_wrist", "right_wrist"])
+    gt = json.loads(ann.read_text())
+    res = predictions_from_gt(gt, seed=4, k=5)
+    ours = evaluate(copy.deepcopy(gt), copy.deepcopy(res), "coco", sigmas=layout.sigmas)
+    ref = reference(gt, res, "coco", tmp_path, sigmas=layout.sigmas)
+    assert 0.05 < ours["AP"] < 0.95
+    assert [ours[k] for k in COCO_KEYS] == pytest.approx(ref, abs=1e-6)
+    with pytest.raises(DataError, match="has 15 keypoint values, expected 51"):
+        evaluate(copy.deepcopy(gt), copy.deepcopy(res), "coco")

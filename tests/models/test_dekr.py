@@ -13,6 +13,8 @@ from regpose.compat.dekr import build_from_official
 from regpose.compat.official import load_npz_state_dict
 from regpose.config import load_config
 from regpose.data.collate import collate
+from regpose.data.keypoints import get_meta, make_layout
+from regpose.errors import ConfigError
 from regpose.models import build_model, get_method
 from regpose.codecs.heatmap_offset import map_poses, official_test_resize
 from regpose.models.dekr import (center_proposals, heatmap_loss, merge_flip, offset_loss, offset_to_pose, pose_nms,
@@ -324,12 +326,14 @@ def test_rescore_features_by_hand():
     pose[0, 11, :2] = (0, 10)                                 # link 9 = (5, 11), length 10
     pose[0, 6, :2] = (4, 0)
     pose[0, 12, :2] = (4, 30)                                 # link 11 = (6, 12), length 30 -> norm 20
-    f = rescore_features(pose)
+    f = rescore_features(pose, get_meta("coco"))
     assert f.shape == (1, 74)
     assert f[0, 2 * 9: 2 * 9 + 2] == pytest.approx([0.0, -10 / 20])
     assert f[0, 38 + 9] == pytest.approx(0.5) and f[0, 38 + 11] == pytest.approx(1.5)
     assert f[0, 57:] == pytest.approx(pose[0, :, 2])
-    assert rescore_features(np.zeros((2, 14, 3))).shape == (2, 59)   # CrowdPose: 15 links
+    assert rescore_features(np.zeros((2, 14, 3)), get_meta("crowdpose")).shape == (2, 59)   # CrowdPose: 15 links
+    with pytest.raises(ConfigError, match="rescore_weights"):   # no official links for a layout of one's own
+        rescore_features(np.zeros((1, 3, 3)), make_layout(["nose", "left_ear", "right_ear"], 0.05))
 
 
 def test_eval_transform_resize_matches_official_policy():

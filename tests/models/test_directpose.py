@@ -10,6 +10,7 @@ import torch
 
 from regpose.config import ConfigError
 from regpose.config import TestConfig as EvalConfig
+from regpose.data.keypoints import get_meta
 from regpose.models.backbones import BackboneConfig
 from regpose.models.base import total_loss
 from regpose.models.directpose import (
@@ -18,6 +19,7 @@ from regpose.models.directpose import (
 )
 
 LN2 = math.log(2.0)
+COCO = get_meta("coco")
 
 
 def tiny_cfg(**kw) -> DirectPoseConfig:
@@ -56,7 +58,7 @@ def make_targets(people_per_image):
 @pytest.fixture(scope="module")
 def full_r50():
     with torch.device("meta"):
-        return DirectPose(DirectPoseConfig())
+        return DirectPose(DirectPoseConfig(), COCO)
 
 
 def test_head_parameter_counts_match_spec_self_check(full_r50):
@@ -76,7 +78,7 @@ def test_head_parameter_counts_match_spec_self_check(full_r50):
 
 def test_naive_head_parameter_count_matches_spec():
     with torch.device("meta"):
-        m = DirectPose(DirectPoseConfig(head="naive"))
+        m = DirectPose(DirectPoseConfig(head="naive"), COCO)
     assert nparams(m.cls_tower) + nparams(m.cls_logits) + nparams(m.ctr_pred) + nparams(m.kpt_head) == 4_807_716
 
 
@@ -97,7 +99,7 @@ def test_backbone_and_fpn_sizes(full_r50):
 
 def test_r101_and_groups_17_structure():
     with torch.device("meta"):
-        m = DirectPose(DirectPoseConfig(backbone=BackboneConfig("resnet101", norm="frozen_bn", freeze_at=2), kpalign_groups=17))
+        m = DirectPose(DirectPoseConfig(backbone=BackboneConfig("resnet101", norm="frozen_bn", freeze_at=2), kpalign_groups=17), COCO)
     kh = m.kpt_head
     assert kh.G == 17 and kh.out_channels == 17 * 64                 # ungrouped: 1088-wide tower
     assert nparams(kh.predictors) == 17 * (64 * 2 + 2)
@@ -115,15 +117,17 @@ def test_full_size_shapes_on_meta(full_r50):
 # Config
 # ---------------------------------------------------------------------------------------------------------
 def test_keypoint_groups_presets_and_errors():
-    assert resolve_keypoint_groups(DirectPoseConfig()) == [list(g) for g in COCO_KPALIGN_GROUPS]
-    assert resolve_keypoint_groups(DirectPoseConfig(kpalign_groups=17)) == [[k] for k in range(17)]
-    assert resolve_keypoint_groups(DirectPoseConfig(kpalign_groups=1)) == [list(range(17))]
+    assert resolve_keypoint_groups(DirectPoseConfig(), COCO) == [list(g) for g in COCO_KPALIGN_GROUPS]
+    assert resolve_keypoint_groups(DirectPoseConfig(kpalign_groups=17), COCO) == [[k] for k in range(17)]
+    assert resolve_keypoint_groups(DirectPoseConfig(kpalign_groups=1), COCO) == [list(range(17))]
     assert sorted(k for g in COCO_KPALIGN_GROUPS for k in g) == list(range(17))
     with pytest.raises(ConfigError, match="keypoint_groups"):
-        DirectPoseConfig(keypoint_groups=[[0, 1], [1, 2]])
+        resolve_keypoint_groups(DirectPoseConfig(keypoint_groups=[[0, 1], [1, 2]]), COCO)
+    crowdpose = get_meta("crowdpose")
     with pytest.raises(ConfigError, match="kpalign_groups"):
-        DirectPoseConfig(num_keypoints=14)                       # the 9-group table is COCO-only
-    assert DirectPoseConfig(num_keypoints=14, keypoint_groups=[[0, 1], list(range(2, 14))])
+        resolve_keypoint_groups(DirectPoseConfig(), crowdpose)   # the 9-group table is COCO-only
+    groups = [[0, 1], list(range(2, 14))]
+    assert resolve_keypoint_groups(DirectPoseConfig(keypoint_groups=groups), crowdpose) == groups
     with pytest.raises(ConfigError, match="nms_box"):
         DirectPoseConfig(nms_box="box")
     with pytest.raises(ConfigError, match="sizes_of_interest"):
@@ -224,7 +228,7 @@ def test_model_losses_by_hand_with_zeroed_outputs(head):
     """Zero the last layers: cls / ctr logits 0, offsets 0, heatmap logits 0. Every loss is then a closed form
     of the FCOS assignment, computed here location by location."""
     torch.manual_seed(0)
-    m = DirectPose(tiny_cfg(head=head, hm_channels=16))
+    m = DirectPose(tiny_cfg(head=head, hm_channels=16), COCO)
     with torch.no_grad():
         for conv in (m.cls_logits, m.ctr_pred, m.heatmap_head.pred):
             conv.weight.zero_()
@@ -313,7 +317,7 @@ def test_kpalign_sampler_reads_the_located_point_with_zero_padding(separate):
 def test_kpalign_offsets_compose_base_and_delta_in_keypoint_order():
     """o_k = b_g + delta_k / r, with r = 1 on P3 and 2 above (sample_level lower), back in COCO order."""
     torch.manual_seed(0)
-    m = DirectPose(tiny_cfg(heatmap_aux=False)).eval()
+    m = DirectPose(tiny_cfg(heatmap_aux=False), COCO).eval()
     kh = m.kpt_head
     with torch.no_grad():
         kh.locator.weight.zero_()
@@ -361,7 +365,7 @@ def test_decode_candidates_threshold_topk_and_extent_boxes():
 
 def _confident(cfg_kw=None, bias=3.0):
     torch.manual_seed(0)
-    m = DirectPose(tiny_cfg(**(cfg_kw or {}))).eval()
+    m = DirectPose(tiny_cfg(**(cfg_kw or {})), COCO).eval()
     with torch.no_grad():
         m.cls_logits.bias.fill_(bias)                    # every location passes the 0.05 threshold
     return m
@@ -432,7 +436,7 @@ def test_assignment_and_targets_are_flip_equivariant():
     from regpose.data.keypoints import flip_index
     fi = torch.as_tensor(np.asarray(flip_index("coco")))
     torch.manual_seed(0)
-    m = DirectPose(tiny_cfg())
+    m = DirectPose(tiny_cfg(), COCO)
     H, W = 128, 256
     raw_locs, raw_strides, index_mirror, off = [], [], [], 0
     for s in m.strides:
@@ -512,7 +516,7 @@ def _step(m, x, tg):
 @pytest.fixture(scope="module")
 def base_after_step():
     torch.manual_seed(0)
-    base = DirectPose(tiny_cfg())
+    base = DirectPose(tiny_cfg(), COCO)
     init = {k: v.clone() for k, v in base.state_dict().items()}
     x, tg = _batch()
     losses, out = _step(base, x, tg)
@@ -525,7 +529,7 @@ def test_switch_builds_trains_and_changes_output(switch, base_after_step):
     step: the switch must change what the network computes (deterministic CPU, so equality means no effect)."""
     init, base_losses, base_out = base_after_step
     torch.manual_seed(0)
-    m = DirectPose(tiny_cfg(**switch))
+    m = DirectPose(tiny_cfg(**switch), COCO)
     own = m.state_dict()
     m.load_state_dict({k: v for k, v in init.items() if k in own and own[k].shape == v.shape}, strict=False)
     x, tg = _batch()
@@ -547,7 +551,7 @@ def test_gradients_reach_every_parameter():
     torch.manual_seed(0)
     # Smaller level boundaries so a 128x128 image has positives on all five levels (per-level scales too).
     m = DirectPose(tiny_cfg(bbox_branch=True, kpt_visibility_head=True, locator_loss=True, use_scale=True,
-                            sample_level="lower_face_p3", sizes_of_interest=[12, 24, 40, 56]))
+                            sample_level="lower_face_p3", sizes_of_interest=[12, 24, 40, 56]), COCO)
     with torch.no_grad():   # timm zero-inits each block's last BN gamma, which blocks gradients at step 0
         for mod in m.backbone.modules():
             if isinstance(mod, torch.nn.BatchNorm2d):
@@ -567,7 +571,7 @@ def test_gradients_reach_every_parameter():
 
 def test_images_without_people_train_and_keep_graph():
     torch.manual_seed(0)
-    m = DirectPose(tiny_cfg())
+    m = DirectPose(tiny_cfg(), COCO)
     m.train()
     losses = m(torch.randn(1, 3, 64, 64), make_targets([[]]))
     assert losses["loss_kpt"].item() == 0 and losses["loss_ctr"].item() == 0 and losses["num_pos"].item() == 0
@@ -577,7 +581,7 @@ def test_images_without_people_train_and_keep_graph():
 
 def test_short_training_run_reduces_loss():
     torch.manual_seed(0)
-    m = DirectPose(tiny_cfg())
+    m = DirectPose(tiny_cfg(), COCO)
     x, tg = _batch()
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=2e-3)
     m.train()
@@ -597,7 +601,7 @@ def test_short_training_run_reduces_loss():
 def test_eval_forward_exports_to_onnx_with_dynamic_size(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
-    m = DirectPose(tiny_cfg()).eval()
+    m = DirectPose(tiny_cfg(), COCO).eval()
 
     class Graph(torch.nn.Module):
         def __init__(self, net):
@@ -689,7 +693,7 @@ def test_real_batch_trains_and_predicts_in_original_pixels():
                        "model.head_channels": 32, "model.num_convs": 2, "model.group_channels": 8,
                        "model.hm_channels": 16})
     torch.manual_seed(0)
-    m = DirectPose(cfg.model)
+    m = DirectPose(cfg.model, COCO)
     records = load_records(cfg.data.val, "coco")
     batch = collate([ImageDataset(records, directpose_transform(cfg, False))[i] for i in range(2)],
                     m.size_divisibility)
@@ -744,7 +748,7 @@ def test_oracle_outputs_decode_to_the_annotations_and_ap_1():
                        "model.hm_channels": 16})
     records = load_records(cfg.data.val, "coco")
     ds = ImageDataset(records, directpose_transform(cfg, False))
-    m = OracleDirectPose(cfg.model).eval()
+    m = OracleDirectPose(cfg.model, COCO).eval()
     results, errors = [], []
     for i in range(len(ds)):
         batch = collate([ds[i]], m.size_divisibility)

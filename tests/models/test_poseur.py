@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from regpose.data.keypoints import get_meta
 from regpose.models.backbones import BackboneConfig
 from regpose.models.base import total_loss
 from regpose.models.layers.linear import inverse_sigmoid
@@ -14,7 +15,7 @@ from regpose.models.poseur import Poseur, PoseurConfig, poseur_losses
 from conftest import REFERENCE
 
 SIZES = json.loads((REFERENCE / "poseur" / "sizes_flops.json").read_text())
-COCO_PAIRS = [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12], [13, 14], [15, 16]]
+COCO = get_meta("coco")
 
 
 def _tiny(**kw) -> PoseurConfig:
@@ -31,7 +32,7 @@ def _tiny(**kw) -> PoseurConfig:
 ])
 def test_parameter_counts_equal_official(key, cfg):
     with torch.device("meta"):
-        model = Poseur(cfg, COCO_PAIRS)
+        model = Poseur(cfg, COCO)
     ref = SIZES[key]
     assert sum(p.numel() for p in model.parameters()) == ref["params_total"]
     assert sum(p.numel() for p in model.backbone.parameters()) == ref["params_backbone"]
@@ -124,7 +125,7 @@ def test_official_mmcls_mobilenetv2_file_initialises_the_whole_trunk(tmp_path, m
 
 
 def test_tiny_matches_official_tiny_size():
-    model = Poseur(_tiny(), COCO_PAIRS)
+    model = Poseur(_tiny(), COCO)
     assert sum(p.numel() for p in model.parameters()) == 999_184      # reference/poseur/tiny/README.md
 
 
@@ -142,7 +143,7 @@ def _targets(B, K=17):
 
 def test_training_forward_has_noise_groups_and_every_parameter_gets_gradients():
     torch.manual_seed(0)
-    model = Poseur(_tiny(), COCO_PAIRS).train()
+    model = Poseur(_tiny(), COCO).train()
     images = torch.randn(2, 3, 64, 48)
     out = model.forward_all(images, groups=4)
     assert out["mu"][0].shape == (2, 68, 2) and len(out["mu"]) == 2
@@ -167,7 +168,7 @@ def test_training_forward_has_noise_groups_and_every_parameter_gets_gradients():
 
 def test_query_groups_do_not_see_each_other():
     """With dropout off, the clean group of a 4-group forward equals the 1-group forward (grouped self-attention)."""
-    model = Poseur(_tiny(dropout=0.0), COCO_PAIRS).train()
+    model = Poseur(_tiny(dropout=0.0), COCO).train()
     images = torch.randn(2, 3, 64, 48)
     torch.manual_seed(1)
     four = model.forward_all(images, groups=4)
@@ -176,7 +177,7 @@ def test_query_groups_do_not_see_each_other():
 
 
 def test_decoder_loss_divisor_counts_groups():
-    model = Poseur(_tiny(), COCO_PAIRS).eval()
+    model = Poseur(_tiny(), COCO).eval()
     images = torch.randn(2, 3, 64, 48)
     t = _targets(2)
     target, weight = torch.stack([x["coords"] for x in t]), torch.stack([x["coord_weights"] for x in t])
@@ -210,7 +211,7 @@ def test_poseur_losses_equal_official_case():
 def test_saturated_sigma_head_is_reported():
     """A last-layer sigma head pushed into sigmoid saturation shows up in the logged diagnostic (and only there:
     the loss terms stay finite)."""
-    model = Poseur(_tiny(num_noise_groups=1), COCO_PAIRS).train()
+    model = Poseur(_tiny(num_noise_groups=1), COCO).train()
     images, targets = torch.randn(2, 3, 64, 48), _targets(2)
     with torch.no_grad():
         model.sigma_branches[-1][-1].linear.bias.fill_(30.0)
@@ -223,7 +224,7 @@ def test_saturated_sigma_head_is_reported():
 
 def test_short_training_run_lowers_the_loss():
     torch.manual_seed(0)
-    model = Poseur(_tiny(num_noise_groups=1, dropout=0.0), COCO_PAIRS).train()
+    model = Poseur(_tiny(num_noise_groups=1, dropout=0.0), COCO).train()
     images, targets = torch.randn(2, 3, 64, 48), _targets(2)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     losses = []
@@ -245,7 +246,7 @@ def test_short_training_run_lowers_the_loss():
     dict(num_noise_groups=0),
 ])
 def test_ablation_switches_run(kw):
-    model = Poseur(_tiny(**kw), COCO_PAIRS).train()
+    model = Poseur(_tiny(**kw), COCO).train()
     images = torch.randn(2, 3, 64, 48)
     losses = model(images, _targets(2))
     assert len([k for k in losses if k.startswith("loss")]) == 1 + model.cfg.num_decoder_layers
@@ -256,15 +257,15 @@ def test_ablation_switches_run(kw):
 
 
 def test_shared_decoder_weights_have_one_layer_of_parameters():
-    a = sum(p.numel() for p in Poseur(_tiny(num_decoder_layers=3), COCO_PAIRS).parameters())
-    b = sum(p.numel() for p in Poseur(_tiny(num_decoder_layers=3, share_decoder_weights=True), COCO_PAIRS).parameters())
-    c = sum(p.numel() for p in Poseur(_tiny(num_decoder_layers=1), COCO_PAIRS).parameters())
+    a = sum(p.numel() for p in Poseur(_tiny(num_decoder_layers=3), COCO).parameters())
+    b = sum(p.numel() for p in Poseur(_tiny(num_decoder_layers=3, share_decoder_weights=True), COCO).parameters())
+    c = sum(p.numel() for p in Poseur(_tiny(num_decoder_layers=1), COCO).parameters())
     assert b == c < a
 
 
 def test_flip_test_is_consistent_for_a_mirrored_crop():
     """Predicting the mirrored crop with flip test gives the mirrored predictions of the original crop."""
-    model = Poseur(_tiny(), COCO_PAIRS).eval()
+    model = Poseur(_tiny(), COCO).eval()
     images = torch.randn(1, 3, 64, 48)
     ident = np.array([[1.0, 0, 0], [0, 1.0, 0]])
     meta = [{"inverse": ident, "box": [0, 0, 47, 63], "box_score": 1.0, "scale": [0.3, 0.4]}]
@@ -273,9 +274,7 @@ def test_flip_test_is_consistent_for_a_mirrored_crop():
         model.cfg.flip_fusion = fusion
         a = model.predict({"images": images, "metas": meta}, T)[0].keypoints[0]
         b = model.predict({"images": images.flip(3), "metas": meta}, T)[0].keypoints[0]
-        perm = np.arange(17)
-        for i, j in COCO_PAIRS:
-            perm[i], perm[j] = j, i
+        perm = COCO.flip_index                                    # left/right partners swapped
         np.testing.assert_allclose(b[perm, 0], 48 - a[:, 0], atol=5e-3)
         np.testing.assert_allclose(b[perm, 1:], a[:, 1:], atol=1e-4)
 
@@ -315,7 +314,7 @@ def test_onnx_export_matches_pytorch(tmp_path):
     """The eval network (crop -> last layer's mu, sigma) exports with the grid_sample sampler, dynamic batch."""
     ort = pytest.importorskip("onnxruntime")
     onnx = pytest.importorskip("onnx")
-    model = Poseur(_tiny(), COCO_PAIRS).eval()
+    model = Poseur(_tiny(), COCO).eval()
     path = tmp_path / "poseur.onnx"
     torch.onnx.export(model, (torch.randn(2, 3, 64, 48),), str(path), dynamo=False, opset_version=17,
                       input_names=["images"], output_names=["mu", "sigma"],
@@ -343,7 +342,7 @@ def test_official_lr_rules_train_sampling_offsets_and_learned_reference_points_a
 
     cfg = load_config(REPO / "configs/poseur/poseur_r50_coco_256x192.yaml", [f"model.query_init={query_init}"])
     with torch.device("meta"):
-        model = Poseur(cfg.model, COCO_PAIRS)
+        model = Poseur(cfg.model, COCO)
     groups = {g["rule"]: g for g in build_optimizer(model, cfg.train).param_groups}
     offsets = groups["sampling_offsets"]
     assert len(offsets["names"]) == 2 * 6 and offsets["lr"] == pytest.approx(1e-4)
@@ -356,7 +355,7 @@ def test_transformer_computes_in_float32_under_autocast_as_the_official_force_fp
     PoseurTransformer.forward (coarse head, keypoint encoder, decoder) is force_fp32. CPU bf16 autocast stands in
     for CUDA fp16: the dtype each module computes in is recorded by forward hooks."""
     torch.manual_seed(0)
-    model = Poseur(_tiny(), COCO_PAIRS).train()
+    model = Poseur(_tiny(), COCO).train()
     seen: dict[str, torch.dtype] = {}
 
     def record(name):

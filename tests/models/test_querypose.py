@@ -10,10 +10,13 @@ import pytest
 import torch
 
 from regpose.config import TestConfig as EvalOptions
+from regpose.data.keypoints import get_meta
 from regpose.models.backbones import BackboneConfig
 from regpose.models.querypose import QueryPose, QueryPoseConfig, flip_permutation, part_groups
 from regpose.models.querypose.decode import flip_images, fuse_flip, unflip
 from regpose.models.querypose.loss import keypoint_loss
+
+COCO = get_meta("coco")
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -51,7 +54,7 @@ def batch():
 
 def test_training_losses_and_gradients_reach_every_parameter(batch):
     torch.manual_seed(0)
-    model = QueryPose(tiny_cfg()).train()
+    model = QueryPose(tiny_cfg(), COCO).train()
     images, targets = batch
     losses = model(images, targets)
     expected = {f"loss_{k}{s}" for k in ("ce", "bbox", "giou", "kps") for s in ("", "_0")}
@@ -77,7 +80,7 @@ def test_training_losses_and_gradients_reach_every_parameter(batch):
 
 def test_rle_keypoint_loss_by_hand():
     torch.manual_seed(1)
-    model = QueryPose(tiny_cfg())
+    model = QueryPose(tiny_cfg(), COCO)
     n, k = 2, 17
     boxes = torch.tensor([[10.0, 20.0, 50.0, 100.0], [0.0, 0.0, 30.0, 30.0]])
     gt = torch.rand(n, k, 3) * 60
@@ -105,7 +108,7 @@ def test_rle_keypoint_loss_by_hand():
 def test_part_outputs_reassemble_into_dataset_order():
     for scheme in "abcd":
         cfg = tiny_cfg(part_scheme=scheme)
-        model = QueryPose(cfg).eval()
+        model = QueryPose(cfg, COCO).eval()
         stage = model.kpt_stages[0]
         for j, (head, part) in enumerate(zip(stage.coord_heads, stage.parts)):
             torch.nn.init.zeros_(head.weight)
@@ -116,8 +119,8 @@ def test_part_outputs_reassemble_into_dataset_order():
         assert mu.shape == (3, 17, 2) and sigma.shape == (3, 17, 2) and pq.shape == (3, len(stage.parts), 16)
         torch.testing.assert_close(mu[0, :, 0], torch.arange(17.0))
         torch.testing.assert_close(mu[0, :, 1], -torch.arange(17.0))
-    assert part_groups(17, "c") == [[0, 1, 2, 3, 4], [5, 6], [7, 9], [8, 10], [11, 12], [13, 15], [14, 16]]
-    assert part_groups(14, "c", "instance") == [list(range(14))]
+    assert part_groups(COCO, "c") == [[0, 1, 2, 3, 4], [5, 6], [7, 9], [8, 10], [11, 12], [13, 15], [14, 16]]
+    assert part_groups(get_meta("crowdpose"), "c", "instance") == [list(range(14))]
 
 
 def test_winograd_and_direct_decoders_agree():
@@ -141,7 +144,7 @@ def test_winograd_and_direct_decoders_agree():
 
 def test_fast_topk_equals_full_model_topk(batch):
     torch.manual_seed(4)
-    model = QueryPose(tiny_cfg(num_proposals=12)).eval()
+    model = QueryPose(tiny_cfg(num_proposals=12), COCO).eval()
     images, targets = batch
     sizes = torch.stack([t["image_size"] for t in targets])
     with torch.no_grad():
@@ -157,7 +160,7 @@ def test_fast_topk_equals_full_model_topk(batch):
 
 def test_fast_topk_widens_when_class_order_and_pose_order_disagree(batch):
     torch.manual_seed(5)
-    model = QueryPose(tiny_cfg(num_proposals=12)).eval()
+    model = QueryPose(tiny_cfg(num_proposals=12), COCO).eval()
     images, targets = batch
     sizes = torch.stack([t["image_size"] for t in targets])
     calls = []
@@ -177,7 +180,7 @@ def test_fast_topk_widens_when_class_order_and_pose_order_disagree(batch):
 
 
 def test_flip_helpers_are_involutions(batch):
-    model = QueryPose(tiny_cfg()).eval()
+    model = QueryPose(tiny_cfg(), COCO).eval()
     images, targets = batch
     sizes = torch.stack([t["image_size"] for t in targets])
     flipped = flip_images(images, sizes)
@@ -186,19 +189,19 @@ def test_flip_helpers_are_involutions(batch):
     torch.testing.assert_close(flipped[0, :, :, 0], images[0, :, :, 127])
     with torch.no_grad():
         out = model(images, image_sizes=sizes)
-    back = unflip(unflip(out, sizes, 17), sizes, 17)
+    back = unflip(unflip(out, sizes, COCO), sizes, COCO)
     for key in ("boxes", "keypoints", "sigma"):
         torch.testing.assert_close(back[key], out[key])
     # fusing a prediction set with its own mirror image leaves it unchanged
     fused = fuse_flip(out, back, 0.5)
     for key in ("scores", "boxes", "keypoints"):
         torch.testing.assert_close(fused[key], out[key])
-    assert flip_permutation(17)[[1, 5, 16]].tolist() == [2, 6, 15]
+    assert flip_permutation(COCO)[[1, 5, 16]].tolist() == [2, 6, 15]
 
 
 def test_more_people_than_queries_and_empty_images_train(batch):
     torch.manual_seed(6)
-    model = QueryPose(tiny_cfg(num_proposals=4)).train()
+    model = QueryPose(tiny_cfg(num_proposals=4), COCO).train()
     images, _ = batch
     gen = torch.Generator().manual_seed(7)
     targets = make_targets(gen, [(96, 128), (80, 128)], [9, 0])
@@ -213,7 +216,7 @@ def test_more_people_than_queries_and_empty_images_train(batch):
 
 def test_training_loss_falls(batch):
     torch.manual_seed(8)
-    model = QueryPose(tiny_cfg()).train()
+    model = QueryPose(tiny_cfg(), COCO).train()
     images, targets = batch
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     first = None
@@ -235,7 +238,7 @@ def test_training_loss_falls(batch):
 ])
 def test_ablation_switches_train_and_infer(batch, over):
     torch.manual_seed(9)
-    model = QueryPose(tiny_cfg(num_convs=1, **over))
+    model = QueryPose(tiny_cfg(num_convs=1, **over), COCO)
     images, targets = batch
     losses = model.train()(images, targets)
     assert all(torch.isfinite(v) for v in losses.values())
@@ -251,7 +254,7 @@ def test_query_handoff_serial_changes_inference_only_for_nonlight(batch):
     torch.manual_seed(10)
     images, targets = batch
     sizes = torch.stack([t["image_size"] for t in targets])
-    model = QueryPose(tiny_cfg()).eval()
+    model = QueryPose(tiny_cfg(), COCO).eval()
     with torch.no_grad():
         official = model(images, image_sizes=sizes)
         model.cfg.query_handoff = "serial"
@@ -261,7 +264,7 @@ def test_query_handoff_serial_changes_inference_only_for_nonlight(batch):
 
 def test_predict_postprocessing_maps_to_original_pixels(batch):
     torch.manual_seed(11)
-    model = QueryPose(tiny_cfg()).eval()
+    model = QueryPose(tiny_cfg(), COCO).eval()
     images, targets = batch
     metas = []
     for t in targets:
@@ -441,7 +444,7 @@ def test_parallel_keypoint_chains_equal_sequential_and_use_winograd(monkeypatch)
 def test_flop_counter_sees_plain_ops():
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = QueryPose(tiny_cfg()).eval()
+    model = QueryPose(tiny_cfg(), COCO).eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(torch.randn(1, 3, 64, 96))
     counts = counter.get_flop_counts()["Global"]

@@ -7,6 +7,7 @@ import torch
 
 from regpose.models.backbones import BackboneConfig
 from regpose.models.base import total_loss
+from regpose.data.keypoints import get_meta
 from regpose.models.rle import RLEConfig, RLERegression
 
 
@@ -16,8 +17,7 @@ def _tiny_rle_cfg(**kw):
 
 def test_rle_method_trains_and_predicts():
     torch.manual_seed(0)
-    model = RLERegression(_tiny_rle_cfg(), [[1, 2], [3, 4], [5, 6], [7, 8], [9, 10], [11, 12], [13, 14], [15, 16]],
-                          np.full(17, 0.05))
+    model = RLERegression(_tiny_rle_cfg(), get_meta("coco"))
     images = torch.randn(4, 3, 64, 48)
     targets = [{"coords": torch.rand(17, 2) * 0.6 + 0.2, "coord_weights": torch.ones(17, 2)} for _ in range(4)]
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from regpose.data.keypoints import get_meta, make_layout
 from regpose.engine.bench import count_flops
 from regpose.models.backbones import BackboneConfig
 from regpose.models.base import total_loss
@@ -20,6 +21,8 @@ from regpose.models.tfpose.model import deformable_sampling_flops
 from regpose.models.topdown_regression import flip_back_coords
 
 FLIP_PAIRS = [[1, 2], [3, 4]]
+#: a 5-keypoint layout (the tiny models' K); left/right partners paired by name as FLIP_PAIRS
+FIVE = make_layout(["nose", "left_eye", "right_eye", "left_ear", "right_ear"], 0.05)
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -27,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def tiny_cfg(**kw) -> TFPoseConfig:
     base = dict(backbone=BackboneConfig("resnet18", kwargs={"channels": [16, 32, 64, 128]}), embed_dim=32, num_heads=4,
-                num_points=2, num_encoder_layers=1, num_decoder_layers=3, aux_channels=16, num_keypoints=5)
+                num_points=2, num_encoder_layers=1, num_decoder_layers=3, aux_channels=16)
     base.update(kw)
     return TFPoseConfig(**base)
 
@@ -47,7 +50,7 @@ def tiny_targets(B: int, K: int = 5, hw=(16, 16), seed: int = 0) -> list[dict]:
 # ----------------------------------------------------------------------------------------------------------
 def _meta_model(**kw) -> TFPose:
     with torch.device("meta"):
-        return TFPose(TFPoseConfig(**kw)).eval()
+        return TFPose(TFPoseConfig(**kw), get_meta("coco")).eval()
 
 
 def _transformer_params(m: TFPose) -> int:
@@ -107,7 +110,7 @@ def test_sampling_flops_formula_by_hand():
     cfg = TFPoseConfig()
     # 1008 tokens x 6 encoder layers + 17 queries x 6 decoder layers; 8 heads x 3 levels x 4 points x 4 corners
     # x 32 channels per sample; 2 FLOPs per MAC.
-    assert deformable_sampling_flops(cfg, (256, 192)) == 2 * (1008 * 6 + 17 * 6) * 8 * 3 * 4 * 4 * 32
+    assert deformable_sampling_flops(cfg, 17, (256, 192)) == 2 * (1008 * 6 + 17 * 6) * 8 * 3 * 4 * 4 * 32
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -130,7 +133,7 @@ def _record_decoder(m: TFPose, images: torch.Tensor, train: bool = False):
 @pytest.mark.parametrize("iterative", [True, False])
 def test_layerwise_refinement_eq4(iterative):
     torch.manual_seed(0)
-    m = TFPose(tiny_cfg(iterative_refine=iterative)).eval()
+    m = TFPose(tiny_cfg(iterative_refine=iterative), FIVE).eval()
     with torch.no_grad():
         refs, deltas, outs = _record_decoder(m, torch.randn(2, 3, 64, 64))
     j0 = m.reference_logits.sigmoid().expand(2, -1, -1)
@@ -147,7 +150,7 @@ def test_layerwise_refinement_eq4(iterative):
 
 def test_detach_ref_stops_gradients_between_layers():
     for detach in (False, True):
-        m = TFPose(tiny_cfg(detach_ref=detach, aux_heatmap=False)).train()
+        m = TFPose(tiny_cfg(detach_ref=detach, aux_heatmap=False), FIVE).train()
         refs, _, outs = _record_decoder(m, torch.randn(2, 3, 64, 64))
         assert all(r.requires_grad != detach for r in refs[1:])
         assert refs[0].requires_grad                                             # J_0 = sigmoid(R) is learnt
@@ -157,7 +160,7 @@ def test_detach_ref_stops_gradients_between_layers():
 def test_q2q_attention_is_what_couples_the_keypoint_queries(q2q):
     """Without q2q attention each keypoint query is decoded on its own: changing query 0 leaves the others."""
     torch.manual_seed(0)
-    m = TFPose(tiny_cfg(q2q_attention=q2q, aux_heatmap=False)).eval()
+    m = TFPose(tiny_cfg(q2q_attention=q2q, aux_heatmap=False), FIVE).eval()
     assert all((layer.self_attn is not None) == q2q for layer in m.decoder.layers)
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
@@ -174,7 +177,7 @@ def test_q2q_attention_is_what_couples_the_keypoint_queries(q2q):
 
 def test_width_and_depth_switches():
     m = TFPose(tiny_cfg(embed_dim=64, ffn_dim=0, num_encoder_layers=2, num_decoder_layers=4, levels=[2, 3, 4, 5],
-                        aux_level=3))
+                        aux_level=3), FIVE)
     assert len(m.encoder) == 2 and len(m.decoder.layers) == 4 and len(m.decoder.coord_heads) == 4
     assert m.encoder[0].ffn.linear1.out_features == 256                          # FFN = 4C
     assert m.encoder[0].self_attn.num_levels == 4 and len(m.input_proj) == 4
@@ -215,7 +218,7 @@ def test_losses_against_hand_computed_values():
 def test_training_losses_are_eq7(deep, aux):
     torch.manual_seed(0)
     cfg = tiny_cfg(deep_supervision=deep, aux_heatmap=aux, aux_loss_weight=7.0, coord_loss_weight=2.0)
-    m = TFPose(cfg).train()
+    m = TFPose(cfg, FIVE).train()
     for mod in m.modules():                                                      # deterministic forward
         if isinstance(mod, torch.nn.Dropout):
             mod.p = 0.0
@@ -239,7 +242,7 @@ def test_training_losses_are_eq7(deep, aux):
 
 
 def test_heatmap_target_size_mismatch_is_a_clear_error():
-    m = TFPose(tiny_cfg()).train()
+    m = TFPose(tiny_cfg(), FIVE).train()
     with pytest.raises(ValueError, match="heatmap targets"):
         m(torch.randn(2, 3, 64, 64), tiny_targets(2, hw=(8, 6)))
 
@@ -250,7 +253,7 @@ def test_gradients_reach_every_parameter(q2q):
     of every residual block, Deformable DETR the sampling-offset and attention-weight matrices, so the level
     embedding and those branches only receive gradient once those are non-zero)."""
     torch.manual_seed(0)
-    m = TFPose(tiny_cfg(q2q_attention=q2q)).train()
+    m = TFPose(tiny_cfg(q2q_attention=q2q), FIVE).train()
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
     for _ in range(2):
         opt.zero_grad()
@@ -266,7 +269,7 @@ def test_gradients_reach_every_parameter(q2q):
 # Inference graph: no auxiliary branch
 # ----------------------------------------------------------------------------------------------------------
 def test_aux_branch_never_runs_in_eval():
-    m = TFPose(tiny_cfg()).eval()
+    m = TFPose(tiny_cfg(), FIVE).eval()
     calls = []
     m.aux_head.register_forward_hook(lambda *a: calls.append(1))
     out = m(torch.randn(2, 3, 64, 64))
@@ -280,7 +283,7 @@ def test_aux_branch_absent_from_traced_and_onnx_graphs():
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
-    m = TFPose(tiny_cfg()).eval()
+    m = TFPose(tiny_cfg(), FIVE).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         traced = torch.jit.trace(m.export_module(), (x,), check_trace=False)
@@ -333,18 +336,18 @@ def test_flip_back_without_udp_mirrors_pixel_indices():
 def test_training_uses_the_grid_sample_kernel_and_eval_the_gather_kernel():
     from regpose.models.layers.deform_attn import MultiScaleDeformableAttention
 
-    m = TFPose(tiny_cfg())
+    m = TFPose(tiny_cfg(), FIVE)
     attn = [x for x in m.modules() if isinstance(x, MultiScaleDeformableAttention)]
     assert attn and all(a.sampler == "grid_sample" for a in attn)              # built in training mode
     m.eval()
     assert all(a.sampler == "auto" for a in attn)
-    m = TFPose(tiny_cfg(), attention_sampler="gather").train()
+    m = TFPose(tiny_cfg(), FIVE, attention_sampler="gather").train()
     assert all(x.sampler == "gather" for x in m.modules() if isinstance(x, MultiScaleDeformableAttention))
 
 
 def test_flip_test_averages_with_the_mirrored_crop():
     torch.manual_seed(0)
-    m = TFPose(tiny_cfg(), FLIP_PAIRS).eval()
+    m = TFPose(tiny_cfg(), FIVE).eval()
     x = torch.randn(2, 3, 64, 64)
     fused = m.predict_coords(x, flip=True)
     with torch.no_grad():
@@ -378,7 +381,7 @@ def _dot_batch(B: int, K: int = 5, seed: int = 0):
 
 def test_short_training_run_lowers_the_loss():
     torch.manual_seed(0)
-    m = TFPose(tiny_cfg(aux_heatmap=False, num_decoder_layers=2)).train()
+    m = TFPose(tiny_cfg(aux_heatmap=False, num_decoder_layers=2), FIVE).train()
     opt = torch.optim.AdamW(m.parameters(), lr=3e-3)
     images, targets = _dot_batch(4)
     history = []

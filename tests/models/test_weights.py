@@ -12,6 +12,7 @@ import pytest
 import timm
 import torch
 
+from regpose.data.keypoints import get_meta
 from regpose.errors import CheckpointError
 from regpose.models.backbones import BackboneConfig, build_backbone, init_trunks
 from regpose.models.querypose import QueryPose, QueryPoseConfig
@@ -150,7 +151,7 @@ def test_pose_hrnet_checkpoint_loads_into_querypose_with_the_missing_fuse_layers
     cfg = QueryPoseConfig(backbone=BackboneConfig("hrnet_w32", weights=str(path), kwargs=stages), neck="hrfpn",
                           hidden_dim=32, num_proposals=4, num_stages=1, num_heads=4, dim_feedforward=32,
                           dim_dynamic=8, part_dim=16, num_convs=1)
-    model = QueryPose(cfg)
+    model = QueryPose(cfg, get_meta("coco"))
     report = init_trunks(model)["backbone"]
     assert report.left_at_init == [f"stage4.1.fuse_layers.{b}" for b in (1, 2, 3)]
     assert report.ignored == ["final_layer"] and report.mismatched == []

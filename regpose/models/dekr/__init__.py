@@ -17,7 +17,7 @@ Files: ``config.py`` (knobs, keypoint layout), ``model.py`` (HRNet concat trunk,
 Training the rescoring net is :mod:`regpose.engine.rescore` (``regpose train-rescore``).
 """
 from ..registry import MethodSpec, register_method
-from .config import DEKRConfig, keypoint_layout
+from .config import DEKRConfig
 from .decode import (center_proposals, flip_input, match_pose_to_heatmap, merge_flip, offset_to_pose, pose_nms,
                      run_pipeline, up_interpolate)
 from .loss import heatmap_loss, offset_loss
@@ -30,7 +30,7 @@ __all__ = [
     "HeatmapHead", "OffsetHead", "AdaptBlock", "HRNetConcat", "PredictOKSNet", "PoseRescorer",
     "heatmap_loss", "offset_loss", "flip_input",
     "offset_to_pose", "merge_flip", "up_interpolate", "center_proposals", "pose_nms", "match_pose_to_heatmap",
-    "run_pipeline", "rescore_features", "RESCORE_LINKS", "keypoint_layout",
+    "run_pipeline", "rescore_features", "RESCORE_LINKS",
 ]
 
 register_method(MethodSpec(name="dekr", config_cls=DEKRConfig, build=build_dekr, family="bottomup",

@@ -1,13 +1,11 @@
-"""DEKR's knobs (defaults = the official W32 COCO model, official config names in comments) and the keypoint
-layout a config's ``data.format`` names."""
+"""DEKR's knobs (defaults = the official W32 COCO model, official config names in comments)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ...data.keypoints import get_meta
 from ..backbones import BackboneConfig
 
-__all__ = ["DEKRConfig", "keypoint_layout", "eval_input_size"]
+__all__ = ["DEKRConfig", "eval_input_size"]
 
 
 @dataclass
@@ -62,12 +60,6 @@ class DEKRConfig:
     # rescoring net (RESCORE.*): applied when weights are given
     rescore_weights: str = ""                    # RESCORE.MODEL_FILE ('' = no rescoring)
     rescore_hidden: int = 256                    # RESCORE.HIDDEN_LAYER
-
-
-def keypoint_layout(fmt: str) -> tuple[int, list[int]]:
-    """(number of keypoints, left/right flip permutation) of a dataset format (from :mod:`regpose.data.keypoints`)."""
-    meta = get_meta(fmt)
-    return meta.num_keypoints, [int(i) for i in meta.flip_index]
 
 
 def eval_input_size(cfg) -> int:

@@ -14,12 +14,13 @@ from torch import nn
 
 from ...codecs.heatmap_offset import map_poses
 from ...codecs.multiscale import resolve_test_scales
+from ...data.keypoints import KeypointMeta
 from ...errors import ConfigError
 from ...structures import PoseResult
 from ..backbones import BackboneConfig, build_backbone
 from ..base import PoseModel
 from ..layers.adaptive_conv import AdaptiveConv2d, AdaptiveImpl
-from .config import DEKRConfig, eval_input_size, keypoint_layout
+from .config import DEKRConfig, eval_input_size
 from .decode import BatchedScaleOne, flip_input, poses_to_result, run_pipeline
 from .loss import heatmap_loss, offset_loss
 from .rescore import PoseRescorer
@@ -158,12 +159,13 @@ class DEKR(PoseModel):
     size_divisibility = 32
     output_names = ("heatmap", "offset")     # eval forward: (N, K+1, H/4, W/4) incl. centre, (N, 2K, H/4, W/4)
 
-    def __init__(self, cfg: DEKRConfig, num_keypoints: int = 17, flip_index: list[int] | None = None,
-                 input_size: int = 512, *, adaptive_conv_impl: AdaptiveImpl = "auto"):
+    def __init__(self, cfg: DEKRConfig, keypoints: KeypointMeta, input_size: int = 512, *,
+                 adaptive_conv_impl: AdaptiveImpl = "auto"):
         super().__init__()
         self.cfg = cfg
-        self.num_keypoints = num_keypoints
-        self.flip_index = list(flip_index) if flip_index is not None else list(range(num_keypoints))
+        self.set_keypoints(keypoints)
+        num_keypoints = self.num_keypoints
+        self.flip_index = [int(i) for i in keypoints.flip_index]
         self.input_size = input_size
         self.backbone = HRNetConcat(cfg.backbone, cfg.hrnet_channels, cfg.hrnet_modules, cfg.hrnet_blocks,
                                     layer1_blocks=cfg.hrnet_layer1_blocks, layer1_planes=cfg.hrnet_layer1_planes)
@@ -244,7 +246,7 @@ class DEKR(PoseModel):
         """Base-image poses -> original pixels (official ``get_final_preds``), then rescoring if a net is loaded."""
         final = map_poses(poses, inverse)
         if self.rescorer is not None:
-            scores = self.rescorer(final, scores)
+            scores = self.rescorer(final, scores, self.keypoints)
         return poses_to_result(final, scores)
 
     def load_rescore_net(self, source) -> None:
@@ -253,9 +255,8 @@ class DEKR(PoseModel):
             PoseRescorer.from_state_dict(source)
 
 
-def build_dekr(cfg) -> DEKR:
-    """Build from a full :class:`regpose.config.Config`: keypoint layout from ``data.format``, the official test
+def build_dekr(cfg, keypoints: KeypointMeta) -> DEKR:
+    """Build from a full :class:`regpose.config.Config` for the keypoint layout ``keypoints``: the official test
     resize's input size, the adaptive-conv implementation from ``runtime``."""
-    num_keypoints, flip_index = keypoint_layout(cfg.data.format)
-    return DEKR(cfg.model, num_keypoints, flip_index, eval_input_size(cfg),
+    return DEKR(cfg.model, keypoints, eval_input_size(cfg),
                 adaptive_conv_impl=cfg.runtime.adaptive_conv_impl)

@@ -8,17 +8,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...errors import CheckpointError
+from ...data.keypoints import KeypointMeta
+from ...errors import CheckpointError, ConfigError
 from ..weights import read_state_dict
 
 __all__ = ["RESCORE_LINKS", "PredictOKSNet", "rescore_features", "PoseRescorer"]
 
 #: Limb links of the rescoring features (official ``get_feature``). Official code: CrowdPose's "torso" normaliser
 #: (links 9 and 11) is lhip-lknee and lknee-lankle.
+_COCO_LINKS = [(0, 1), (0, 2), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 6), (5, 7), (5, 11), (6, 8), (6, 12), (7, 9),
+               (8, 10), (11, 12), (11, 13), (12, 14), (13, 15), (14, 16)]
 RESCORE_LINKS = {
-    17: [(0, 1), (0, 2), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 6), (5, 7), (5, 11), (6, 8), (6, 12), (7, 9),
-         (8, 10), (11, 12), (11, 13), (12, 14), (13, 15), (14, 16)],
-    14: [(12, 13), (13, 0), (13, 1), (0, 2), (1, 3), (2, 4), (3, 5), (0, 6), (1, 7), (6, 8), (7, 9), (8, 10),
+    "coco": _COCO_LINKS, "ochuman": _COCO_LINKS,
+    "crowdpose": [(12, 13), (13, 0), (13, 1), (0, 2), (1, 3), (2, 4), (3, 5), (0, 6), (1, 7), (6, 8), (7, 9), (8, 10),
          (9, 11), (6, 7), (0, 1)],
 }
 
@@ -42,12 +44,16 @@ class PredictOKSNet(nn.Module):
         return self.l3(F.relu(self.l2(F.relu(self.l1(x)))))
 
 
-def rescore_features(poses: np.ndarray) -> np.ndarray:
-    """(P, K, 3) poses (x, y, keypoint score) -> (P, 2L + L + K) features: limb vectors / torso, limb lengths /
-    torso, keypoint scores (official ``get_feature``; torso = mean length of links 9 and 11, at least 1)."""
+def rescore_features(poses: np.ndarray, keypoints: KeypointMeta) -> np.ndarray:
+    """(P, K, 3) poses (x, y, keypoint score) of the layout ``keypoints`` -> (P, 2L + L + K) features: limb vectors /
+    torso, limb lengths / torso, keypoint scores (official ``get_feature``; torso = mean length of links 9 and 11,
+    at least 1). The official links exist for the COCO-17 and CrowdPose-14 layouts only."""
+    if keypoints.name not in RESCORE_LINKS:
+        raise ConfigError(f"model.rescore_weights: DEKR's rescoring net has limb links for the "
+                          f"{', '.join(sorted(RESCORE_LINKS))} layouts only, not {keypoints.name}")
     poses = np.asarray(poses, dtype=np.float32)
     p, k, _ = poses.shape
-    links = np.asarray(RESCORE_LINKS[k])
+    links = np.asarray(RESCORE_LINKS[keypoints.name])
     vec = poses[:, links[:, 0], :2] - poses[:, links[:, 1], :2]          # (P, L, 2)
     length = np.sqrt((vec ** 2).sum(-1))                                  # (P, L)
     norm = (length[:, 9] + length[:, 11]) / 2
@@ -80,11 +86,12 @@ class PoseRescorer:
         return cls.from_state_dict(read_state_dict(path))
 
     @torch.no_grad()
-    def __call__(self, poses: np.ndarray, scores: np.ndarray) -> np.ndarray:
-        """Final instance score = predicted OKS (NaN -> 0) x instance score (official ``rescore_valid``)."""
+    def __call__(self, poses: np.ndarray, scores: np.ndarray, keypoints: KeypointMeta) -> np.ndarray:
+        """Final instance score = predicted OKS (NaN -> 0) x instance score (official ``rescore_valid``) of poses in
+        the layout ``keypoints``."""
         if len(poses) == 0:
             return np.asarray(scores, dtype=np.float64)
-        feats = torch.from_numpy(rescore_features(poses))
+        feats = torch.from_numpy(rescore_features(poses, keypoints))
         out = self.net(feats).numpy()[:, 0].astype(np.float64)
         out[np.isnan(out)] = 0
         return out * np.asarray(scores, dtype=np.float64)

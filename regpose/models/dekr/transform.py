@@ -12,7 +12,8 @@ from ...codecs.multiscale import resolve_test_scales
 from ...errors import ConfigError
 from ...data.targets import dekr_joints
 from ...data.transforms import Compose, bottomup_train_transforms, make_meta, select_people, to_tensor_normalize
-from .config import eval_input_size, keypoint_layout
+from ...data.keypoints import keypoint_layout
+from .config import eval_input_size
 
 __all__ = ["DEKRTrainTransform", "DEKREvalTransform", "dekr_transform", "MULTI_SCALE"]
 
@@ -26,7 +27,8 @@ class DEKRTrainTransform:
 
     def __init__(self, cfg):
         self.fmt = cfg.data.format
-        self.k, flip_index = keypoint_layout(self.fmt)
+        layout = keypoint_layout(cfg.data)
+        self.k, flip_index = layout.num_keypoints, [int(i) for i in layout.flip_index]
         size = int(cfg.data.input_size[0])
         if size % 32:
             raise ConfigError(f"data.input_size: DEKR needs a multiple of 32, got {cfg.data.input_size}")

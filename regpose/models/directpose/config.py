@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from ...data.keypoints import KeypointMeta
 from ...errors import ConfigError
 from ..backbones import BackboneConfig
 
@@ -28,8 +29,6 @@ COCO_KPALIGN_GROUPS: tuple[tuple[int, ...], ...] = (
 @dataclass
 class DirectPoseConfig:
     """Every knob of DirectPose; defaults are the paper's best setting (spec §9)."""
-    num_keypoints: int = 17
-
     # --- backbone / neck (spec §2) ---
     # C3-C5 (strides 8, 16, 32) feed the FPN. Assumption (spec §2): the FCOS / detectron2 defaults, FrozenBN and
     # FREEZE_AT = 2 (stem + res2).
@@ -93,9 +92,10 @@ class DirectPoseConfig:
     pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
+    #: keys that left this section, named in the "unknown key" error
+    __moved_keys__ = {"num_keypoints": "data.keypoints"}
+
     def __post_init__(self):
-        if self.num_keypoints < 1:
-            raise ConfigError(f"model.num_keypoints: expected a positive int, got {self.num_keypoints}")
         if len(self.sizes_of_interest) != NUM_LEVELS - 1 or sorted(self.sizes_of_interest) != list(
                 self.sizes_of_interest):
             raise ConfigError(f"model.sizes_of_interest: expected {NUM_LEVELS - 1} increasing level boundaries "
@@ -105,12 +105,12 @@ class DirectPoseConfig:
                               f"group), got {self.group_channels}")
         if self.nms_box == "box" and not self.bbox_branch:
             raise ConfigError("model.nms_box: 'box' needs model.bbox_branch: true")
-        resolve_keypoint_groups(self)  # validates the grouping
 
 
-def resolve_keypoint_groups(cfg: DirectPoseConfig) -> list[list[int]]:
-    """The KPAlign keypoint partition: explicit ``keypoint_groups``, or the preset ``kpalign_groups`` names."""
-    K = cfg.num_keypoints
+def resolve_keypoint_groups(cfg: DirectPoseConfig, keypoints: KeypointMeta) -> list[list[int]]:
+    """The KPAlign keypoint partition of the layout ``keypoints``: explicit ``keypoint_groups``, or the preset
+    ``kpalign_groups`` names (9: the spec's groups of the COCO-17 layout)."""
+    K = keypoints.num_keypoints
     if cfg.keypoint_groups:
         groups = [list(g) for g in cfg.keypoint_groups]
         flat = sorted(k for g in groups for k in g)
@@ -122,8 +122,9 @@ def resolve_keypoint_groups(cfg: DirectPoseConfig) -> list[list[int]]:
         return [list(range(K))]
     if cfg.kpalign_groups == K:
         return [[k] for k in range(K)]
-    if cfg.kpalign_groups == 9 and K == 17:
+    if cfg.kpalign_groups == 9 and keypoints.name in ("coco", "ochuman"):
         return [list(g) for g in COCO_KPALIGN_GROUPS]
-    raise ConfigError(f"model.kpalign_groups: expected 1, {K} or (COCO-17) 9, got {cfg.kpalign_groups}; "
-                      f"set model.keypoint_groups to an explicit partition for other layouts")
+    raise ConfigError(f"model.kpalign_groups: expected 1, {K} (one group per keypoint) or, for the COCO-17 layout, "
+                      f"9, got {cfg.kpalign_groups} for the {keypoints.name} layout; or set model.keypoint_groups to "
+                      f"an explicit partition")
 

@@ -8,7 +8,6 @@ from torchvision.ops import batched_nms
 
 from ...codecs.multiscale import resolve_test_scales
 from ...codecs.onestage import decode_boxes, decode_keypoints, rescale_batch
-from ...errors import ConfigError
 from ...structures import PoseResult
 from .config import DirectPoseConfig
 from .transform import MULTI_SCALE
@@ -69,9 +68,6 @@ def predict(model, batch: dict, test_cfg) -> list[PoseResult]:
     N, _, H, W = images.shape
     scales = resolve_test_scales(test_cfg, "directpose", MULTI_SCALE)
     flips = [False, True] if getattr(test_cfg, "flip", False) else [False]
-    if True in flips and model.flip_index is None:
-        raise ConfigError("test.flip: this model has no keypoint flip pairs (build it from a config whose "
-                          "data.format names the keypoint layout)")
     sizes = [tuple(int(v) for v in m.get("input_hw", (H, W))) for m in metas]
     pooled: list[list[dict]] = [[] for _ in range(N)]
     for s in scales:

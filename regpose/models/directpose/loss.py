@@ -128,10 +128,10 @@ class DirectPoseCriterion:
     ``strides`` are the FPN levels' (P3 first), ``size_ranges`` their FCOS [lo, hi] object sizes, ``groups`` the
     KPAlign keypoint groups (``None`` for the naive head). Holds no parameters."""
 
-    def __init__(self, cfg: DirectPoseConfig, strides: list[int], size_ranges: list[tuple[float, float]],
-                 groups: list[list[int]] | None):
+    def __init__(self, cfg: DirectPoseConfig, num_keypoints: int, strides: list[int],
+                 size_ranges: list[tuple[float, float]], groups: list[list[int]] | None):
         self.cfg = cfg
-        self.num_keypoints = cfg.num_keypoints
+        self.num_keypoints = num_keypoints
         self.base_stride = strides[0]
         self.size_ranges = size_ranges
         self.groups = groups

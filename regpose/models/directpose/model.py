@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...data.keypoints import flip_index as layout_flip_index
+from ...data.keypoints import KeypointMeta
 from ...structures import PoseResult
 from ..backbones import build_backbone
 from ..base import PoseModel
@@ -32,13 +32,12 @@ class DirectPose(PoseModel):
 
     size_divisibility = 32   # detectron2 FPN: the coarsest backbone stride; P6/P7 round up
 
-    def __init__(self, cfg: DirectPoseConfig, flip_index: list[int] | None = None):
+    def __init__(self, cfg: DirectPoseConfig, keypoints: KeypointMeta):
         super().__init__()
         self.cfg = cfg
-        self.num_keypoints = K = cfg.num_keypoints
-        if flip_index is None:      # default keypoint layout: COCO-17 when the count fits
-            flip_index = _flip_index_for("coco", K)
-        self.flip_index = [int(i) for i in flip_index] if flip_index is not None else None
+        self.set_keypoints(keypoints)
+        K = self.num_keypoints
+        self.flip_index = [int(i) for i in keypoints.flip_index]
         self.backbone = build_backbone(cfg.backbone, (2, 3, 4))
         C = cfg.fpn_channels
         # detectron2 FPN on C3-C5 + FCOS top block (P6 = conv/2 on P5, P7 = conv/2 on ReLU(P6)), spec §2.
@@ -53,7 +52,7 @@ class DirectPose(PoseModel):
         self.cls_logits = nn.Conv2d(cfg.head_channels, 1, 3, padding=1)
         if cfg.head == "kpalign":
             self.kpt_head = KPAlignHead(
-                C, resolve_keypoint_groups(cfg), separate_feats=cfg.separate_feats,
+                C, resolve_keypoint_groups(cfg, keypoints), separate_feats=cfg.separate_feats,
                 group_channels=cfg.group_channels, head_channels=cfg.head_channels, num_convs=cfg.num_convs,
                 sample_level=cfg.sample_level, num_levels=L, visibility=cfg.kpt_visibility_head,
                 predictor_init=cfg.predictor_init)
@@ -73,7 +72,7 @@ class DirectPose(PoseModel):
             normal_init(m)
         nn.init.constant_(self.cls_logits.bias, prior_bias())
         groups = self.kpt_head.groups if cfg.head == "kpalign" else None
-        self.criterion = DirectPoseCriterion(cfg, self.strides, self.size_ranges, groups)
+        self.criterion = DirectPoseCriterion(cfg, K, self.strides, self.size_ranges, groups)
 
     # ------------------------------------------------------------------ network
     def _network(self, images: torch.Tensor, with_heatmap: bool) -> dict:
@@ -142,12 +141,6 @@ class DirectPose(PoseModel):
         return decode.predict(self, batch, test_cfg)
 
 
-def _flip_index_for(data_format: str, num_keypoints: int) -> list[int] | None:
-    """The left/right flip permutation of ``data_format``'s keypoints, or None if it has another count."""
-    idx = [int(i) for i in layout_flip_index(data_format)]
-    return idx if len(idx) == num_keypoints else None
-
-
-def build_directpose(cfg) -> DirectPose:
-    """Build DirectPose from a full :class:`regpose.config.Config` (flip pairs from ``data.format``)."""
-    return DirectPose(cfg.model, _flip_index_for(cfg.data.format, cfg.model.num_keypoints))
+def build_directpose(cfg, keypoints: KeypointMeta) -> DirectPose:
+    """Build DirectPose from a full :class:`regpose.config.Config` for the keypoint layout ``keypoints``."""
+    return DirectPose(cfg.model, keypoints)

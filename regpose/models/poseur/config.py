@@ -19,7 +19,6 @@ class PoseurConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)   # resnet50/152, hrnet_w32/w48, mobilenetv2_100
     feature_levels: list[int] = field(default_factory=lambda: [1, 2, 3, 4])   # timm indices (strides 4..32), Table 1d
     embed_dim: int = 256
-    num_keypoints: int = 17
     # decoder
     num_decoder_layers: int = 6                # Table 1e
     share_decoder_weights: bool = False        # supplementary Table 3
@@ -49,4 +48,5 @@ class PoseurConfig:
     rescore: bool = True                       # instance score = box score + mean + max keypoint score
 
     #: implementation switches that left for the ``runtime:`` section (named in the "unknown key" error).
-    __moved_keys__ = {"sampler": "runtime.attention_sampler", "channels_last": "runtime.channels_last"}
+    __moved_keys__ = {"sampler": "runtime.attention_sampler", "channels_last": "runtime.channels_last",
+                      "num_keypoints": "data.keypoints"}

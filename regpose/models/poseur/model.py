@@ -13,18 +13,18 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...data.keypoints import KeypointMeta
 from ..backbones import build_backbone
 from ..base import PoseModel
 from ..layers.deform_attn import MultiScaleDeformableAttention, Sampler
 from ..layers.linear import inverse_sigmoid
 from ..layers.position import sine_grid_encoding, sine_point_encoding
 from ..layers.rle import RealNVP
-from ..topdown_regression import CoarseRLEHead, PlainLinear, RLETopDownInference, keypoint_meta_for
+from ..topdown_regression import CoarseRLEHead, PlainLinear, RLETopDownInference
 from .config import PoseurConfig
 from .loss import poseur_losses
 
@@ -114,14 +114,14 @@ class Poseur(RLETopDownInference, PoseModel):
     Runtime options (``cfg.runtime``, same numbers): ``attention_sampler`` of the deformable cross-attention and
     ``channels_last`` (backbone and neck in NHWC memory: faster on CPU, memory tokens without a copy)."""
 
-    def __init__(self, cfg: PoseurConfig, flip_pairs=(), sigmas=None, *, attention_sampler: Sampler = "auto",
+    def __init__(self, cfg: PoseurConfig, keypoints: KeypointMeta, *, attention_sampler: Sampler = "auto",
                  channels_last: bool = True):
         super().__init__()
         if cfg.embed_dim % 2 or cfg.embed_dim % cfg.num_heads:
             raise ValueError(f"embed_dim {cfg.embed_dim} must be even and divisible by num_heads {cfg.num_heads}")
         self.cfg = cfg
-        K, C = cfg.num_keypoints, cfg.embed_dim
-        self.num_keypoints = K
+        self.set_keypoints(keypoints)
+        K, C = self.num_keypoints, cfg.embed_dim
         levels = sorted(set(cfg.feature_levels))
         self.backbone = build_backbone(cfg.backbone, levels)
         self.neck = ChannelMapper(self.backbone.channels, C)
@@ -146,9 +146,8 @@ class Poseur(RLETopDownInference, PoseModel):
         # flows (training only)
         self.coarse_flow = RealNVP(cfg.flow_hidden, cfg.flow_layers, tuple(cfg.prior_mean))
         self.decoder_flow = RealNVP(cfg.flow_hidden, cfg.flow_layers, tuple(cfg.prior_mean))
-        self.register_buffer("flip_pairs", torch.as_tensor(np.asarray(flip_pairs, dtype=np.int64).reshape(-1, 2)),
+        self.register_buffer("flip_pairs", torch.as_tensor(keypoints.flip_pairs, dtype=torch.long).reshape(-1, 2),
                              persistent=False)
-        self.sigmas = None if sigmas is None else np.asarray(sigmas, dtype=np.float64)
         self._pe_cache: dict = {}
         self.reset_parameters()
         self.channels_last = channels_last
@@ -301,9 +300,8 @@ class Poseur(RLETopDownInference, PoseModel):
         return poseur_losses(out, target, weight, groups, self.coarse_flow, self.decoder_flow)
 
 
-def build_poseur(cfg) -> Poseur:
-    """The network a full ``Config`` describes: the paper's knobs from ``cfg.model``, the data format's flip pairs
-    and OKS sigmas, and the runtime options ``cfg.runtime.attention_sampler`` / ``cfg.runtime.channels_last``."""
-    info = keypoint_meta_for(cfg)
-    return Poseur(cfg.model, info.flip_pairs, info.sigmas, attention_sampler=cfg.runtime.attention_sampler,
+def build_poseur(cfg, keypoints: KeypointMeta) -> Poseur:
+    """The network a full ``Config`` describes: the paper's knobs from ``cfg.model``, the keypoint layout
+    ``keypoints``, and the runtime options ``cfg.runtime.attention_sampler`` / ``cfg.runtime.channels_last``."""
+    return Poseur(cfg.model, keypoints, attention_sampler=cfg.runtime.attention_sampler,
                   channels_last=cfg.runtime.channels_last)

@@ -11,7 +11,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ...data.keypoints import get_meta
+from ...data.keypoints import KeypointMeta
+from ...errors import ConfigError
 from ..backbones import BackboneConfig
 
 __all__ = ["QueryPoseConfig", "part_groups", "flip_permutation"]
@@ -91,25 +92,19 @@ class QueryPoseConfig:
 # ----------------------------------------------------------------------------------------------------------
 # Part divisions (paper Fig. 4) and the flip permutation, from the keypoint layout
 # ----------------------------------------------------------------------------------------------------------
-_FORMAT_BY_KEYPOINTS = {17: "coco", 14: "crowdpose", 16: "mpii"}
-
-
-def _keypoint_meta(num_keypoints: int):
-    if num_keypoints not in _FORMAT_BY_KEYPOINTS:
-        raise ValueError(f"QueryPose: no keypoint layout with {num_keypoints} keypoints "
-                         f"(known: {sorted(_FORMAT_BY_KEYPOINTS)})")
-    return get_meta(_FORMAT_BY_KEYPOINTS[num_keypoints])
-
-
-def part_groups(num_keypoints: int, scheme: str = "c", query_type: str = "part") -> list[list[int]]:
-    """Keypoint indices of each part query (:mod:`regpose.data.keypoints`; scheme (c) is the official 7-part
-    division, keypoints inside a part in the official regressors' output order, spec 4.8).
+def part_groups(keypoints: KeypointMeta, scheme: str = "c", query_type: str = "part") -> list[list[int]]:
+    """Keypoint indices of each part query in the layout ``keypoints`` (:mod:`regpose.data.keypoints`; scheme (c) is
+    the official 7-part division, keypoints inside a part in the official regressors' output order, spec 4.8).
     ``query_type='instance'`` (Table 1 "IQ") uses one query for all keypoints."""
     if query_type == "instance":
-        return [list(range(num_keypoints))]
-    return _keypoint_meta(num_keypoints).parts(scheme)
+        return [list(range(keypoints.num_keypoints))]
+    if scheme not in keypoints.part_schemes:
+        raise ConfigError(f"model.part_scheme: the {keypoints.name} keypoint layout has no part division "
+                          f"{scheme!r} (it has {sorted(keypoints.part_schemes)}; a declared layout gets 'c' from "
+                          f"data.keypoints.parts)")
+    return keypoints.parts(scheme)
 
 
-def flip_permutation(num_keypoints: int) -> torch.Tensor:
-    """Index permutation swapping left / right keypoints (the dataset's flip index)."""
-    return torch.tensor(np.array(_keypoint_meta(num_keypoints).flip_index), dtype=torch.long)
+def flip_permutation(keypoints: KeypointMeta) -> torch.Tensor:
+    """Index permutation swapping left / right keypoints (the layout's flip index)."""
+    return torch.tensor(np.array(keypoints.flip_index), dtype=torch.long)

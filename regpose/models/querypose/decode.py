@@ -10,6 +10,7 @@ from torchvision.ops import box_iou
 from ...codecs.multiscale import resolve_test_scales
 from ...codecs.onestage import decode_boxes, decode_keypoints
 from ...structures import PoseResult
+from ...data.keypoints import KeypointMeta
 from .config import flip_permutation
 from .transform import MULTI_SCALE
 
@@ -38,7 +39,7 @@ def predict(model, batch: dict, test_cfg) -> list[PoseResult]:
     out = model(images, image_sizes=sizes)
     if getattr(test_cfg, "flip", False):
         flipped = model(flip_images(images, sizes), image_sizes=sizes)
-        out = fuse_flip(out, unflip(flipped, sizes, model.num_keypoints), model.cfg.flip_fusion_iou)
+        out = fuse_flip(out, unflip(flipped, sizes, model.keypoints), model.cfg.flip_fusion_iou)
     return [to_result(out, i, metas[i], test_cfg) for i in range(len(metas))]
 
 
@@ -71,12 +72,12 @@ def flip_images(images: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
     return images.gather(3, src[:, None, None, :].expand_as(images))
 
 
-def unflip(out: dict, sizes: torch.Tensor, num_keypoints: int) -> dict:
+def unflip(out: dict, sizes: torch.Tensor, keypoints: KeypointMeta) -> dict:
     """Predictions on mirrored images -> the original frame (x -> w - x, left/right keypoints swapped)."""
     w = sizes[:, 1].to(out["boxes"].dtype)[:, None]                   # (B, 1)
     boxes = torch.stack([w - out["boxes"][..., 2], out["boxes"][..., 1], w - out["boxes"][..., 0],
                          out["boxes"][..., 3]], dim=-1)
-    perm = flip_permutation(num_keypoints).to(out["keypoints"].device)
+    perm = flip_permutation(keypoints).to(out["keypoints"].device)
     kp = out["keypoints"][:, :, perm]
     kp = torch.cat([w[..., None, None] - kp[..., :1], kp[..., 1:]], dim=-1)
     res = dict(out)

@@ -13,7 +13,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ...data.keypoints import get_meta
+from ...data.keypoints import KeypointMeta
 from ...structures import PoseResult
 from ..backbones import build_backbone
 from ..base import PoseModel
@@ -53,15 +53,15 @@ class QueryPose(PoseModel):
 
     size_divisibility = 32
 
-    def __init__(self, cfg: QueryPoseConfig, num_keypoints: int = 17, *,
+    def __init__(self, cfg: QueryPoseConfig, keypoints: KeypointMeta, *,
                  conv_impl: Literal["direct", "winograd"] = "winograd", parallel_chunks: bool = True,
                  channels_last: bool = True):
         super().__init__()
         self.cfg = cfg
-        self.num_keypoints = num_keypoints
+        self.set_keypoints(keypoints)
         self.parallel_chunks = parallel_chunks
         self.channels_last = channels_last
-        self.parts = part_groups(num_keypoints, cfg.part_scheme, cfg.query_type)
+        self.parts = part_groups(keypoints, cfg.part_scheme, cfg.query_type)
         d = cfg.hidden_dim
         swin = cfg.backbone.name.startswith("swin")           # timm Swin has no stride-2 stem level
         self.backbone = build_backbone(cfg.backbone, (0, 1, 2, 3) if swin else (1, 2, 3, 4))
@@ -370,9 +370,9 @@ class QueryPose(PoseModel):
         return out
 
 
-def build_querypose(cfg) -> QueryPose:
-    """Build from a full :class:`regpose.config.Config`: keypoint count from ``data.format``, the runtime options
+def build_querypose(cfg, keypoints: KeypointMeta) -> QueryPose:
+    """Build from a full :class:`regpose.config.Config` for the keypoint layout ``keypoints``, the runtime options
     from ``runtime``."""
     rt = cfg.runtime
-    return QueryPose(cfg.model, num_keypoints=get_meta(cfg.data.format).num_keypoints, conv_impl=rt.conv_impl,
+    return QueryPose(cfg.model, keypoints, conv_impl=rt.conv_impl,
                      parallel_chunks=rt.parallel_chunks, channels_last=rt.channels_last)

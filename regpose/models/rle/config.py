@@ -16,7 +16,6 @@ class RLEConfig:
     keypoints and divided by the batch size, 'linear with norm' coordinates."""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)   # paper configs: torchvision ImageNet R-50
     feature_index: int = 4                  # timm feature index pooled by the head (4: stride 32)
-    num_keypoints: int = 17
     flow_hidden: int = 64
     flow_layers: int = 6
     prior_mean: tuple[float, float] = (0.0, 0.0)
@@ -27,3 +26,6 @@ class RLEConfig:
     flip_fusion: FlipFusion = "default"
     oks_nms_threshold: float = 0.9
     rescore: bool = True                     # instance score = box score + mean + max of keypoint scores
+
+    #: keys that left this section, named in the "unknown key" error
+    __moved_keys__ = {"num_keypoints": "data.keypoints"}

@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ...errors import ConfigError
-from ...data.keypoints import KeypointMeta
 from ..backbones import BackboneConfig
-from ..topdown_regression import keypoint_meta_for
 
 __all__ = ["TFPoseConfig", "check_data"]
 
@@ -21,7 +19,6 @@ class TFPoseConfig:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)   # resnet50 (main results) / resnet18
     # Assumption (spec §2): C3-C5 (strides 8/16/32); the paper's text says C2-C5 but its GFLOPs rule C2 out.
     levels: list[int] = field(default_factory=lambda: [3, 4, 5])
-    num_keypoints: int = 17
     embed_dim: int = 256                        # C: 128 / 256 (Table 2)
     ffn_dim: int = 0                            # 0: 4 * embed_dim (1024 for C = 256, confirmed by the FLOPs)
     num_heads: int = 8
@@ -42,7 +39,7 @@ class TFPoseConfig:
     oks_nms_threshold: float = 0.9              # per-image OKS-NMS over crops (mmpose top-down evaluation)
 
     #: implementation switches that left for the ``runtime:`` section (named in the "unknown key" error).
-    __moved_keys__ = {"sampler": "runtime.attention_sampler"}
+    __moved_keys__ = {"sampler": "runtime.attention_sampler", "num_keypoints": "data.keypoints"}
 
     def __post_init__(self):
         if not self.levels or any(int(v) not in (2, 3, 4, 5) for v in self.levels) or \
@@ -65,13 +62,10 @@ class TFPoseConfig:
         return self.ffn_dim or 4 * self.embed_dim
 
 
-def check_data(cfg) -> KeypointMeta:
-    """The data format's keypoint metadata, after checking that a full ``Config``'s data section fits TFPose: as many
-    keypoints as ``model.num_keypoints`` and an input size the coarsest memory level divides."""
-    info = keypoint_meta_for(cfg)
+def check_data(cfg) -> None:
+    """Check that a full ``Config``'s data section fits TFPose: an input size the coarsest memory level divides."""
     w, h = (int(v) for v in cfg.data.input_size)
     stride = 2 ** max(cfg.model.levels)
     if w % stride or h % stride:
         raise ConfigError(f"data.input_size: {w}x{h} must be a multiple of {stride} (the coarsest memory level "
                           f"C{max(cfg.model.levels)}), e.g. 192x256")
-    return info

@@ -14,12 +14,12 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ...codecs.multiscale import resolve_test_scales
+from ...data.keypoints import KeypointMeta
 from ...ops import topdown_finalize
 from ...structures import PoseResult
 from ..backbones import build_backbone
@@ -197,13 +197,14 @@ class TFPose(PoseModel):
     size_divisibility = 32
     output_names = ("coords",)               # eval forward: (B, K, 2) normalised crop coordinates
 
-    def __init__(self, cfg: TFPoseConfig, flip_pairs=(), sigmas: np.ndarray | None = None, udp: bool = True, *,
+    def __init__(self, cfg: TFPoseConfig, keypoints: KeypointMeta, udp: bool = True, *,
                  attention_sampler: Sampler = "auto"):
         super().__init__()
         self.cfg = cfg
         self.udp = udp
         self.attention_sampler = attention_sampler
-        self.num_keypoints = K = cfg.num_keypoints
+        self.set_keypoints(keypoints)
+        K = self.num_keypoints
         C, L = cfg.embed_dim, len(cfg.levels)
         # timm features_only (index l - 1 is C_l); the shared builder also honours a reduced ResNet stem_width.
         self.backbone = build_backbone(cfg.backbone, tuple(lv - 1 for lv in cfg.levels))
@@ -225,9 +226,8 @@ class TFPose(PoseModel):
             self.aux_head = AuxHeatmapHead(C, K, cfg.aux_level - 2, cfg.aux_channels)
         else:
             self.aux_index, self.aux_head = -1, None
-        self.register_buffer("flip_pairs", torch.as_tensor(np.asarray(flip_pairs, dtype=np.int64).reshape(-1, 2)),
+        self.register_buffer("flip_pairs", torch.as_tensor(keypoints.flip_pairs, dtype=torch.long).reshape(-1, 2),
                              persistent=False)
-        self.sigmas = None if sigmas is None else np.asarray(sigmas, dtype=np.float64)
         self._geometry_cache: dict = {}
         self._reset_parameters()
         self.train(self.training)                                   # picks the deformable sampler for the mode
@@ -340,29 +340,29 @@ class TFPose(PoseModel):
     def finalize(self, result: PoseResult, meta: dict) -> PoseResult:
         """Per image: mmpose's top-down rescoring (box score x mean keypoint score above 0.2, here x 1, so the box
         score stays) then OKS-NMS over the image's crops."""
-        return topdown_finalize(result, self.sigmas, self.cfg.oks_nms_threshold, rescoring=False)
+        return topdown_finalize(result, self.keypoints.sigmas, self.cfg.oks_nms_threshold, rescoring=False)
 
     # ------------------------------------------------------------------------------------------------------
     def extra_flops(self, input_hw: tuple[int, int], batch: int = 1) -> dict[str, int]:
         """FLOPs (2 per MAC) of work ``torch.utils.flop_counter`` cannot see: the bilinear deformable sampling
         (embedding_bag / grid_sample). See :func:`deformable_sampling_flops`."""
-        return {"deformable_sampling": deformable_sampling_flops(self.cfg, input_hw, batch)}
+        return {"deformable_sampling": deformable_sampling_flops(self.cfg, self.num_keypoints, input_hw, batch)}
 
 
-def deformable_sampling_flops(cfg: TFPoseConfig, input_hw: tuple[int, int], batch: int = 1) -> int:
+def deformable_sampling_flops(cfg: TFPoseConfig, num_keypoints: int, input_hw: tuple[int, int], batch: int = 1) -> int:
     """FLOPs (2 per MAC) of the deformable sampling in eval: every encoder token and every keypoint query gathers
     heads x levels x points samples, each a 4-corner bilinear weighted sum over C / heads channels (the attention
     weight folded into the corner weights, as our gather sampler computes it)."""
     h, w = input_hw
     tokens = sum(math.ceil(h / 2 ** lv) * math.ceil(w / 2 ** lv) for lv in cfg.levels)
-    queries = tokens * cfg.num_encoder_layers + cfg.num_keypoints * cfg.num_decoder_layers
+    queries = tokens * cfg.num_encoder_layers + num_keypoints * cfg.num_decoder_layers
     per_query_macs = cfg.num_heads * len(cfg.levels) * cfg.num_points * 4 * (cfg.embed_dim // cfg.num_heads)
     return 2 * batch * queries * per_query_macs
 
 
-def build_tfpose(cfg) -> TFPose:
-    """The network a full ``Config`` describes: the paper's knobs from ``cfg.model``, the data format's flip pairs
-    and OKS sigmas, UDP from ``data.augment.topdown.udp`` and the runtime option ``cfg.runtime.attention_sampler``."""
-    info = check_data(cfg)
-    return TFPose(cfg.model, info.flip_pairs, info.sigmas, udp=bool(cfg.data.augment.topdown.udp),
+def build_tfpose(cfg, keypoints: KeypointMeta) -> TFPose:
+    """The network a full ``Config`` describes: the paper's knobs from ``cfg.model``, the keypoint layout
+    ``keypoints``, UDP from ``data.augment.topdown.udp`` and the runtime option ``cfg.runtime.attention_sampler``."""
+    check_data(cfg)
+    return TFPose(cfg.model, keypoints, udp=bool(cfg.data.augment.topdown.udp),
                   attention_sampler=cfg.runtime.attention_sampler)
