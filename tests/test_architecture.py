@@ -66,8 +66,6 @@ KNOWN_VIOLATIONS = {
         "regpose/evaluation/__init__": (4, "20.5: evaluation's public functions at top"),
         "regpose/evaluation/analysis": (1, "20.5: errors at top"),
         "regpose/evaluation/pckh": (1, "20.3: MPII ids from the data layer at top"),
-        "regpose/cli/inference": (15, "20.5: the infer / export commands (moved from inference/commands.py) "
-                                         "import at top or say why"),
     },
 }
 

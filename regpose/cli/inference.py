@@ -24,7 +24,9 @@ import numpy as np
 
 from .types import finite_float, positive_float, positive_int, size_pair
 from ..errors import ConfigError, InputError
+from ..paths import OutputError, require_writable_dir, require_writable_file
 from ..progress import progress
+from ..structures import to_coco_results
 from ..threads import set_threads
 
 __all__ = ["INFER_HELP", "EXPORT_HELP", "add_infer_arguments", "run_infer", "add_export_arguments", "run_export",
@@ -95,7 +97,6 @@ class ResultsJson:
 
     @staticmethod
     def people(result, image_id: int) -> list[dict]:
-        from ..structures import to_coco_results
 
         entries = to_coco_results(result, image_id)
         tracks = result.extras.get("track_id")
@@ -118,7 +119,6 @@ class ResultsJson:
         return len(self.images) + sum(1 for v in self.videos.values() if v["frames"])
 
     def write(self, out: Path) -> tuple[Path, Path]:
-        from ..paths import OutputError
 
         videos = {k: dict(v, num_frames=len(v["frames"])) for k, v in self.videos.items() if v["frames"]}
         coco = [{k: v for k, v in p.items() if k != "track_id"} for e in self.images.values() for p in e["people"]]
@@ -178,7 +178,7 @@ def _image_ids(images: list, box_source) -> tuple[dict[str, int], list[tuple[int
     Without a detections json the ids only label results (:func:`unique_image_ids`). With one they also pick each
     input's person boxes (:meth:`DetectionBoxes.image_id_for`): an input the rule matches to no image is skipped,
     and so is every input of a group that matches the same image (whose boxes would be given to all of them)."""
-    from ..inference.boxes import DetectionBoxes, unique_image_ids
+    from ..inference.boxes import DetectionBoxes, unique_image_ids  # lazy: CLI start-up time
 
     if not isinstance(box_source, DetectionBoxes):
         return dict(zip((it.key for it in images), unique_image_ids([it.source for it in images]))), []
@@ -203,7 +203,7 @@ def _image_ids(images: list, box_source) -> tuple[dict[str, int], list[tuple[int
 
 def _check_video_boxes(box_source, items: list) -> None:
     """A detections json serves a video by frame index (image_id 0, 1, ...): one video, nothing else in the call."""
-    from ..inference.boxes import DetectionBoxes
+    from ..inference.boxes import DetectionBoxes  # lazy: CLI start-up time
 
     if isinstance(box_source, DetectionBoxes) and len(items) > 1 and any(it.kind != "image" for it in items):
         raise ConfigError(f"--boxes {box_source.path}: a video's boxes are looked up by frame index (image_id 0, 1, "
@@ -235,7 +235,7 @@ class _InferRun:
     FLUSH_SECONDS = 30.0
 
     def __init__(self, predictor, args, out: Path, skipped: int, threads: int):
-        from ..inference.boxes import DetectionBoxes
+        from ..inference.boxes import DetectionBoxes  # lazy: CLI start-up time
 
         cfg = predictor.cfg
         self.predictor, self.args, self.out, self.skipped, self.threads = predictor, args, out, skipped, threads
@@ -261,7 +261,7 @@ class _InferRun:
 
     # ---- images: ids, read (one line per unreadable file), predict in batches, render
     def images(self, images: list) -> None:
-        from ..inference.predictor import load_image
+        from ..inference.predictor import load_image  # lazy: CLI start-up time
 
         if not images:
             return
@@ -307,7 +307,7 @@ class _InferRun:
 
     # ---- a video or webcam: frames in order, batched, optionally tracked; mp4 with the input's fps and size
     def video(self, it) -> None:
-        from ..inference.video import VideoReader, VideoWriter
+        from ..inference.video import VideoReader, VideoWriter  # lazy: CLI start-up time
 
         args = self.args
         try:
@@ -389,9 +389,8 @@ class _InferRun:
 
 
 def run_infer(args) -> int:
-    from ..paths import require_writable_dir
-    from ..inference.predictor import Predictor
-    from ..inference.video import discover_inputs
+    from ..inference.predictor import Predictor  # lazy: CLI start-up time
+    from ..inference.video import discover_inputs  # lazy: CLI start-up time
 
     out = require_writable_dir(args.out, "--out")
     threads = set_threads(args.threads, announce=False)   # no data workers: every core; the summary line says it
@@ -451,11 +450,10 @@ def _opset(text: str) -> int:
 
 
 def run_export(args) -> int:
-    from ..config import load_config
-    from ..checkpoint import load_model_weights
-    from ..models import build_model
-    from ..paths import require_writable_file
-    from ..inference.export import export_onnx
+    from ..config import load_config  # lazy: CLI start-up time
+    from ..checkpoint import load_model_weights  # lazy: CLI start-up time
+    from ..models import build_model  # lazy: CLI start-up time
+    from ..inference.export import export_onnx  # lazy: CLI start-up time
 
     require_writable_file(args.out, "--out")
     cfg = load_config(args.config, args.set)
