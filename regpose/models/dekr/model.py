@@ -20,6 +20,7 @@ from ...structures import PoseResult
 from ..backbones import BackboneConfig, build_backbone
 from ..base import PoseModel
 from ..layers.adaptive_conv import AdaptiveConv2d, AdaptiveImpl
+from ..layers.init import heatmap_head_init_
 from .config import DEKRConfig, eval_input_size
 from .decode import BatchedScaleOne, flip_input, poses_to_result, run_pipeline
 from .loss import heatmap_loss, offset_loss
@@ -184,14 +185,7 @@ class DEKR(PoseModel):
         Official code applies the same N(0, 0.001^2) to the backbone and then overwrites it from ImageNet weights;
         without ImageNet weights we keep timm's kaiming init there (the official init assumes a pretrained trunk)."""
         for head in (self.heatmap_head, self.offset_head):
-            for m in head.modules():
-                if isinstance(m, nn.Conv2d):
-                    nn.init.normal_(m.weight, std=0.001)
-                    if m.bias is not None:
-                        nn.init.zeros_(m.bias)
-                elif isinstance(m, nn.BatchNorm2d):
-                    nn.init.ones_(m.weight)
-                    nn.init.zeros_(m.bias)
+            heatmap_head_init_(head)
             for m in head.modules():
                 if isinstance(m, AdaptiveConv2d):
                     m.reset_parameters()

@@ -25,6 +25,7 @@ from ...structures import PoseResult
 from ..backbones import build_backbone
 from ..base import PoseModel
 from ..layers.deform_attn import MultiScaleDeformableAttention, Sampler
+from ..layers.init import heatmap_head_init_
 from ..layers.linear import inverse_sigmoid
 from ..layers.position import sine_grid_encoding
 from ..topdown_regression import flip_back_coords
@@ -168,14 +169,7 @@ class AuxHeatmapHead(nn.Module):
                        nn.BatchNorm2d(channels), nn.ReLU(inplace=True)]
         self.deconv_layers = nn.Sequential(*layers)
         self.final_layer = nn.Conv2d(channels if num_deconvs else in_channels, num_keypoints, 1)
-        for m in self.modules():
-            if isinstance(m, (nn.ConvTranspose2d, nn.Conv2d)):
-                nn.init.normal_(m.weight, std=0.001)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        heatmap_head_init_(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.final_layer(self.deconv_layers(x))
