@@ -55,17 +55,6 @@ KNOWN_VIOLATIONS = {
     },
     # Package imports inside functions that do not say why (file or package, without .py: how many in it).
     "in_function": {
-        "regpose/compat/dekr": (16, "20.5: converters named by MethodSpec, imports at top"),
-        "regpose/compat/poseur": (7, "20.5: converters named by MethodSpec, imports at top"),
-        "regpose/data/transforms": (4, "20.2: codecs per family"),
-        "regpose/engine/bench": (2, "20.1: one runner, imports at top"),
-        "regpose/engine/budget": (5, "20.1: one runner, imports at top"),
-        "regpose/engine/dryrun": (6, "20.1: one runner, imports at top"),
-        "regpose/engine/recipe": (2, "20.1: imports at top"),
-        "regpose/engine/trainer": (7, "20.1: imports at top"),
-        "regpose/evaluation/__init__": (4, "20.5: evaluation's public functions at top"),
-        "regpose/evaluation/analysis": (1, "20.5: errors at top"),
-        "regpose/evaluation/pckh": (1, "20.3: MPII ids from the data layer at top"),
     },
 }
 

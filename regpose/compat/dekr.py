@@ -20,7 +20,18 @@ import numpy as np
 import torch
 
 from ..codecs.heatmap_offset import map_poses, official_test_resize
+from ..config import load_config
+from ..data.collate import collate
+from ..data.datasets import ignore_mask, load_annotation_file, raw_sample
+from ..data.transforms import BottomUpRandomAffine, HorizontalFlip, dekr_affine_matrix, to_tensor_normalize
+from ..engine.schedule import build_optimizer, lr_factor, set_lr
 from ..errors import CheckpointError, ConfigError, RegposeError
+from ..models import build_model
+from ..models.base import total_loss
+from ..models.dekr import PoseRescorer, heatmap_loss, offset_loss, rescore_features, run_pipeline
+from ..models.layers.adaptive_conv import REGULAR_GRID, affine_deform_offsets
+from ..models.registry import get_method
+from .official import load_npz_state_dict
 
 __all__ = ["is_official", "convert_state_dict", "convert_rescore_state_dict", "config_from_official", "official_test_options",
            "official_data_options", "official_train_options", "reference_check", "train_step_check",
@@ -47,8 +58,6 @@ def is_official(state: dict) -> bool:
 
 def convert_state_dict(official: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Official pose-net state dict -> ours. Every key is consumed; anything unexpected is an error."""
-    from ..models.layers.adaptive_conv import REGULAR_GRID
-
     ours: dict[str, torch.Tensor] = {}
     stacks: dict[str, dict[int, torch.Tensor]] = {}
     unknown = []
@@ -250,9 +259,6 @@ def official_train_options(cfg_json: dict) -> dict:
 
 def build_from_official(cfg_json: dict, weights: dict[str, torch.Tensor] | None = None):
     """Our Config + DEKR model (eval mode) for an official config, with converted official weights if given."""
-    from ..config import load_config
-    from ..models import build_model
-
     raw = {"method": "dekr", "model": config_from_official(cfg_json), "data": official_data_options(cfg_json),
            "train": official_train_options(cfg_json), "test": official_test_options(cfg_json),
            "name": "dekr_official"}
@@ -306,8 +312,6 @@ def _compare(name: str, ours, ref: np.ndarray, tol: float, rows: list) -> None:
 
 def _raw_forward(model, image: torch.Tensor) -> dict[str, np.ndarray]:
     """Raw outputs plus the official debug taps (sample 0): backbone concat, joint 0's first adaptive conv."""
-    from ..models.layers.adaptive_conv import affine_deform_offsets
-
     taps: dict[str, torch.Tensor] = {}
     p = model.offset_head.channels_per_keypoint
     block0 = model.offset_head.blocks[0].adapt_conv
@@ -339,8 +343,6 @@ def reference_check(folder: str | Path) -> list[tuple[str, float, float]]:
     config.json, and compare with outputs.npz: rows (array, max abs error, tolerance)."""
     import dataclasses
 
-    from ..models.dekr import PoseRescorer, rescore_features, run_pipeline
-    from .official import load_npz_state_dict
 
     folder = Path(folder)
     if (folder / "targets.npz").is_file():                          # a training step, not inference outputs
@@ -465,8 +467,6 @@ class _Rows:
 def _check_augmentation(rows: _Rows, transform, inputs, s: int, h: int, w: int) -> None:
     """Our draws, fed the official sample's recorded uniforms / integers, give its scale, rotation, shift (and the
     shift's truncated bounds, Q2), centre and flip; our affine matrices equal the official ones (Q3)."""
-    from ..data.transforms import BottomUpRandomAffine, HorizontalFlip, dekr_affine_matrix
-
     affine = next(t for t in transform.augment.transforms if isinstance(t, BottomUpRandomAffine))
     flip = next(t for t in transform.augment.transforms if isinstance(t, HorizontalFlip))
     mine = inputs["rng_sample"] == s
@@ -491,9 +491,6 @@ def _check_augmentation(rows: _Rows, transform, inputs, s: int, h: int, w: int) 
 
 def _check_sample(rows: _Rows, transform, raw: dict, inputs, targets, s: int) -> None:
     """Our DEKR training arrays for sample s (recorded augmentation replayed) against the official ones."""
-    from ..data.datasets import ignore_mask
-    from ..data.transforms import to_tensor_normalize
-
     a = transform.arrays(raw)
     kept = raw["ann_ids"][~(raw["iscrowd"] & (raw["num_keypoints"] == 0))]
     rows.atol("ann_ids_all", raw["ann_ids"], inputs[f"ann_ids_all_s{s}"], 0.0)
@@ -578,14 +575,6 @@ def train_step_check(folder: str | Path) -> list[tuple[str, float, float]]:
     """One official DEKR training iteration (folder README) redone by our training code: rows (array, error,
     tolerance). The only injections are the recorded augmentation parameters and, as the README advises, the stored
     network input (our uint8 warp differs between OpenCV versions)."""
-    from ..data.collate import collate
-    from ..data.datasets import load_annotation_file, raw_sample
-    from ..engine.schedule import build_optimizer, lr_factor, set_lr
-    from ..models.base import total_loss
-    from ..models.dekr import heatmap_loss, offset_loss
-    from ..models.registry import get_method
-    from .official import load_npz_state_dict
-
     folder = Path(folder)
     cfg_json = json.loads((folder / "config.json").read_text())
     inputs, targets, ref = (np.load(folder / f"{n}.npz") for n in ("inputs", "targets", "outputs"))

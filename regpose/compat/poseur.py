@@ -13,9 +13,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..codecs.topdown_regression import TopDownRegressionTransform
+from ..config import from_dict
+from ..data.config import DataConfig
 from ..data.keypoints import KeypointMeta, get_meta
+from ..data.transforms import IMAGENET_STD
 from ..errors import CheckpointError, RegposeError
+from ..models.poseur import Poseur, PoseurConfig
 from ..ops import rescore
+from ..structures import PoseResult
+from .official import load_npz_state_dict
 
 __all__ = ["is_official", "convert_state_dict", "config_from_official", "reference_check", "build_reference_model",
            "UNUSED_OFFICIAL_KEYS"]
@@ -173,10 +180,6 @@ def official_layout(cfg_json: dict) -> KeypointMeta:
 # ----------------------------------------------------------------------------------------------------------
 def build_reference_model(folder: str | Path):
     """Our Poseur built from a reference folder's official config with its converted ``weights.npz`` loaded."""
-    from ..config import from_dict
-    from ..models.poseur import Poseur, PoseurConfig
-    from .official import load_npz_state_dict
-
     folder = Path(folder)
     cfg_json = json.loads((folder / "config.json").read_text())
     model_cfg = from_dict(PoseurConfig, config_from_official(cfg_json), "model")
@@ -197,9 +200,6 @@ def _err(a, b) -> float:
 
 def _reference_transform(cfg_json: dict):
     """Our top-down test transform for the reference folder's input size and padding."""
-    from ..data.config import DataConfig
-    from ..codecs.topdown_regression import TopDownRegressionTransform
-
     w, h = cfg_json.get("input_size_wh", [192, 256])
     data = DataConfig(input_size=(int(w), int(h)))
     data.augment.topdown.padding = float(cfg_json.get("bbox_padding", 1.25))
@@ -212,7 +212,6 @@ def reference_check(folder: str | Path) -> list[tuple[str, float, float]]:
     2e-5 normalised coordinates / sigmas / scores, 1e-4 hidden states, 5e-3 px image coordinates)."""
     from types import SimpleNamespace
 
-    from ..structures import PoseResult
 
     folder = Path(folder)
     model, cfg_json = build_reference_model(folder)
@@ -258,7 +257,6 @@ def reference_check(folder: str | Path) -> list[tuple[str, float, float]]:
         metas.append(sample["meta"])
     # The crop is compared within one grey level: OpenCV's uint8 warpAffine rounds differently on different SIMD
     # paths (measured on an AMD EPYC: one level in some pixels, reference README "Across CPUs").
-    from ..data.transforms import IMAGENET_STD
 
     one_level = float(1.0 / (255.0 * min(IMAGENET_STD))) + 1e-6
     rows.append(("image (top-down crop + normalisation, one grey level)", _err(torch.stack(crops), inp["image"]),

@@ -39,6 +39,8 @@ import cv2
 import numpy as np
 import torch
 
+from .datasets import ignore_mask
+from .keypoints import keypoint_layout
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "to_tensor_normalize",
     "Compose", "apply_affine", "transform_boxes", "inverse_affine", "make_meta", "select_people", "flip_matrix",
@@ -511,7 +513,6 @@ class BottomUpRandomAffine:
         if self.mask and self.output_sizes:
             mask0 = sample.get("mask")
             if mask0 is None and "record" in sample:
-                from .datasets import ignore_mask
                 mask0 = ignore_mask(sample["record"], h, w)
             elif mask0 is None:                  # nothing to ignore in the image; its padding still is (Q6)
                 mask0 = np.ones((h, w), np.float32)
@@ -888,8 +889,6 @@ def bottomup_train_transforms(data_cfg, flip_index: Sequence[int] | None = None,
                               output_sizes: Sequence[int] = (), mask: bool = True) -> Compose:
     """DEKR pipeline: random affine to ``data.input_size`` (+ output layers), flip, colour. ``flip_index`` may be
     extended by the caller (DEKR passes K+1 entries for its centre point)."""
-    from .keypoints import keypoint_layout
-
     a = data_cfg.augment.bottomup
     fi = keypoint_layout(data_cfg).flip_index if flip_index is None else flip_index
     return Compose([BottomUpRandomAffine(_square(data_cfg.input_size), output_sizes, a.scale_type, a.min_scale,
@@ -898,8 +897,6 @@ def bottomup_train_transforms(data_cfg, flip_index: Sequence[int] | None = None,
 
 
 def onestage_train_transforms(data_cfg, flip_index: Sequence[int] | None = None) -> Compose:
-    from .keypoints import keypoint_layout
-
     a = data_cfg.augment.onestage
     fi = keypoint_layout(data_cfg).flip_index if flip_index is None else flip_index
     return Compose([OneStageAugmentation(fi, a.min_sizes, a.max_size, a.sample_style, a.flip_prob, a.crop,
@@ -914,8 +911,6 @@ def onestage_test_transforms(data_cfg) -> Compose:
 
 def topdown_train_transforms(data_cfg) -> Compose:
     """Poseur / mmpose order (spec §1.7): centre/scale -> flip -> half body -> scale/rotation -> affine -> colour."""
-    from .keypoints import keypoint_layout
-
     a = data_cfg.augment.topdown
     meta = keypoint_layout(data_cfg)
     size = data_cfg.input_size

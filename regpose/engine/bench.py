@@ -20,6 +20,9 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..checkpoint import load_model_weights
+from ..models import build_model
+
 __all__ = ["count_parameters", "count_flops", "measure_latency", "run_bench", "format_bench"]
 
 
@@ -111,9 +114,6 @@ def run_bench(cfg, input_hw: tuple[int, int] | None = None, batch_sizes=(1,), wa
               flops: bool = True) -> BenchResult:
     """Build the model of ``cfg`` and measure it. ``mode``: ``forward`` (network only, eval mode) or
     ``predict`` (network + the method's decoding/post-processing via ``predict``)."""
-    from ..models import build_model
-    from ..checkpoint import load_model_weights
-
     if threads:
         torch.set_num_threads(threads)
     model = build_model(cfg)

@@ -8,8 +8,13 @@ import time
 
 import torch
 
+from ..data.collate import Collate
+from ..data.datasets import build_dataset, ensure_synthetic
 from ..data.keypoints import keypoint_layout
 from ..errors import ConfigError
+from ..models import build_model
+from ..models.base import total_loss
+from ..models.registry import get_method
 
 __all__ = ["seconds_per_iteration", "fit_schedule_to_budget", "set_schedule_length"]
 
@@ -20,11 +25,6 @@ def seconds_per_iteration(cfg, steps: int = 6, warmup: int = 2, statistic: str =
     ever slow a step down) of ``steps`` after ``warmup`` untimed ones; generates the synthetic data if needed."""
     if statistic not in ("median", "min"):
         raise ValueError(f"statistic: expected 'median' or 'min', got {statistic!r}")
-    from ..data.collate import Collate
-    from ..data.datasets import build_dataset, ensure_synthetic
-    from ..models import build_model
-    from ..models.base import total_loss
-    from ..models.registry import get_method
 
     for split in (cfg.data.train, cfg.data.val):
         if split.synthetic.num_images > 0:

@@ -17,9 +17,14 @@ from pathlib import Path
 import torch
 
 from ..config import Config, load_config
+from ..data.collate import collate
+from ..data.datasets import build_dataset, ensure_synthetic
 from ..data.keypoints import keypoint_layout
 from ..errors import RegposeError
+from ..models import build_model
 from ..models.base import total_loss
+from ..models.registry import get_method
+from .evaluator import evaluate_model
 from .recipe import no_download_overrides
 from .schedule import build_optimizer, iteration_schedule, lr_factor, set_lr
 from .trainer import freeze_parameters
@@ -74,8 +79,6 @@ def _reduced_input(cfg: Config, family: str) -> list[str]:
 
 def dry_run_overrides(cfg: Config, work_dir: Path) -> list[str]:
     """The overrides that turn ``cfg`` into its dry run (see the module docstring)."""
-    from ..models.registry import get_method
-
     family = get_method(cfg.method).family
     over = [*no_download_overrides(cfg), *_split("train", work_dir / "train", 0), *_split("val", work_dir / "val", 1),
             *_reduced_input(cfg, family), "train.batch_size=2", "train.accum_steps=1", "train.num_workers=0",
@@ -91,12 +94,6 @@ def _fingerprint(params: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def dry_run(config: str | Path, work_dir: str | Path, overrides: list[str] | None = None) -> DryRunReport:
     """Build ``config``'s full-size model, take one optimizer step on generated data and evaluate it once."""
-    from ..data.collate import collate
-    from ..data.datasets import build_dataset, ensure_synthetic
-    from ..models import build_model
-    from ..models.registry import get_method
-    from .evaluator import evaluate_model
-
     work_dir = Path(work_dir)
     base = load_config(config, overrides or [])
     cfg = load_config(config, [*(overrides or []), *dry_run_overrides(base, work_dir)])

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 
 from ..config import Config, load_config, to_dict
+from ..models import build_model
+from ..models.registry import get_method
 from .schedule import (iteration_schedule, parameter_groups, scale_to_total_batch, total_batch,
                        total_batch_messages)
 from .trainer import freeze_parameters
@@ -64,8 +66,6 @@ def trunk_initialisation(cfg: Config) -> str:
 def build_on_meta(cfg: Config) -> nn.Module:
     """The model ``cfg`` trains (its own freezing and ``train.freeze`` applied) on the meta device: structure,
     names and sizes only, no memory, no file read."""
-    from ..models import build_model
-
     quiet = load_config(to_dict(cfg), no_download_overrides(cfg))
     with torch.device("meta"):
         model = build_model(quiet)
@@ -188,8 +188,6 @@ def _schedule_texts(cfg: Config, tc, family: str, world_size: int) -> list[str]:
 
 def recipe_text(cfg: Config, world_size: int = 1, name: str = "") -> str:
     """The effective recipe of ``cfg`` trained by ``world_size`` processes, as printed by ``regpose recipe``."""
-    from ..models.registry import get_method
-
     family = get_method(cfg.method).family
     tc = scale_to_total_batch(cfg.train, world_size)
     model = build_on_meta(cfg)

@@ -21,14 +21,21 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
+
+from ..checkpoint import atomic_save, load_checkpoint, load_model_weights, remove_stale_temporaries
 from ..config import Config, ConfigError, save_config, to_dict
+from ..data.collate import CatchErrors, Collate
+from ..data.datasets import build_dataset, ensure_synthetic
 from ..data.keypoints import keypoint_layout, layout_section
 from ..errors import DataError, RegposeError
+from ..models import build_model
+from ..models.backbones import frozen_uninitialised
 from ..models.base import total_loss
+from ..models.registry import get_method
 from ..progress import progress
 from . import dist
-from ..checkpoint import atomic_save, load_checkpoint, load_model_weights, remove_stale_temporaries
 from .ema import ModelEMA
+from .evaluator import evaluate_model, evaluation_dataset
 from .logging import MetricWriter, format_seconds, get_logger
 from .samplers import SeededDataset, TrainBatchSampler
 from .schedule import (build_optimizer, iteration_schedule, lr_factor, scale_to_total_batch, set_lr,
@@ -135,8 +142,6 @@ class Trainer:
 
     def __init__(self, cfg: Config, resume: bool = False, device: str = "auto", train_dataset=None,
                  val_dataset=None, overwrite: bool = False):
-        from ..models.registry import get_method
-
         self.device = dist.init_distributed(device)
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.main = self.rank == 0
@@ -162,8 +167,6 @@ class Trainer:
 
         # Data first (rank 0 generates synthetic splits while the others wait).
         if train_dataset is None:
-            from ..data.datasets import build_dataset, ensure_synthetic
-
             if self.main:
                 for split in (cfg.data.train, cfg.data.val):
                     if split.synthetic.num_images > 0:
@@ -174,7 +177,6 @@ class Trainer:
                 train_dataset.skip_corrupt = True
         self.train_dataset, self.val_dataset = train_dataset, val_dataset
         if val_dataset is None and self._has_val():  # a bad validation split stops the run now, not at evaluation
-            from .evaluator import evaluation_dataset
 
             self.val_dataset = evaluation_dataset(cfg, "val")
         self.total_iters, self.steps = iteration_schedule(self.tc, len(train_dataset), self.world)
@@ -244,9 +246,6 @@ class Trainer:
         """The model with its trunk initialisation (``model.backbone.weights``), ``train.init_weights`` and
         ``train.freeze`` applied; refuses to freeze trunk layers no file initialised. A resumed run takes every
         weight from its checkpoint, so it reads (and downloads) no initialisation."""
-        from ..models import build_model
-        from ..models.backbones import frozen_uninitialised
-
         if not self.main:
             dist.barrier()
         seed_everything(self.tc.seed)
@@ -327,8 +326,6 @@ class Trainer:
                              f"; ... (+{len(changed) - 6})" if len(changed) > 6 else "")
 
     def _loader(self) -> DataLoader:
-        from ..data.collate import CatchErrors, Collate
-
         sampler = TrainBatchSampler(len(self.train_dataset), self.tc.batch_size, self.rank, self.world,
                                     self.tc.seed, start=self.start_iter * self.tc.accum_steps,
                                     total=self.total_iters * self.tc.accum_steps)
@@ -348,8 +345,6 @@ class Trainer:
         return images, targets
 
     def evaluate(self, iteration: int) -> dict | None:
-        from .evaluator import evaluate_model
-
         model = self.ema.module if (self.ema and self.tc.ema.eval_with_ema) else self.model
         metrics, _ = evaluate_model(self.cfg, model, self.device, "val", self.out, self.val_dataset)
         if metrics is not None:

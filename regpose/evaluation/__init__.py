@@ -1,8 +1,10 @@
 """Evaluation: COCO / OCHuman / CrowdPose OKS AP-AR (equal to pycocotools / xtcocotools) and MPII PCKh."""
 from __future__ import annotations
 
+from ..errors import DataError
 from .coco import COCO_KEYS, CROWDPOSE_KEYS, evaluate_coco
 from .oks import coco_oks
+from .pckh import evaluate_pckh, format_pckh
 
 __all__ = ["evaluate", "format_metrics", "evaluate_coco", "evaluate_pckh", "coco_oks", "COCO_KEYS",
            "CROWDPOSE_KEYS", "DATASETS"]
@@ -18,9 +20,7 @@ def evaluate(gt, results, dataset: str = "coco", sigmas=None) -> dict[str, float
     AP_medium AP_hard`` (fractions; -1 where the reference tools report -1, e.g. no medium people);
     mpii: PCKh@0.5 per joint group, ``PCKh`` and ``PCKh@0.1`` (see :mod:`regpose.evaluation.pckh`)."""
     if dataset == "mpii":
-        from .pckh import evaluate_pckh
         return evaluate_pckh(gt, results)
-    from ..errors import DataError
     if dataset not in DATASETS:
         raise DataError(f"unknown dataset {dataset!r} (expected one of: {', '.join(DATASETS)})")
     return evaluate_coco(gt, results, dataset, sigmas)
@@ -29,7 +29,6 @@ def evaluate(gt, results, dataset: str = "coco", sigmas=None) -> dict[str, float
 def format_metrics(metrics: dict, dataset: str = "coco") -> str:
     """A table of the metrics (MPII: grouped PCKh table plus the per-joint table)."""
     if dataset == "mpii":
-        from .pckh import format_pckh
         return format_pckh(metrics)
     keys = [k for k in (CROWDPOSE_KEYS if dataset == "crowdpose" else COCO_KEYS) if k in metrics]
     keys += [k for k in metrics if k not in keys]
@@ -39,9 +38,3 @@ def format_metrics(metrics: dict, dataset: str = "coco") -> str:
     line = "-+-".join("-" * w for w in widths)
     row = " | ".join(c.rjust(w) for c, w in zip(cells, widths))
     return f"{dataset} keypoints\n{head}\n{line}\n{row}"
-
-
-def evaluate_pckh(gt, results, thresholds=(0.5, 0.1)) -> dict[str, float]:
-    """MPII PCKh (see :func:`regpose.evaluation.pckh.evaluate_pckh`)."""
-    from .pckh import evaluate_pckh as _pckh
-    return _pckh(gt, results, thresholds)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..data.keypoints import get_meta
+from ..errors import DataError
 from .coco import PROTOCOLS, _DT, _GT, evaluate_coco, evaluate_loaded, load_gt, load_results
 from .oks import oks_core
 
@@ -73,8 +74,6 @@ def _edited(res: list, dt: _DT, kpts: np.ndarray, score: np.ndarray) -> list:
 def analyse_keypoint_errors(gt, results, dataset: str = "coco") -> dict:
     """The report described in the module docstring as a JSON-ready dict (fractions; AP values as
     :func:`evaluate_coco` returns them)."""
-    from ..errors import DataError
-
     if dataset not in PROTOCOLS:
         raise DataError(f"error analysis supports {', '.join(PROTOCOLS)}, got {dataset!r}")
     gt_data, gt_name = load_gt(gt)

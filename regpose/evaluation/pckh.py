@@ -16,8 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DataError
+from ..data.datasets import mpii_image_ids
 from ..data.keypoints import get_meta
+from ..errors import DataError
 from ..jsonio import read_json
 
 __all__ = ["evaluate_pckh", "format_pckh", "PCKH_GROUPS"]
@@ -45,8 +46,6 @@ def _numbers(value, shape_text: str, name: str, i: int, key: str) -> np.ndarray:
 
 
 def _gt_arrays(data, name):
-    from ..data.datasets import mpii_image_ids
-
     if not isinstance(data, list) or not data or not all(isinstance(p, dict) for p in data):
         raise DataError(f"{name}: expected the MPII json layout (a list of people with 'image', 'joints', "
                         f"'joints_vis')")
