@@ -6,6 +6,7 @@ evaluate on the validation split -> render predictions on validation images -> p
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 
