@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,17 +11,41 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _origin_checkout(repo: Path) -> Path | None:
+    """The working tree ``repo`` was cloned from, when its ``origin`` is a folder on this machine (a clean clone
+    for CI or a reviewer's scratch clone: the shared folder sits beside the original checkout, not the clone)."""
+    try:
+        url = subprocess.run(["git", "-C", str(repo), "config", "--get", "remote.origin.url"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if not url or "://" in url and not url.startswith("file://") or (":" in url and "@" in url):
+        return None
+    path = Path(url.removeprefix("file://")).expanduser()
+    path = path if path.is_absolute() else (repo / path).resolve()
+    return path.parent if path.name == ".git" else path
+
+
 def find_shared() -> tuple[Path, str]:
-    """The shared folder with official reference data and real samples (never copied into the repo):
-    ``$REGPOSE_SHARED`` if set, else the repository's sibling ``../shared``. Returns (folder, problem or "")."""
+    """The shared folder with official reference data and real samples (never copied into the repo), the first
+    that holds ``reference/`` of: ``$REGPOSE_SHARED``; the repository's sibling ``../shared``; the sibling
+    ``../shared`` of the checkout this one was cloned from (local ``origin``s, followed up to three clones). Returns (folder, problem or "")."""
     if os.environ.get("REGPOSE_SHARED"):
-        shared, how = Path(os.environ["REGPOSE_SHARED"]), "REGPOSE_SHARED"
+        candidates = [(Path(os.environ["REGPOSE_SHARED"]), "REGPOSE_SHARED")]
     else:
-        shared, how = REPO.parent / "shared", "the repository's sibling folder"
-    if (shared / "reference").is_dir():
-        return shared, ""
-    return shared, (f"reference data not found: {how} {shared} holds no reference/ folder; set "
-                    f"REGPOSE_SHARED=/path/to/shared (the folder holding reference/ and data/real/)")
+        candidates = [(REPO.parent / "shared", "the repository's sibling folder")]
+        repo = REPO
+        for _ in range(3):          # a clone of a clone of the checkout: follow local origins a few steps
+            repo = _origin_checkout(repo)
+            if repo is None:
+                break
+            candidates.append((repo.parent / "shared", f"the sibling folder of the origin {repo}"))
+    for shared, _ in candidates:
+        if (shared / "reference").is_dir():
+            return shared, ""
+    tried = "; ".join(f"{how} {shared}" for shared, how in candidates)
+    return candidates[0][0], (f"reference data not found ({tried}: no reference/ folder); set "
+                              f"REGPOSE_SHARED=/path/to/shared (the folder holding reference/ and data/real/)")
 
 
 SHARED, SHARED_PROBLEM = find_shared()
