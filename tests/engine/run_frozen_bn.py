@@ -39,7 +39,8 @@ def build_with_frozen_bn_stats(cfg, init_trunk: bool = False, _build=regpose.mod
 
 if __name__ == "__main__":
     torch.set_num_threads(1)
-    regpose.models.build_model = build_with_frozen_bn_stats   # the trainer looks it up when it builds the model
+    # the trainer builds its model through the name it imported (regpose.engine.trainer.build_model)
+    regpose.engine.trainer.build_model = build_with_frozen_bn_stats
     for job in json.loads(open(sys.argv[1]).read()):
         Trainer(load_config(job["config"], job["overrides"])).train()
     dist.cleanup()
