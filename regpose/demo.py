@@ -55,7 +55,7 @@ _PEOPLE_SOURCE = {
 }
 
 
-def demo_threads(cfg) -> int:
+def demo_threads() -> int:
     """Compute threads for the demo's training: every core this process may use. The demo's data worker renders
     small synthetic crops and mostly waits, so it does not need a core of its own: on a quiet 2-core machine a
     poseur_tiny_synthetic step took 0.355 s on 2 threads against 0.51 s on 1 (interleaved, same process), i.e.
@@ -98,7 +98,7 @@ def run_demo(method: str = DEFAULT_METHOD, minutes: float = DEFAULT_MINUTES, out
     for split in (cfg.data.train, cfg.data.val):
         ensure_synthetic(split, cfg.data.format, keypoint_layout(cfg.data))
     if not threads and not os.environ.get("OMP_NUM_THREADS", "").isdigit():
-        threads = demo_threads(cfg)
+        threads = demo_threads()
     threads = set_threads(threads, cfg.train.num_workers)   # before the timing that sizes the schedule to the budget
     # the schedule (warm-up, decay, EMA) is fitted to the budget, so the model is finished when time is up
     sec = seconds_per_iteration(cfg)

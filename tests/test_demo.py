@@ -14,6 +14,5 @@ def _cores() -> int:
 def test_demo_computes_on_every_core_its_light_data_worker_mostly_waits():
     """The demo's default: all cores (measured faster than leaving one to its data worker, see demo_threads),
     whatever the worker count; regpose.threads' training rule would give cores - workers."""
-    for workers in (0, 1, _cores() + 2):
-        cfg = load_config(configs_dir() / SYNTHETIC_CONFIGS["poseur"], [f"train.num_workers={workers}"])
-        assert demo_threads(cfg) == _cores()
+    cfg = load_config(configs_dir() / SYNTHETIC_CONFIGS["poseur"])
+    assert cfg.train.num_workers >= 1 and demo_threads() == _cores()
